@@ -1,0 +1,242 @@
+"""Compiled loops that numpy cannot vectorize: per-group statistics, binning, random numbers.
+
+Kernels take C-contiguous arrays of fixed types and read no module globals other than
+constants; they know nothing of dask, files or scopes.  Data blocks reach them as 4D
+C-contiguous arrays; a voxel's group is ``sum(index[a] * gstrides[a])`` (``gstrides`` is 0 on
+axes that do not index groups).  Drivers in the stage modules prepare those arguments.
+
+Random numbers are counter-based (SplitMix64 output function of ``key + (index + 1) * gamma``),
+keyed by a seed-derived key and the voxel's global C-order index, so that any chunking and any
+number of workers give the same values.  Compilation results are cached on disk
+(``cache=True``); on clusters point ``NUMBA_CACHE_DIR`` at a writable shared folder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange  # noqa: F401
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+_ONE = np.uint64(1)
+_INV53 = 1.0 / 9007199254740992.0  # 2**-53
+
+
+@njit(cache=True, nogil=True, inline="always")
+def mix64(z: np.uint64) -> np.uint64:
+    """SplitMix64 output function (a bijective 64-bit mixer)."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def uniform01(key: np.uint64, index: np.uint64) -> float:
+    """The uniform double in [0, 1) for counter `index` under `key`."""
+    z = mix64(key + (index + _ONE) * _GAMMA)
+    return float(z >> _S11) * _INV53
+
+
+def seed_key(seed: int, stream: int = 0) -> np.uint64:
+    """A 64-bit key from a user seed and a stream number (distinct uses of one seed)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int; got {seed!r}.")
+    with np.errstate(over="ignore"):
+        k = _mix_py(np.uint64(int(seed) % 2**64))
+        k = _mix_py(k ^ np.uint64((0xD1B54A32D192ED03 * (int(stream) + 1)) % 2**64))
+    return k
+
+
+def _mix_py(z: np.uint64) -> np.uint64:
+    with np.errstate(over="ignore"):
+        z = np.uint64(z)
+        z = (z ^ (z >> _S30)) * _M1
+        z = (z ^ (z >> _S27)) * _M2
+        return np.uint64(z ^ (z >> _S31))
+
+
+@njit(cache=True, nogil=True)
+def uniform_block(key, shape4, offset4, out):
+    """Fill 4D `out` with uniforms for the block at `offset4` of a C-order array `shape4`."""
+    n0, n1, n2, n3 = out.shape
+    s1 = np.uint64(shape4[1])
+    s2 = np.uint64(shape4[2])
+    s3 = np.uint64(shape4[3])
+    for i0 in range(n0):
+        g0 = np.uint64(offset4[0] + i0)
+        for i1 in range(n1):
+            g1 = g0 * s1 + np.uint64(offset4[1] + i1)
+            for i2 in range(n2):
+                g2 = g1 * s2 + np.uint64(offset4[2] + i2)
+                base = g2 * s3 + np.uint64(offset4[3])
+                for i3 in range(n3):
+                    out[i0, i1, i2, i3] = uniform01(key, base + np.uint64(i3))
+
+
+@njit(cache=True, nogil=True)
+def bernoulli_block(p, key, shape4, offset4, out):
+    """out = uniform < p for the 4D block `p` at `offset4` of a C-order array `shape4`.
+
+    NaN probabilities give 0.
+    """
+    n0, n1, n2, n3 = p.shape
+    s1 = np.uint64(shape4[1])
+    s2 = np.uint64(shape4[2])
+    s3 = np.uint64(shape4[3])
+    for i0 in range(n0):
+        g0 = np.uint64(offset4[0] + i0)
+        for i1 in range(n1):
+            g1 = g0 * s1 + np.uint64(offset4[1] + i1)
+            for i2 in range(n2):
+                g2 = g1 * s2 + np.uint64(offset4[2] + i2)
+                base = g2 * s3 + np.uint64(offset4[3])
+                for i3 in range(n3):
+                    out[i0, i1, i2, i3] = uniform01(key, base + np.uint64(i3)) < p[i0, i1, i2, i3]
+
+
+@njit(cache=True, nogil=True)
+def group_stats(x, gstrides, n_groups, out_min, out_max, out_n, out_sum, out_sumsq, out_nonfinite):
+    """Per-group min, max, count, sum, sum of squares of the finite values of 4D `x`.
+
+    `out_nonfinite` is (n_groups, 3): counts of NaN, +Inf, -Inf.  Outputs accumulate (callers
+    initialise min to +inf and max to -inf).
+    """
+    n0, n1, n2, n3 = x.shape
+    g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                gb = i0 * g0s + i1 * g1s + i2 * g2s
+                for i3 in range(n3):
+                    g = gb + i3 * g3s
+                    v = x[i0, i1, i2, i3]
+                    fv = np.float64(v)
+                    if np.isfinite(fv):
+                        if fv < out_min[g]:
+                            out_min[g] = fv
+                        if fv > out_max[g]:
+                            out_max[g] = fv
+                        out_n[g] += 1
+                        out_sum[g] += fv
+                        out_sumsq[g] += fv * fv
+                    elif np.isnan(fv):
+                        out_nonfinite[g, 0] += 1
+                    elif fv > 0:
+                        out_nonfinite[g, 1] += 1
+                    else:
+                        out_nonfinite[g, 2] += 1
+
+
+@njit(cache=True, nogil=True)
+def group_minmax(x, gstrides, out_min, out_max, out_nonfinite):
+    """Per-group finite min and max of 4D `x`, and the count of non-finite voxels.
+
+    Outputs accumulate (callers initialise min to +inf and max to -inf).
+    """
+    n0, n1, n2, n3 = x.shape
+    g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                gb = i0 * g0s + i1 * g1s + i2 * g2s
+                if g3s == 0:
+                    # Branch-free inner loop (vectorises): `fv - fv` is 0 only for finite fv.
+                    lo = out_min[gb]
+                    hi = out_max[gb]
+                    bad = 0
+                    for i3 in range(n3):
+                        fv = np.float64(x[i0, i1, i2, i3])
+                        if fv - fv == 0.0:
+                            lo = min(lo, fv)
+                            hi = max(hi, fv)
+                        else:
+                            bad += 1
+                    out_min[gb] = lo
+                    out_max[gb] = hi
+                    out_nonfinite[gb] += bad
+                else:
+                    for i3 in range(n3):
+                        g = gb + i3 * g3s
+                        fv = np.float64(x[i0, i1, i2, i3])
+                        if fv - fv == 0.0:
+                            out_min[g] = min(out_min[g], fv)
+                            out_max[g] = max(out_max[g], fv)
+                        else:
+                            out_nonfinite[g] += 1
+
+
+@njit(cache=True, nogil=True)
+def group_histogram(x, gstrides, lo, hi, nbins, counts):
+    """Add the histogram of 4D `x` to `counts` (n_groups, nbins), per group.
+
+    Bins are `nbins` equal bins over [lo[g], hi[g]] with edges ``k * step + lo`` as in
+    ``np.linspace``; a value is assigned exactly as ``np.histogram`` assigns it (the last bin
+    includes its right edge).  Values outside the range go to the edge bins (clipping);
+    non-finite values are skipped.  A group with ``hi <= lo`` puts every finite value in bin 0.
+    """
+    n0, n1, n2, n3 = x.shape
+    g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
+    ng = counts.shape[0]
+    last = nbins - 1
+    norm = np.empty(ng)
+    step = np.empty(ng)
+    for g in range(ng):
+        if hi[g] > lo[g]:
+            norm[g] = nbins / (hi[g] - lo[g])
+            step[g] = (hi[g] - lo[g]) / nbins
+        else:
+            norm[g] = 0.0
+            step[g] = 0.0
+    # Two interleaved sub-histograms halve the store-to-load stalls on runs of equal bins.
+    c2 = np.zeros((2, ng, nbins), np.int64)
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                gb = i0 * g0s + i1 * g1s + i2 * g2s
+                for i3 in range(n3):
+                    g = gb + i3 * g3s
+                    fv = np.float64(x[i0, i1, i2, i3])
+                    a = lo[g]
+                    f = (fv - a) * norm[g]
+                    if not f >= 0.0:  # below the range, NaN, or an empty range
+                        if fv - fv == 0.0:
+                            c2[i3 & 1, g, 0] += 1
+                        continue
+                    if f >= nbins:
+                        if fv - fv == 0.0:
+                            c2[i3 & 1, g, last] += 1
+                        continue
+                    k = int(f)
+                    r = f - k
+                    if (r < 1e-7 or r > 0.9999999) and step[g] > 0.0:
+                        # Near an edge: decide against the exact edges, as np.histogram does.
+                        s = step[g]
+                        if k > 0 and fv < k * s + a:
+                            k -= 1
+                        elif k < last and fv >= (k + 1) * s + a:
+                            k += 1
+                    c2[i3 & 1, g, k] += 1
+    for g in range(ng):
+        for q in range(nbins):
+            counts[g, q] += c2[0, g, q] + c2[1, g, q]
+
+
+def as_c4d(block: np.ndarray, gstrides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """View `block` (3D or 4D) as a C-contiguous 4D array, with `gstrides` to match.
+
+    F-contiguous blocks are transposed (a free view) rather than copied.
+    """
+    g = np.asarray(gstrides, dtype=np.int64)
+    if block.ndim == 3:
+        block = block[..., None]
+        g = np.concatenate([g, [0]])
+    if not block.flags.c_contiguous:
+        if block.flags.f_contiguous:
+            return block.T, np.ascontiguousarray(g[::-1])
+        block = np.ascontiguousarray(block)
+    return block, g

@@ -1,0 +1,261 @@
+"""Exact per-group range, moments and histograms, computed by streamed reductions.
+
+Every statistic volbin uses (ranges, percentiles, histogram thresholds, equalisation
+curves, `volbin info`) comes from here.  One pass gives the per-group finite range (or full
+moments); a second gives per-group counts.  Each block is reduced by a compiled kernel to a
+tiny per-group partial, and dask sums the partials, so memory follows the chunk size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import _kernels as K
+from .volume import Grouping, Volume
+
+__all__ = ["GroupStats", "fine_nbins", "group_histograms", "group_range", "group_stats"]
+
+#: Upper bound on the total number of fine-histogram bins across groups (64 MiB of int64).
+_FINE_BUDGET = 2**23
+
+
+def _local_gstrides(block_shape: tuple[int, ...], grouping: Grouping) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Group strides for the kernels within one block, and the block's local group shape."""
+    local_shape = tuple(block_shape[a] for a in grouping.group_axes)
+    strides = np.zeros(len(block_shape), dtype=np.int64)
+    stride = 1
+    for a in reversed(grouping.group_axes):
+        strides[a] = stride
+        stride *= block_shape[a]
+    return strides, local_shape
+
+
+def _partial_shape(block_shape: tuple[int, ...], grouping: Grouping) -> tuple[int, ...]:
+    return tuple(block_shape[a] if a in grouping.group_axes else 1 for a in range(len(block_shape)))
+
+
+def _map_partials(
+    data: da.Array,
+    grouping: Grouping,
+    kernel: Callable[[np.ndarray, np.ndarray, tuple[int, ...], Any], np.ndarray],
+    trailing: tuple[int, ...],
+    dtype: Any,
+    pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+) -> da.Array:
+    """Map `kernel(block4d, gstrides4d, local_group_shape, block_info)` over blocks.
+
+    The kernel returns an array ``local_group_shape + trailing``; the result is a dask array
+    with one entry per block along non-group axes, to be reduced by the caller.  `pre`, if
+    given, maps each block (and its array location) before the kernel sees it.
+    """
+
+    def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        if pre is not None:
+            block = pre(block, block_info[0]["array-location"])  # type: ignore[index]
+        gstrides, local_shape = _local_gstrides(block.shape, grouping)
+        x4, g4 = K.as_c4d(block, gstrides)
+        res = kernel(x4, g4, local_shape, block_info)
+        return res.reshape(_partial_shape(block.shape, grouping) + trailing)
+
+    chunks = tuple(
+        data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a])
+        for a in range(data.ndim)
+    ) + tuple((t,) for t in trailing)
+    new_axis = list(range(data.ndim, data.ndim + len(trailing)))
+    return da.map_blocks(
+        run, data, chunks=chunks, dtype=dtype, new_axis=new_axis or None, meta=np.empty((0,) * (data.ndim + len(trailing)), dtype)
+    )
+
+
+def _nongroup_axes(grouping: Grouping) -> tuple[int, ...]:
+    return tuple(a for a in range(len(grouping.shape)) if a not in grouping.group_axes)
+
+
+def _move_groups(arr: np.ndarray, grouping: Grouping) -> np.ndarray:
+    """Reduce-shaped result (ndim of data, 1 on non-group axes, + trailing) -> group_shape + trailing."""
+    trailing = arr.shape[len(grouping.shape) :]
+    return arr.reshape(grouping.group_shape + trailing)
+
+
+def range_graph(data: da.Array, grouping: Grouping) -> da.Array:
+    """Lazy per-group (min, max, n_nonfinite): shape ``group_shape + (3,)``."""
+
+    def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], _: Any) -> np.ndarray:
+        n = int(np.prod(local_shape))
+        mn = np.full(n, np.inf)
+        mx = np.full(n, -np.inf)
+        nf = np.zeros(n, dtype=np.int64)
+        K.group_minmax(x4, g4, mn, mx, nf)
+        return np.stack([mn, mx, nf.astype(np.float64)], axis=-1)
+
+    parts = _map_partials(data, grouping, kernel, (3,), np.float64)
+    axes = _nongroup_axes(grouping)
+    lo = parts[..., 0].min(axis=axes, keepdims=True)
+    hi = parts[..., 1].max(axis=axes, keepdims=True)
+    nf = parts[..., 2].sum(axis=axes, keepdims=True)
+    return da.stack([lo, hi, nf], axis=-1)
+
+
+def group_range(volume: Volume, grouping: Grouping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group finite minimum, maximum and number of non-finite voxels (one pass).
+
+    Groups without a finite voxel get min = +inf and max = -inf.
+    """
+    res = _move_groups(range_graph(volume.data, grouping).compute(), grouping)
+    return res[..., 0], res[..., 1], res[..., 2].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Per-group moments of the finite voxels and counts of the non-finite ones."""
+
+    grouping: Grouping
+    min: np.ndarray
+    max: np.ndarray
+    count: np.ndarray
+    sum: np.ndarray
+    sumsq: np.ndarray
+    nan: np.ndarray
+    posinf: np.ndarray
+    neginf: np.ndarray
+
+    @property
+    def mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sum / self.count
+
+    @property
+    def rms(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(self.sumsq / self.count)
+
+    @property
+    def std(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = self.sumsq / self.count - self.mean**2
+        return np.sqrt(np.maximum(var, 0.0))
+
+    @property
+    def nonfinite(self) -> np.ndarray:
+        return self.nan + self.posinf + self.neginf
+
+
+def stats_graph(data: da.Array, grouping: Grouping) -> da.Array:
+    """Lazy per-group (min, max, n, sum, sumsq, nan, +inf, -inf): ``group_shape + (8,)``."""
+
+    def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], _: Any) -> np.ndarray:
+        n = int(np.prod(local_shape))
+        mn = np.full(n, np.inf)
+        mx = np.full(n, -np.inf)
+        cnt = np.zeros(n, dtype=np.int64)
+        s = np.zeros(n)
+        ss = np.zeros(n)
+        nf = np.zeros((n, 3), dtype=np.int64)
+        K.group_stats(x4, g4, n, mn, mx, cnt, s, ss, nf)
+        return np.concatenate([np.stack([mn, mx, cnt, s, ss], axis=-1), nf.astype(np.float64)], axis=-1)
+
+    parts = _map_partials(data, grouping, kernel, (8,), np.float64)
+    axes = _nongroup_axes(grouping)
+    lo = parts[..., 0].min(axis=axes, keepdims=True)
+    hi = parts[..., 1].max(axis=axes, keepdims=True)
+    rest = parts[..., 2:].sum(axis=axes, keepdims=True)
+    return da.concatenate([lo[..., None], hi[..., None], rest], axis=-1)
+
+
+def group_stats(volume: Volume, grouping: Grouping) -> GroupStats:
+    """Per-group min, max, count, sum, sum of squares and non-finite counts (one pass)."""
+    res = _move_groups(stats_graph(volume.data, grouping).compute(), grouping)
+    ints = res[..., [2, 5, 6, 7]].astype(np.int64)
+    return GroupStats(
+        grouping,
+        res[..., 0],
+        res[..., 1],
+        ints[..., 0],
+        res[..., 3],
+        res[..., 4],
+        ints[..., 1],
+        ints[..., 2],
+        ints[..., 3],
+    )
+
+
+def histogram_graph(
+    data: da.Array,
+    grouping: Grouping,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    nbins: int,
+    pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+) -> da.Array:
+    """Lazy per-group counts (``group_shape + (nbins,)``) of `nbins` bins over [lo, hi].
+
+    `pre(block, location)` maps blocks first (a tone curve, for histograms of rescaled data).
+    """
+    lo_full = np.asarray(lo, dtype=np.float64).reshape(grouping.group_shape)
+    hi_full = np.asarray(hi, dtype=np.float64).reshape(grouping.group_shape)
+
+    def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], info: Any) -> np.ndarray:
+        loc = info[0]["array-location"]
+        index = tuple(slice(*loc[a]) for a in grouping.group_axes)
+        blo = np.ascontiguousarray(lo_full[index]).ravel()
+        bhi = np.ascontiguousarray(hi_full[index]).ravel()
+        counts = np.zeros((blo.size, nbins), dtype=np.int64)
+        K.group_histogram(x4, g4, blo, bhi, nbins, counts)
+        return counts
+
+    parts = _map_partials(data, grouping, kernel, (nbins,), np.int64, pre)
+    return parts.sum(axis=_nongroup_axes(grouping), keepdims=True)
+
+
+def group_histograms(
+    volume: Volume | da.Array,
+    grouping: Grouping,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    nbins: int = 256,
+    pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Exact per-group histograms of the finite voxels (one pass).
+
+    Parameters
+    ----------
+    volume : Volume or dask array
+    grouping : Grouping
+    lo, hi : array of shape ``grouping.group_shape``
+        Range of each group's `nbins` equal bins.  Values outside it are counted in the edge
+        bins (as clipping to [lo, hi] would do).
+    nbins : int
+    pre : callable, optional
+        ``pre(block, location) -> block`` applied to each block before binning.
+
+    Returns
+    -------
+    counts : ndarray of int64, shape ``grouping.group_shape + (nbins,)``
+        Bin assignment is the same as ``np.histogram(values, nbins, (lo, hi))`` for values
+        inside the range.
+    """
+    if not isinstance(nbins, (int, np.integer)) or nbins < 2:
+        raise ValueError(f"`nbins` must be an int >= 2; got {nbins!r}.")
+    data = volume.data if isinstance(volume, Volume) else volume
+    res = histogram_graph(data, grouping, lo, hi, int(nbins), pre).compute()
+    return _move_groups(res, grouping)
+
+
+def fine_nbins(n_groups: int, nbins: int = 256) -> int:
+    """Bins of the fine histograms used for percentiles and curves: a power-of-two multiple
+    of `nbins`, at most 65536, within a fixed total budget across groups."""
+    fine = 65536
+    while fine > nbins and fine * n_groups > _FINE_BUDGET:
+        fine //= 2
+    return max(fine, nbins)
+
+
+def compute_many(*graphs: da.Array) -> tuple[np.ndarray, ...]:
+    """Compute several reductions over the same data in one pass."""
+    return tuple(np.asarray(r) for r in dask.compute(*graphs))

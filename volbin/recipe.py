@@ -1,0 +1,189 @@
+"""`Recipe`: the whole pipeline a user asks for, as a frozen dataclass with a JSON form.
+
+The CLI builds a Recipe from its flags, the API builds one from keyword arguments, and every
+output's sidecar stores it; `Recipe.from_dict(sidecar["recipe"])` reproduces the output.
+Validation lives here, once, so every entry point reports bad values the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CURVES",
+    "DITHER_METHODS",
+    "HISTOGRAM_METHODS",
+    "METHODS",
+    "RESCALE_METHODS",
+    "Recipe",
+]
+
+RESCALE_METHODS = ("minmax", "percentile", "fixed", "dtype", "none")
+CURVES = ("linear", "gamma", "log", "equalize")
+#: Threshold methods computed from per-group histograms (plus `mean`, from exact sums).
+HISTOGRAM_METHODS = ("otsu", "yen", "isodata", "li", "minimum", "triangle", "mean")
+DITHER_METHODS = ("dither", "ordered")
+METHODS = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
+SCOPES = ("stack", "volume", "slice")
+UNITS = ("rescaled", "raw")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(choices)}; got {value!r}.")
+
+
+def _check_pair(name: str, value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a pair of numbers (lo, hi); got {value!r}.") from None
+    if not lo < hi:
+        raise ValueError(f"`{name}` must have lo < hi; got {value!r}.")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to do to a volume: rescale, decide, binarize.
+
+    Parameters
+    ----------
+    method : str
+        ``otsu``, ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean`` (histogram
+        methods), ``value`` (a given `threshold`), ``stochastic`` (Bernoulli with probability
+        equal to the rescaled intensity), ``dither`` (error diffusion) or ``ordered``.
+    scope : str
+        ``stack`` (one decision for a whole 4D stack), ``volume`` (one per 3D volume) or
+        ``slice`` (one per 2D slice along `axis`).  Rescaling uses the same groups.
+    axis : str or int
+        Slice axis for ``scope="slice"``: ``x``, ``y``, ``z`` (default) or 0, 1, 2.
+    rescale : str
+        ``minmax`` (default; linear, so thresholds match peers on raw data), ``percentile``
+        (clip at `percentiles`), ``fixed`` (clip at `value_range`), ``dtype`` (the range of
+        the stored dtype) or ``none`` (values used as they are).
+    percentiles : (float, float)
+        Lower and upper percentiles for ``rescale="percentile"``.
+    value_range : (float, float) or None
+        Raw intensities mapped to 0 and 1 for ``rescale="fixed"``.
+    curve : str
+        Tone curve after rescaling: ``linear``, ``gamma`` (``r**gamma``), ``log``
+        (``log1p(log_gain * r) / log1p(log_gain)``) or ``equalize`` (histogram equalisation).
+    gamma, log_gain : float
+        Parameters of the ``gamma`` and ``log`` curves.
+    threshold : float or None
+        The threshold of ``method="value"``, in `units`.
+    units : str
+        ``rescaled`` (default: the threshold is in [0, 1] after rescaling) or ``raw``.
+    nbins : int
+        Histogram bins of the histogram methods (256, as scikit-image).
+    seed : int
+        Seed of stochastic choices (``stochastic``, dither jitter, blue noise).
+    kernel, serpentine, jitter, upsample, matrix, pattern
+        Dithering options (see `volbin.dither`).
+    """
+
+    method: str = "otsu"
+    scope: str = "volume"
+    axis: str | int = "z"
+    rescale: str = "minmax"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    value_range: tuple[float, float] | None = None
+    curve: str = "linear"
+    gamma: float = 1.0
+    log_gain: float = 9.0
+    threshold: float | None = None
+    units: str = "rescaled"
+    nbins: int = 256
+    seed: int = 0
+    kernel: Any = "floyd-steinberg"
+    serpentine: bool = False
+    jitter: float = 0.0
+    upsample: tuple[float, float, float] | None = None
+    matrix: int = 8
+    pattern: str = "bayer"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("scope", self.scope, SCOPES)
+        _check_choice("rescale", self.rescale, RESCALE_METHODS)
+        _check_choice("curve", self.curve, CURVES)
+        _check_choice("units", self.units, UNITS)
+        if not (isinstance(self.axis, str) and self.axis.lower() in ("x", "y", "z")) and self.axis not in (0, 1, 2):
+            raise ValueError(f"`axis` must be one of 'x', 'y', 'z' or 0, 1, 2; got {self.axis!r}.")
+        p = _check_pair("percentiles", self.percentiles)
+        if not (0.0 <= p[0] and p[1] <= 100.0):
+            raise ValueError(f"`percentiles` must lie in [0, 100]; got {self.percentiles!r}.")
+        object.__setattr__(self, "percentiles", p)
+        if self.value_range is not None:
+            object.__setattr__(self, "value_range", _check_pair("value_range", self.value_range))
+        if self.rescale == "fixed" and self.value_range is None:
+            raise ValueError("`rescale='fixed'` needs `value_range=(lo, hi)` (CLI: --range LO HI).")
+        if not (isinstance(self.nbins, int) and not isinstance(self.nbins, bool) and self.nbins >= 2):
+            raise ValueError(f"`nbins` must be an int >= 2; got {self.nbins!r}.")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
+            raise ValueError(f"`seed` must be a non-negative int; got {self.seed!r}.")
+        if not float(self.gamma) > 0:
+            raise ValueError(f"`gamma` must be > 0; got {self.gamma!r}.")
+        if not float(self.log_gain) > 0:
+            raise ValueError(f"`log_gain` must be > 0; got {self.log_gain!r}.")
+        if self.method == "value":
+            if self.threshold is None:
+                raise ValueError("`method='value'` needs `threshold` (CLI: --threshold T).")
+            object.__setattr__(self, "threshold", float(self.threshold))
+        elif self.threshold is not None:
+            raise ValueError(f"`threshold` is only used with method='value'; got method={self.method!r}.")
+        if not 0.0 <= float(self.jitter) <= 1.0:
+            raise ValueError(f"`jitter` must be in [0, 1]; got {self.jitter!r}.")
+        if self.upsample is not None:
+            up = self.upsample
+            if isinstance(up, (int, float)):
+                up = (up, up, up)
+            up = tuple(float(u) for u in up)
+            if len(up) != 3 or not all(u >= 1 for u in up):
+                raise ValueError(f"`upsample` must be a factor >= 1 or three of them; got {self.upsample!r}.")
+            object.__setattr__(self, "upsample", up)
+        if not (isinstance(self.matrix, int) and self.matrix >= 2 and self.matrix & (self.matrix - 1) == 0):
+            raise ValueError(f"`matrix` must be a power of two >= 2; got {self.matrix!r}.")
+        _check_choice("pattern", self.pattern, ("bayer", "blue-noise"))
+
+    # --- JSON form -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        if hasattr(self.kernel, "tolist"):
+            d["kernel"] = self.kernel.tolist()
+        return d
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}.")
+        kw = dict(d)
+        for k in ("percentiles", "value_range", "upsample"):
+            if isinstance(kw.get(k), list):
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether raw -> rescaled is linear (thresholds then map exactly to raw units)."""
+        return self.curve == "linear" or (self.curve == "gamma" and float(self.gamma) == 1.0)

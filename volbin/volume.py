@@ -1,0 +1,322 @@
+"""The data model: `Volume` (lazy data + spatial metadata + provenance) and scopes.
+
+A `Volume` is a dask array with the spatial metadata of the image it came from.  Axis roles
+are explicit: three spatial axes and, for 4D data, one volume axis (``volume_axis``; 3 in
+NIfTI order ``(X, Y, Z, T)``, often 0 for stacks saved with ``np.stack``).
+
+`Grouping` is the one place that maps a scope (``stack``, ``volume``, ``slice``) onto array
+axes.  Every per-group statistic is an array of shape ``Grouping.group_shape`` and is broadcast
+back onto data blocks with `Grouping.block_values`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+
+from .errors import VolbinDataError
+
+__all__ = ["SCOPES", "Grouping", "Volume", "as_volume", "slab_chunks"]
+
+SCOPES = ("stack", "volume", "slice")
+Scope = Literal["stack", "volume", "slice"]
+_AXIS_NAMES = {"x": 0, "y": 1, "z": 2, "i": 0, "j": 1, "k": 2}
+
+#: Default size of one chunk of input data, in bytes.  Chunks are slabs that are contiguous
+#: in the file; 64 MiB keeps two threads busy and balanced while bounding memory.
+DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+
+def slab_chunks(
+    shape: Sequence[int],
+    itemsize: int,
+    order: Literal["C", "F"] = "F",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[int, ...]:
+    """Chunk sizes that cut `shape` into slabs contiguous in memory order `order`.
+
+    The slowest-varying axis is split first; faster axes are split only when one step along
+    every slower axis is already larger than `chunk_bytes`.
+
+    Examples
+    --------
+    >>> slab_chunks((181, 217, 181, 10), 8, "F", 64 * 2**20)
+    (181, 217, 181, 1)
+    >>> slab_chunks((181, 217, 181), 8, "F", 2**20)
+    (181, 217, 3)
+    >>> slab_chunks((10, 181, 217, 181), 8, "C", 64 * 2**20)
+    (1, 181, 217, 181)
+    """
+    shape = tuple(int(s) for s in shape)
+    if chunk_bytes <= 0:
+        raise ValueError(f"`chunk_bytes` must be positive; got {chunk_bytes}.")
+    axes = list(range(len(shape) - 1, -1, -1)) if order == "F" else list(range(len(shape)))
+    chunks = list(shape)
+    inner = math.prod(shape) * itemsize
+    for a in axes:
+        if shape[a] == 0:
+            break
+        inner //= shape[a]  # bytes of a slab one step thick along `a`
+        if inner * shape[a] <= chunk_bytes:
+            break
+        if inner <= chunk_bytes or inner == 0:
+            chunks[a] = max(1, chunk_bytes // max(inner, 1))
+            break
+        chunks[a] = 1
+    return tuple(int(c) for c in chunks)
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A lazy 3D or 4D image: dask data, affine, header and provenance.
+
+    Parameters
+    ----------
+    data : (X, Y, Z[, T]) dask array
+        Voxel values.  Nothing is read or computed until a sink (``save``, ``compute``).
+    affine : (4, 4) ndarray, optional
+        Voxel-to-world (RAS+ mm) transform; identity if not given.
+    header : nibabel.Nifti1Header, optional
+        The header of the source image; kept so that outputs carry its spatial fields.
+    volume_axis : int, optional
+        For 4D data, the axis that indexes volumes (default 3, NIfTI order).
+    source : dict, optional
+        Identity of the input file (path, size, mtime).
+    steps : tuple of dict
+        What was done to the data, in order: the record written to the JSON sidecar.
+    """
+
+    data: da.Array
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    header: Any = None
+    volume_axis: int | None = None
+    source: dict[str, Any] | None = None
+    steps: tuple[dict[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        data = self.data
+        if not isinstance(data, da.Array):
+            data = da.asarray(data)
+            object.__setattr__(self, "data", data)
+        if data.ndim not in (3, 4):
+            raise VolbinDataError(
+                f"volumes must be 3D (X, Y, Z) or 4D (X, Y, Z, T); got {data.ndim}D data "
+                f"of shape {data.shape}."
+            )
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ValueError(f"`affine` must be a 4x4 matrix; got shape {affine.shape}.")
+        object.__setattr__(self, "affine", affine)
+        vaxis = self.volume_axis
+        if data.ndim == 3:
+            vaxis = None
+        else:
+            vaxis = 3 if vaxis is None else int(vaxis)
+            if not -4 <= vaxis < 4:
+                raise ValueError(f"`volume_axis` must be in [-4, 3]; got {vaxis}.")
+            vaxis %= 4
+        object.__setattr__(self, "volume_axis", vaxis)
+        object.__setattr__(self, "steps", tuple(self.steps))
+
+    # --- array-like contract -------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        return int(self.data.ndim)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        return self.data.chunks
+
+    def compute(self, **kwargs: Any) -> np.ndarray:
+        """Compute the voxel values into a numpy array."""
+        return np.asarray(self.data.compute(**kwargs))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.compute()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Volume(shape={self.shape}, dtype={self.dtype}, "
+            f"zooms={tuple(round(z, 4) for z in self.zooms)}, volume_axis={self.volume_axis}, "
+            f"chunks={tuple(c[0] if len(c) else 0 for c in self.chunks)}, "
+            f"steps={[s.get('step') for s in self.steps]})"
+        )
+
+    # --- axis roles ----------------------------------------------------------------------
+    @property
+    def spatial_axes(self) -> tuple[int, int, int]:
+        """Array axes of x, y, z, in that order."""
+        axes = [a for a in range(self.ndim) if a != self.volume_axis]
+        return (axes[0], axes[1], axes[2])
+
+    @property
+    def n_volumes(self) -> int:
+        return 1 if self.volume_axis is None else self.shape[self.volume_axis]
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        s = self.shape
+        x, y, z = self.spatial_axes
+        return (s[x], s[y], s[z])
+
+    @property
+    def zooms(self) -> tuple[float, float, float]:
+        """Voxel sizes along x, y, z (from the header if any, else from the affine)."""
+        if self.header is not None:
+            try:
+                z = self.header.get_zooms()
+                return (float(z[0]), float(z[1]), float(z[2]))
+            except Exception:  # pragma: no cover - foreign header types
+                pass
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+    def axis_index(self, axis: int | str | None) -> int:
+        """Array axis of a spatial axis given as ``"x"/"y"/"z"``, 0/1/2, or None (= z)."""
+        if axis is None:
+            return self.spatial_axes[2]
+        if isinstance(axis, str):
+            key = axis.lower()
+            if key not in _AXIS_NAMES:
+                raise ValueError(f"`axis` must be one of 'x', 'y', 'z' or 0, 1, 2; got {axis!r}.")
+            return self.spatial_axes[_AXIS_NAMES[key]]
+        if isinstance(axis, (int, np.integer)) and 0 <= int(axis) <= 2:
+            return self.spatial_axes[int(axis)]
+        raise ValueError(f"`axis` must be one of 'x', 'y', 'z' or 0, 1, 2; got {axis!r}.")
+
+    # --- derivation ----------------------------------------------------------------------
+    def derive(self, data: da.Array, step: dict[str, Any] | None = None, **changes: Any) -> Volume:
+        """A new Volume with `data`, the same metadata, and `step` appended to `steps`."""
+        steps = self.steps + ((step,) if step else ())
+        return dataclasses.replace(self, data=data, steps=steps, **changes)
+
+    def grouping(self, scope: str, axis: int | str | None = None) -> Grouping:
+        """The `Grouping` of this volume for `scope` (and slice `axis`)."""
+        return Grouping.of(self, scope, axis)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How a scope splits a volume into groups, each with its own statistics.
+
+    ``group_axes`` are the array axes that index groups (sorted); per-group values are arrays
+    of shape ``group_shape``.  ``stack`` has no group axes (one group), ``volume`` has the
+    volume axis, ``slice`` has the slice axis (and the volume axis for 4D data).
+    """
+
+    shape: tuple[int, ...]
+    scope: str
+    group_axes: tuple[int, ...]
+    slice_axis: int | None = None
+
+    @classmethod
+    def of(cls, volume: Volume, scope: str, axis: int | str | None = None) -> Grouping:
+        if scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {', '.join(SCOPES)}; got {scope!r}.")
+        vaxis = volume.volume_axis
+        slice_axis = None
+        if scope == "stack":
+            gaxes: tuple[int, ...] = ()
+        elif scope == "volume":
+            gaxes = () if vaxis is None else (vaxis,)
+        else:
+            slice_axis = volume.axis_index(axis)
+            gaxes = tuple(sorted({slice_axis} | ({vaxis} if vaxis is not None else set())))
+        return cls(volume.shape, scope, gaxes, slice_axis)
+
+    @property
+    def group_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.group_axes)
+
+    @property
+    def n_groups(self) -> int:
+        return math.prod(self.group_shape)
+
+    def expand(self, values: np.ndarray) -> np.ndarray:
+        """Reshape per-group `values` (group_shape + trailing) to broadcast over the data."""
+        values = np.asarray(values)
+        trailing = values.shape[len(self.group_axes) :]
+        shape = [1] * len(self.shape)
+        for a in self.group_axes:
+            shape[a] = self.shape[a]
+        return values.reshape(tuple(shape) + trailing)
+
+    def block_values(self, values: np.ndarray, location: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Per-group `values` cut to a block at array `location` ((start, stop) per axis),
+        shaped to broadcast against that block."""
+        full = self.expand(values)
+        index = tuple(
+            slice(lo, hi) if a in self.group_axes else slice(None)
+            for a, (lo, hi) in enumerate(location)
+        )
+        return full[index]
+
+    def labels(self) -> list[dict[str, int]]:
+        """One dict per group (C order over `group_shape`) naming its indices."""
+        names = []
+        for a in self.group_axes:
+            names.append("slice" if a == self.slice_axis else "volume")
+        return [dict(zip(names, map(int, idx))) for idx in np.ndindex(*self.group_shape)]
+
+
+Kind = Literal["numpy", "dask", "volume"]
+
+
+def as_volume(
+    volume: Any,
+    *,
+    volume_axis: int | None = None,
+    chunk_bytes: int | None = None,
+) -> tuple[Volume, Kind]:
+    """Wrap numpy/dask/Volume input as a Volume, remembering what kind it was.
+
+    numpy arrays are wrapped without hashing their data (``name=False``), in slabs
+    contiguous in their memory order.
+    """
+    if isinstance(volume, Volume):
+        if volume_axis is not None and volume.ndim == 4:
+            volume = dataclasses.replace(volume, volume_axis=volume_axis)
+        return volume, "volume"
+    if isinstance(volume, da.Array):
+        return Volume(volume, volume_axis=volume_axis), "dask"
+    if hasattr(volume, "__array__") or isinstance(volume, (list, tuple)):
+        arr = np.asarray(volume)
+        if arr.ndim not in (3, 4):
+            raise VolbinDataError(
+                f"volumes must be 3D (X, Y, Z) or 4D (X, Y, Z, T); got {arr.ndim}D data "
+                f"of shape {arr.shape}."
+            )
+        order: Literal["C", "F"] = (
+            "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+        )
+        chunks = slab_chunks(arr.shape, arr.dtype.itemsize, order, chunk_bytes or DEFAULT_CHUNK_BYTES)
+        return Volume(da.from_array(arr, chunks=chunks, name=False), volume_axis=volume_axis), "numpy"
+    raise TypeError(
+        f"`volume` must be a numpy array, a dask array or a volbin.Volume; got {type(volume).__name__}."
+    )
+
+
+def like_input(result: Volume, kind: Kind) -> Any:
+    """Return `result` as the kind of object the user passed in."""
+    if kind == "volume":
+        return result
+    if kind == "dask":
+        return result.data
+    # Store blocks into one preallocated array: no second full-size copy at the end.
+    out = np.empty(result.shape, dtype=result.dtype)
+    da.store(result.data, out, lock=False)
+    return out
