@@ -276,6 +276,23 @@ class Grouping:
 Kind = Literal["numpy", "dask", "volume"]
 
 
+class _NoCopy:
+    """An ndarray seen through the array-like contract only.
+
+    ``da.from_array`` copies any input that has a ``copy`` method (the whole array, before
+    anything runs); wrapping the array keeps its chunks as views of the caller's memory.
+    """
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+        self.shape = arr.shape
+        self.dtype = arr.dtype
+        self.ndim = arr.ndim
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.arr[index]
+
+
 def as_volume(
     volume: Any,
     *,
@@ -304,7 +321,10 @@ def as_volume(
             "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
         )
         chunks = slab_chunks(arr.shape, arr.dtype.itemsize, order, chunk_bytes or DEFAULT_CHUNK_BYTES)
-        return Volume(da.from_array(arr, chunks=chunks, name=False), volume_axis=volume_axis), "numpy"
+        data = da.from_array(
+            _NoCopy(arr), chunks=chunks, name=False, asarray=False, meta=np.empty((0,) * arr.ndim, arr.dtype)
+        )
+        return Volume(data, volume_axis=volume_axis), "numpy"
     raise TypeError(
         f"`volume` must be a numpy array, a dask array or a volbin.Volume; got {type(volume).__name__}."
     )

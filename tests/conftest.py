@@ -1,0 +1,139 @@
+"""Shared fixtures: small phantoms, real MRI files shipped by packages, a NIfTI writer.
+
+Real MRI comes from nibabel's own test data (always installed with nibabel) and, when dipy is
+installed, from the small NIfTI files in its wheel (``dipy/data/files``); fixtures for the
+latter skip when dipy is absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from volbin.phantom import Phantom, phantom
+
+NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
+
+#: Real MRI shipped by nibabel: a 3D T1 crop and a 4D EPI series.
+NIBABEL_FILES = {
+    "anatomical.nii": "3D T1-weighted, (33, 41, 25) big-endian int16, 2 mm",
+    "example4d.nii.gz": "4D EPI, (128, 96, 24, 2) int16, 2 x 2 x 2.2 mm, TR 2 s",
+    "functional.nii": "4D EPI, (17, 21, 3, 20) int16, 4 x 4 x 8 mm",
+}
+
+#: Real MRI shipped in dipy's wheel (``dipy/data/files``).
+DIPY_FILES = {
+    "S0_10slices.nii.gz": "b0 diffusion volume, (128, 128, 10, 1) uint16, 2 mm in-plane",
+    "aniso_vox.nii.gz": "b0 diffusion volume, (58, 58, 24) int16, 4 x 4 x 5 mm",
+}
+
+
+def _frozen(p: Phantom) -> Phantom:
+    # Session-scoped arrays are shared by every test: make accidental writes fail loudly.
+    for array in (p.intensity, p.labels, p.affine):
+        array.flags.writeable = False
+    return p
+
+
+@pytest.fixture(scope="session")
+def phantom3d() -> Phantom:
+    """A small 3D T1-weighted phantom, (48, 56, 48) float32, read-only."""
+    return _frozen(phantom((48, 56, 48), seed=0))
+
+
+@pytest.fixture(scope="session")
+def phantom4d() -> Phantom:
+    """A small 4D phantom of 4 volumes, (40, 48, 40, 4) float32, read-only."""
+    return _frozen(phantom((40, 48, 40), n_volumes=4, seed=1))
+
+
+def _nibabel_file(name: str) -> Path:
+    path = NIBABEL_DATA / name
+    if not path.is_file():
+        pytest.skip(f"nibabel's test data file {name} is not installed")
+    return path
+
+
+def _dipy_file(name: str) -> Path:
+    dipy = pytest.importorskip("dipy", reason="dipy (optional) ships real MRI test files")
+    path = Path(str(resources.files(dipy) / "data" / "files" / name))
+    if not path.is_file():
+        pytest.skip(f"dipy {dipy.__version__} does not ship data/files/{name}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_t1_path() -> Path:
+    """nibabel's ``anatomical.nii``: a real 3D T1-weighted crop, (33, 41, 25) >i2."""
+    return _nibabel_file("anatomical.nii")
+
+
+@pytest.fixture(scope="session")
+def real_4d_path() -> Path:
+    """nibabel's ``example4d.nii.gz``: a real 4D EPI series, (128, 96, 24, 2) int16."""
+    return _nibabel_file("example4d.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def dipy_b0_path() -> Path:
+    """dipy's ``S0_10slices.nii.gz``: a real b0 brain volume, (128, 128, 10, 1) uint16."""
+    return _dipy_file("S0_10slices.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def dipy_aniso_path() -> Path:
+    """dipy's ``aniso_vox.nii.gz``: a real brain volume, (58, 58, 24) int16, 4 x 4 x 5 mm."""
+    return _dipy_file("aniso_vox.nii.gz")
+
+
+@pytest.fixture(
+    scope="session",
+    params=[*(f"nibabel:{n}" for n in NIBABEL_FILES), *(f"dipy:{n}" for n in DIPY_FILES)],
+)
+def real_mri_path(request: pytest.FixtureRequest) -> Path:
+    """Each real MRI file in turn; the dipy ones skip when dipy is not installed."""
+    package, name = request.param.split(":")
+    return _nibabel_file(name) if package == "nibabel" else _dipy_file(name)
+
+
+@pytest.fixture
+def nifti_factory(tmp_path: Path) -> Callable[..., Path]:
+    """Write an array to a NIfTI-1 file in `tmp_path` and return its path.
+
+    ``make(data, name="volume.nii.gz", *, affine=None, dtype=None, slope=None, inter=None)``:
+    `affine` defaults to the identity; `dtype` is the on-disk dtype (default: the array's).
+    When `slope` or `inter` is given, `data` holds the values stored on disk (cast to `dtype`)
+    and the header gets exactly that ``scl_slope`` / ``scl_inter``, so a reader must return
+    ``data * slope + inter``.  A name ending in ``.nii.gz`` is compressed.
+    """
+
+    def make(
+        data: np.ndarray,
+        name: str = "volume.nii.gz",
+        *,
+        affine: np.ndarray | None = None,
+        dtype: np.typing.DTypeLike = None,
+        slope: float | None = None,
+        inter: float | None = None,
+    ) -> Path:
+        data = np.asarray(data)
+        dtype = data.dtype if dtype is None else np.dtype(dtype)
+        scaled = slope is not None or inter is not None
+        if scaled:
+            data = data.astype(dtype)
+        img = nib.Nifti1Image(data, np.eye(4) if affine is None else np.asarray(affine))
+        img.header.set_data_dtype(dtype)
+        img.header.set_xyzt_units("mm", "sec")
+        if scaled:
+            img.header.set_slope_inter(1.0 if slope is None else slope, inter or 0.0)
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.to_filename(path)
+        return path
+
+    return make
