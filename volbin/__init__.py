@@ -21,7 +21,10 @@ from .errors import (
     VolbinFileError,
     VolbinWarning,
 )
+from .io import load, read_sidecar, save
+from .phantom import Phantom, phantom
 from .recipe import Recipe
+from .report import describe, dice
 from .rescale import rescale
 from .threshold import threshold
 from .volume import Grouping, Volume
@@ -42,7 +45,14 @@ __all__ = [
     "VolbinWarning",
     "Volume",
     "__version__",
+    "Phantom",
     "binarize",
+    "describe",
+    "dice",
+    "load",
+    "phantom",
+    "read_sidecar",
     "rescale",
+    "save",
     "threshold",
 ]

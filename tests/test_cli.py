@@ -1,0 +1,188 @@
+"""The command line, called in-process: outputs against nibabel/skimage, exit codes, errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from skimage.filters import threshold_otsu
+
+from volbin.cli import main
+from volbin.phantom import phantom
+
+
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    ph = phantom((40, 48, 40), n_volumes=3, seed=1)
+    path = d / "brains.nii.gz"
+    nib.save(ph.to_nifti(), path)
+    return path, ph
+
+
+def test_binarize_otsu_per_volume_matches_skimage(brain, tmp_path, capsys):
+    src, ph = brain
+    out = tmp_path / "mask.nii.gz"
+    assert main(["binarize", str(src), str(out), "--method", "otsu", "--scope", "volume"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    img = nib.load(out)
+    data = np.asanyarray(img.dataobj)
+    assert data.dtype == np.uint8 and set(np.unique(data)) <= {0, 1}
+    x = nib.load(src).get_fdata(dtype=np.float32)
+    for i in range(3):
+        ref = x[..., i] > threshold_otsu(x[..., i])
+        np.testing.assert_array_equal(data[..., i].astype(bool), ref)
+    np.testing.assert_allclose(img.affine, ph.affine)
+    side = json.loads((tmp_path / "mask.json").read_text())
+    assert side["steps"][-1]["decision"]["method"] == "otsu"
+    assert len(side["steps"][-1]["decision"]["threshold_raw"]) == 3
+
+
+def test_recipe_from_sidecar_reproduces_bytes(brain, tmp_path):
+    src, _ = brain
+    a, b = tmp_path / "a.nii", tmp_path / "b.nii"
+    args = ["--method", "stochastic", "--seed", "5", "--rescale", "percentile", "--scope", "slice"]
+    assert main(["binarize", str(src), str(a), *args]) == 0
+    assert main(["binarize", str(src), str(b), "--recipe", str(tmp_path / "a.json")]) == 0
+    assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
+    c = tmp_path / "c.nii"
+    assert main(["binarize", str(src), str(c), "--recipe", str(tmp_path / "a.json"), "--seed", "6"]) == 0
+    assert not np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(c).dataobj))
+
+
+def test_npy_stochastic_volume_axis_first(tmp_path):
+    x = np.random.default_rng(0).random((2, 10, 12, 14))
+    src = tmp_path / "stack.npy"
+    np.save(src, x)
+    out = tmp_path / "mask.npy"
+    assert main(["binarize", str(src), str(out), "--method", "stochastic", "--seed", "7",
+                 "--volume-axis", "0", "--rescale", "none"]) == 0
+    m = np.load(out)
+    assert m.shape == x.shape and m.dtype == np.uint8
+    # Bernoulli(p = x): the mean matches within 5 binomial standard deviations.
+    sd = np.sqrt((x * (1 - x)).sum()) / x.size
+    assert abs(m.mean() - x.mean()) < 5 * sd
+
+
+def test_refuses_existing_output_without_force(brain, tmp_path, capsys):
+    src, _ = brain
+    out = tmp_path / "m.nii.gz"
+    out.write_bytes(b"keep me")
+    assert main(["binarize", str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err and err.count("\n") == 1
+    assert out.read_bytes() == b"keep me"
+    assert main(["binarize", str(src), str(out), "--force"]) == 0
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+
+
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b"not an image at all" * 30), ""),
+    ],
+)
+def test_bad_inputs_one_line_exit_1(tmp_path, capsys, make, expect):
+    src = tmp_path / "in.nii"
+    make(src)
+    assert main(["binarize", str(src), str(tmp_path / "o.nii")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("volbin: error:") and err.count("\n") == 1 and str(src.name) in err
+    assert expect in err
+    assert not (tmp_path / "o.nii").exists()
+
+
+def test_truncated_gzip(brain, tmp_path, capsys):
+    src, _ = brain
+    bad = tmp_path / "cut.nii.gz"
+    bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    assert main(["binarize", str(bad), str(tmp_path / "o.nii.gz")]) == 1
+    assert "cut.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_usage_errors_exit_2(brain, tmp_path, capsys):
+    src, _ = brain
+    assert main(["binarize", str(src), str(tmp_path / "o.nii"), "--method", "nope"]) == 2
+    assert main(["binarize", str(src), str(tmp_path / "o.nii"), "--method", "value"]) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert main(["binarize", str(src), str(tmp_path / "o.nii"), "--nbins", "1"]) == 2
+    assert "`nbins`" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(Exception, match="no such file"):
+        main(["--debug", "binarize", str(tmp_path / "missing.nii"), str(tmp_path / "o.nii")])
+
+
+def test_nan_voxels_warned_and_zero(tmp_path, capsys):
+    x = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32)
+    x[0, 0, :4] = np.nan
+    x[1, 1, 1] = np.inf
+    src = tmp_path / "nan.nii"
+    nib.save(nib.Nifti1Image(x, np.eye(4)), src)
+    assert main(["binarize", str(src), str(tmp_path / "o.nii")]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "5 NaN/Inf" in err
+    m = np.asanyarray(nib.load(tmp_path / "o.nii").dataobj)
+    assert m[0, 0, :4].sum() == 0 and m[1, 1, 1] == 0
+    finite = x[np.isfinite(x)]
+    np.testing.assert_array_equal(m[np.isfinite(x)].astype(bool), finite > threshold_otsu(finite))
+    side = json.loads((tmp_path / "o.json").read_text())
+    assert side["steps"][-1]["nonfinite_voxels"] == 5
+
+
+def test_all_nan_volume_is_an_error(tmp_path, capsys):
+    src = tmp_path / "nan.nii"
+    nib.save(nib.Nifti1Image(np.full((4, 4, 4), np.nan, np.float32), np.eye(4)), src)
+    assert main(["binarize", str(src), str(tmp_path / "o.nii")]) == 1
+    assert "no finite voxel" in capsys.readouterr().err
+
+
+def test_constant_volume_defined_result(tmp_path, capsys):
+    src = tmp_path / "c.nii"
+    nib.save(nib.Nifti1Image(np.full((4, 5, 6), 7.0, np.float32), np.eye(4)), src)
+    assert main(["binarize", str(src), str(tmp_path / "o.nii")]) == 0
+    assert "constant" in capsys.readouterr().err
+    assert np.asanyarray(nib.load(tmp_path / "o.nii").dataobj).sum() == 0
+
+
+def test_info_json_against_numpy(brain, capsys):
+    src, _ = brain
+    assert main(["info", str(src), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    x = nib.load(src).get_fdata()
+    assert info["shape"] == list(x.shape) and info["n_volumes"] == 3
+    for i, s in enumerate(info["stats"]):
+        v = x[..., i]
+        assert s["min"] == pytest.approx(v.min()) and s["max"] == pytest.approx(v.max())
+        assert s["mean"] == pytest.approx(v.mean()) and s["rms"] == pytest.approx(np.sqrt((v**2).mean()))
+        width = (v.max() - v.min()) / 65536
+        assert abs(s["percentiles"]["p50"] - np.percentile(v, 50)) <= 2 * width
+    assert info["orientation"]["axcodes"] == "".join(nib.aff2axcodes(nib.load(src).affine))
+    assert main(["info", str(src)]) == 0
+    text = capsys.readouterr().out
+    assert "vol 2" in text and "orientation" in text
+
+
+def test_help_has_examples(capsys):
+    for cmd in ("binarize", "info", "demo"):
+        assert main([cmd, "--help"]) == 0
+        assert "examples:" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+
+
+def test_demo(tmp_path, capsys):
+    assert main(["demo", "--out-dir", str(tmp_path / "d"), "--shape", "40", "48", "40", "--volumes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Dice" in out and str(tmp_path / "d") in out
+    m = nib.load(tmp_path / "d" / "phantom4d_mask.nii.gz")
+    assert m.shape == (40, 48, 40, 2)
+    with gzip.open(tmp_path / "d" / "phantom3d_mask.nii.gz") as f:
+        assert len(f.read()) > 0
+    assert (tmp_path / "d" / "phantom3d_mask.json").exists()
