@@ -12,7 +12,10 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from .batch import batch
 from .binarize import binarize
+from .convert import convert
+from .dither import dither
 from .errors import (
     InputFileError,
     OutputFileError,
@@ -46,9 +49,12 @@ __all__ = [
     "Volume",
     "__version__",
     "Phantom",
+    "batch",
     "binarize",
+    "convert",
     "describe",
     "dice",
+    "dither",
     "load",
     "phantom",
     "read_sidecar",

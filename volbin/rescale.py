@@ -18,8 +18,8 @@ import dask.array as da
 import numpy as np
 
 from .errors import VolbinDataError, VolbinWarning
-from .histogram import fine_nbins, group_histograms, group_range
-from .recipe import Recipe
+from .histogram import fine_nbins, group_histograms, group_range, percentiles_from_hist
+from .recipe import HISTOGRAM_METHODS, Recipe
 from .volume import Grouping, Volume, as_volume, like_input
 
 __all__ = ["Transform", "fit_transform", "rescale"]
@@ -95,9 +95,9 @@ class Transform:
         out = np.empty(x.shape, dtype=np.float64)
         ranges = [range(*location[a]) for a in g.group_axes]
         for gidx in np.ndindex(*[len(r) for r in ranges]):
-            global_idx = tuple(r[i] for r, i in zip(ranges, gidx))
+            global_idx = tuple(r[i] for r, i in zip(ranges, gidx, strict=True))
             sel: list[Any] = [slice(None)] * x.ndim
-            for a, i in zip(g.group_axes, gidx):
+            for a, i in zip(g.group_axes, gidx, strict=True):
                 sel[a] = i
             xs = x[tuple(sel)]
             edges = self.eq_edges[global_idx]
@@ -202,27 +202,6 @@ def _dtype_range(volume: Volume) -> tuple[float, float]:
     return a, b
 
 
-def _percentiles_from_hist(
-    counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, q: Sequence[float]
-) -> np.ndarray:
-    """Percentiles (group_shape + (len(q),)) from fine histograms, interpolating in bins."""
-    nb = counts.shape[-1]
-    out = np.empty(counts.shape[:-1] + (len(q),))
-    for idx in np.ndindex(*counts.shape[:-1]):
-        c = counts[idx]
-        n = c.sum()
-        a, b = lo[idx], hi[idx]
-        if n == 0 or not b > a:
-            out[idx] = a
-            continue
-        cum = np.concatenate([[0], np.cumsum(c)])
-        edges = a + (b - a) * np.arange(nb + 1) / nb
-        for j, qq in enumerate(q):
-            rank = qq / 100.0 * n
-            out[idx + (j,)] = np.interp(rank, cum, edges)
-    return out
-
-
 def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transform:
     """Measure the per-group parameters of the rescale and tone curve of `recipe`.
 
@@ -238,9 +217,11 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
     dmin, dmax, nonfinite = group_range(volume, grouping)
     empty = ~(dmax >= dmin)
     if empty.any():
-        labels = [lab for lab, e in zip(grouping.labels(), empty.ravel()) if e]
+        labels = [lab for lab, e in zip(grouping.labels(), empty.ravel(), strict=True) if e]
         if grouping.scope != "slice" or empty.all():
-            where = ", ".join(str(lab) for lab in labels[:5]) or "the stack"
+            # A single group has an empty label: name it.
+            whole = "the volume" if volume.ndim == 3 else "the stack"
+            where = ", ".join(str(lab) for lab in labels[:5] if lab) or whole
             raise VolbinDataError(f"no finite voxel in {where}: nothing to rescale or threshold.")
         warnings.warn(
             f"{int(empty.sum())} slice(s) have no finite voxel; their output is 0.",
@@ -274,7 +255,7 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
         lo, hi = np.full(shape, a), np.full(shape, b)
     else:
         assert fine is not None
-        p = _percentiles_from_hist(fine, dmin, dmax, recipe.percentiles)
+        p = percentiles_from_hist(fine, dmin, dmax, recipe.percentiles)
         lo, hi = p[..., 0], p[..., 1]
     eq_edges = eq_cdf = None
     if recipe.curve == "equalize":
@@ -285,7 +266,9 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
         recipe.curve, float(recipe.gamma), float(recipe.log_gain), eq_edges, eq_cdf,
     )
     const = tr.constant & ~empty
-    if const.any():
+    # With rescale 'none' a constant volume keeps its meaning for stochastic and dithering;
+    # it only defeats histogram thresholds.
+    if const.any() and (method != "none" or recipe.method in HISTOGRAM_METHODS):
         what = "the stack is" if grouping.n_groups == 1 else f"{int(const.sum())} group(s) are"
         warnings.warn(
             f"{what} constant after rescaling (range {float(dmin.min())}..{float(dmax.max())}); "
@@ -304,7 +287,7 @@ def _equalize_tables(
     nb = fine.shape[-1]
     t = np.arange(nb + 1) / nb
     edges = dmin[..., None] + (dmax - dmin)[..., None] * t
-    cum = np.concatenate([np.zeros(fine.shape[:-1] + (1,)), np.cumsum(fine, axis=-1)], axis=-1)
+    cum = np.concatenate([np.zeros((*fine.shape[:-1], 1)), np.cumsum(fine, axis=-1)], axis=-1)
     if not identity:
         c_lo = np.array([np.interp(lo[i], edges[i], cum[i]) for i in np.ndindex(*lo.shape)]).reshape(lo.shape)
         c_hi = np.array([np.interp(hi[i], edges[i], cum[i]) for i in np.ndindex(*hi.shape)]).reshape(hi.shape)
