@@ -64,24 +64,33 @@ def test_atkinson_is_lossy_by_design(head):
     assert d.mean() < r.mean()
 
 
-def _blurred_error(binary, grey, sigma=1.5, ndim=3):
+def _blurred_error(binary, grey, sigma=1.0, ndim=3):
+    """The issue's metric: RMS of (Gaussian-blurred binary - rescaled input)."""
     sig = (sigma, sigma, sigma) if ndim == 3 else (sigma, sigma, 0)
     return float(np.sqrt(np.mean((ndimage.gaussian_filter(binary.astype(np.float64), sig) - grey) ** 2)))
 
 
 def test_error_ranks_on_phantom(head):
     x = head.intensity
-    grey = ndimage.gaussian_filter(volbin.rescale(x).astype(np.float64), 1.5)
+    grey = volbin.rescale(x).astype(np.float64)
     errs = {
         "diffusion": _blurred_error(volbin.dither(x, scope="slice"), grey, ndim=2),
-        "blue-noise": _blurred_error(volbin.binarize(x, "ordered", pattern="blue-noise", scope="slice", matrix=32), grey, ndim=2),
+        "blue-noise": _blurred_error(
+            volbin.binarize(x, "ordered", pattern="blue-noise", scope="slice", matrix=32), grey, ndim=2
+        ),
         "bayer": _blurred_error(volbin.binarize(x, "ordered", pattern="bayer", scope="slice", matrix=8), grey, ndim=2),
         "stochastic": _blurred_error(volbin.binarize(x, "stochastic", seed=1), grey, ndim=2),
     }
-    assert errs["diffusion"] < errs["blue-noise"] <= errs["bayer"] * 1.05 < errs["stochastic"], errs
+    assert errs["diffusion"] < errs["blue-noise"] <= errs["bayer"] < errs["stochastic"], errs
+    # Seen as a volume, 3D diffusion renders the grey levels better than slice-wise 2D.
     e2 = _blurred_error(volbin.dither(x, scope="slice"), grey)
     e3 = _blurred_error(volbin.dither(x, scope="volume"), grey)
-    assert e3 < e2
+    assert e3 < e2, (e3, e2)
+    # The metric in volbin.quality agrees with this one.
+    from volbin.quality import dither_error
+
+    q = dither_error(volbin.dither(x, scope="volume"), grey, sigma=1.0, ndim=3)
+    assert q["blurred_rms"] == pytest.approx(e3, rel=1e-6)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

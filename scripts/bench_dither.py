@@ -1,0 +1,230 @@
+"""Benchmark: volbin's compiled error diffusion against Pillow, on the same slices, one thread.
+
+    python scripts/bench_dither.py                     # two (181, 217, 181) volumes
+    python scripts/bench_dither.py --repeat 11 --shape 96 112 96 --data smooth
+
+Pillow's ``Image.convert("1")`` is Floyd-Steinberg on 8-bit images (integer arithmetic,
+raster scan, error off the edges dropped).  volbin gets the same uint8 slices as float32
+``value / 255`` and works in float (edge error kept, see ``volbin/_dither_kernels.py``).
+Pillow images are made before timing, so both sides time the dithering only.  Runs of the
+methods are interleaved and each figure is the median of --repeat runs, as wall-clock time
+and as this process's CPU time (the latter is steadier on a busy machine).
+
+Two volumes: a head-like phantom (dark background, as in MRI) and smooth random texture
+(mid-grey everywhere, the hard case for the quantiser's branch).  For each, also volumetric
+(3D) diffusion of the float32 volume, in one piece and streamed in slabs; then once:
+compile time of the loops (first call in a fresh process with an empty numba cache) against
+a cached start; the blue-noise array generation; and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage as ndi
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from volbin import _dither_kernels as dk
+from volbin import ordered
+
+
+def head_phantom(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """A head-like float32 volume in [0, 1]: dark background, bright shell, textured inside."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
+    r = np.sqrt(sum((g / a) ** 2 for g, a in zip(grids, (0.85, 0.9, 0.8), strict=True)))
+    texture = ndi.gaussian_filter(rng.random(shape, dtype=np.float32), 3)
+    texture = (texture - texture.min()) / (texture.max() - texture.min())
+    vol = np.zeros(shape, np.float32)
+    vol[r < 1.0] = 0.85  # scalp and skull
+    inside = r < 0.9
+    vol[inside] = 0.25 + 0.5 * texture[inside]  # grey and white matter
+    vol[(r < 0.35) & (texture > 0.55)] = 0.1  # ventricles
+    return np.clip(ndi.gaussian_filter(vol, 1.0), 0, 1)
+
+
+def timed(fn, clock) -> float:
+    t = clock()
+    fn()
+    return clock() - t
+
+
+def run_interleaved(methods: dict, repeat: int) -> dict:
+    """Median wall and CPU seconds of each method, runs interleaved."""
+    wall = {k: [] for k in methods}
+    cpu = {k: [] for k in methods}
+    for _ in range(repeat):
+        for name, fn in methods.items():
+            c = time.process_time()
+            wall[name].append(timed(fn, time.perf_counter))
+            cpu[name].append(time.process_time() - c)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in methods}
+
+
+COMPILE_PROBE = """
+import time, numpy as np
+t = time.perf_counter()
+from volbin import _dither_kernels as dk
+t_import = time.perf_counter() - t
+x = np.full((2, 8, 8), 0.5, np.float32)
+t = time.perf_counter(); dk.diffuse_2d(x); t2 = time.perf_counter() - t
+t = time.perf_counter(); dk.diffuse_3d(x); t3 = time.perf_counter() - t
+t = time.perf_counter(); dk.diffuse_2d(x); t2b = time.perf_counter() - t
+print(t_import, t2, t3, t2b)
+"""
+
+
+def compile_times() -> tuple[list[float], list[float]]:
+    """(cold, cached) timings of import, first 2D call, first 3D call, second 2D call."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(root))
+        runs = []
+        for _ in range(2):
+            res = subprocess.run(
+                [sys.executable, "-c", COMPILE_PROBE],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs.append([float(v) for v in res.stdout.split()])
+    return runs[0], runs[1]
+
+
+def smooth_random(shape: tuple[int, int, int], seed: int = 1) -> np.ndarray:
+    """Gaussian-smoothed noise stretched to [0, 1]: mid-grey texture everywhere (the case
+    where the quantiser's branch is least predictable)."""
+    rng = np.random.default_rng(seed)
+    vol = ndi.gaussian_filter(rng.random(shape, dtype=np.float32), 3)
+    return (vol - vol.min()) / (vol.max() - vol.min())
+
+
+def bench_volume(label: str, vol: np.ndarray, args: argparse.Namespace) -> None:
+    """Print the 2D table (against Pillow) and the 3D table for one volume."""
+    shape = vol.shape
+    u8 = np.rint(vol * 255).astype(np.uint8)
+    f32 = u8.astype(np.float32) / np.float32(255)
+    n = f32.size
+    images = [Image.fromarray(s) for s in u8]
+    out = np.empty(shape, np.uint8)
+    print(
+        f"== {label}: {shape} ({n / 1e6:.2f} M voxels), slices along axis 0: {shape[0]} x "
+        f"{shape[1:]}; mean intensity {f32.mean():.3f}; median of {args.repeat} runs"
+    )
+
+    # Warm up (compile or load from cache) before timing.
+    dk.diffuse_2d(f32[:3], out[:3])
+    dk.diffuse_3d(f32[:3], out[:3])
+    pil = np.stack([np.asarray(im.convert("1")) for im in images])
+
+    def per_slice():
+        for i in range(shape[0]):
+            dk.diffuse_2d(f32[i], out[i])
+
+    methods = {
+        'Pillow convert("1") (FS, uint8)': lambda: [im.convert("1") for im in images],
+        "volbin floyd-steinberg": lambda: dk.diffuse_2d(f32, out),
+        "volbin floyd-steinberg, 1 slice/call": per_slice,
+        "volbin floyd-steinberg serpentine": lambda: dk.diffuse_2d(f32, out, serpentine=True),
+        "volbin floyd-steinberg + jitter": lambda: dk.diffuse_2d(f32, out, jitter=0.2, key=1),
+    }
+    for name in dk.KERNELS:
+        if name != "floyd-steinberg":
+            methods[f"volbin {name}"] = lambda name=name: dk.diffuse_2d(f32, out, name)
+    res = run_interleaved(methods, args.repeat)
+    base_w, base_c = res['Pillow convert("1") (FS, uint8)']
+    print(
+        f"{'2D error diffusion, one thread':42s} {'wall ns/vox':>11s} {'ratio':>6s} "
+        f"{'cpu ns/vox':>11s} {'ratio':>6s}"
+    )
+    for name, (w, c) in res.items():
+        print(f"{name:42s} {w / n * 1e9:11.2f} {w / base_w:6.2f} {c / n * 1e9:11.2f} {c / base_c:6.2f}")
+    ours = dk.diffuse_2d(f32, out).copy()
+    print(
+        f"fraction of ones: input mean {f32.mean():.4f}, volbin FS {ours.mean():.4f}, Pillow {pil.mean():.4f}"
+    )
+
+    def streamed():
+        carry = None
+        for z in range(0, shape[0], args.slab):
+            sl = slice(z, min(z + args.slab, shape[0]))
+            _, carry = dk.diffuse_3d(
+                f32[sl],
+                out[sl],
+                carry_in=carry,
+                z0=z,
+                n_slices=shape[0],
+                index_base=z * shape[1] * shape[2],
+            )
+
+    res3 = run_interleaved(
+        {
+            "volbin floyd-steinberg-3d, one piece": lambda: dk.diffuse_3d(f32, out),
+            f"volbin floyd-steinberg-3d, slabs of {args.slab}": streamed,
+            "volbin jarvis-judice-ninke extended to 3D": lambda: dk.diffuse_3d(
+                f32, out, "jarvis-judice-ninke"
+            ),
+        },
+        args.repeat,
+    )
+    print()
+    print(
+        f"{'3D error diffusion, one thread':42s} {'wall s':>11s} {'ns/vox':>6s} {'cpu s':>11s} {'ns/vox':>6s}"
+    )
+    for name, (w, c) in res3.items():
+        print(f"{name:42s} {w:11.3f} {w / n * 1e9:6.1f} {c:11.3f} {c / n * 1e9:6.1f}")
+    one, _ = dk.diffuse_3d(f32)
+    print(f"fraction of ones: input mean {f32.mean():.4f}, volbin FS-3D {one.mean():.4f}")
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", type=int, nargs=3, default=(181, 217, 181))
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--slab", type=int, default=16, help="slab thickness for streamed 3D")
+    p.add_argument("--data", choices=("phantom", "smooth", "both"), default="both")
+    args = p.parse_args(argv)
+    shape = tuple(args.shape)
+    if args.data in ("phantom", "both"):
+        bench_volume("head-like phantom", head_phantom(shape), args)
+    if args.data in ("smooth", "both"):
+        bench_volume("smooth random texture", smooth_random(shape), args)
+
+    cold, cached = compile_times()
+    print(
+        f"{'numba compilation (fresh process)':42s} {'import s':>9s} {'1st 2D s':>9s} "
+        f"{'1st 3D s':>9s} {'2nd 2D s':>9s}"
+    )
+    for label, t in (("empty cache (compiles)", cold), ("cache filled (loads)", cached)):
+        print(f"{label:42s} " + " ".join(f"{v:9.3f}" for v in t))
+
+    print()
+    for size, ndim in ((64, 2), (32, 3)):
+        ordered._blue_noise.cache_clear()
+        t = time.perf_counter()
+        ordered.blue_noise(size, ndim)
+        print(f"blue_noise({size}, ndim={ndim}): {time.perf_counter() - t:.3f} s")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mib = np.prod(shape) / 2**20
+    print(
+        f"peak RSS of this process: {peak:.0f} MiB (one volume: float32 {4 * mib:.0f} MiB, "
+        f"uint8 {mib:.0f} MiB, output {mib:.0f} MiB)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
