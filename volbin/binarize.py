@@ -59,6 +59,10 @@ def stochastic_graph(data: da.Array, tr: Transform, seed: int) -> da.Array:
     def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         loc = block_info[0]["array-location"]  # type: ignore[index]
         p = np.ascontiguousarray(tr.apply(block, loc))
+        if np.issubdtype(block.dtype, np.floating):
+            # The rescale maps +Inf to 1 (always drawn); NaN probabilities give 0, and
+            # non-finite voxels are 0 in every output.
+            p[~np.isfinite(block)] = np.nan
         p4 = p.reshape(p.shape + (1,) * (4 - p.ndim))
         offset4 = np.array([lo for lo, _ in loc] + [0] * (4 - len(loc)), dtype=np.int64)
         out = np.empty(p4.shape, dtype=bool)

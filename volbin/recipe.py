@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +42,25 @@ def _check_pair(name: str, value: Any) -> tuple[float, float]:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"`{name}` must be a pair of numbers (lo, hi); got {value!r}.") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        # An infinite end would map every finite value to 0 (or NaN) without a word.
+        raise ValueError(f"`{name}` must be finite; got {value!r}.")
     if not lo < hi:
         raise ValueError(f"`{name}` must have lo < hi; got {value!r}.")
     return lo, hi
+
+
+def _check_float(name: str, value: Any, condition: str = "a finite number") -> float:
+    """`value` as a float; a ValueError naming `name` if it is not a finite number."""
+    try:
+        if isinstance(value, (bool, str)):
+            raise TypeError
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be {condition}; got {value!r}.") from None
+    if not math.isfinite(v):
+        raise ValueError(f"`{name}` must be {condition}; got {value!r}.")
+    return v
 
 
 @dataclass(frozen=True)
@@ -113,7 +130,9 @@ class Recipe:
         _check_choice("rescale", self.rescale, RESCALE_METHODS)
         _check_choice("curve", self.curve, CURVES)
         _check_choice("units", self.units, UNITS)
-        if not (isinstance(self.axis, str) and self.axis.lower() in ("x", "y", "z")) and self.axis not in (0, 1, 2):
+        named = isinstance(self.axis, str) and self.axis.lower() in ("x", "y", "z")
+        numbered = not isinstance(self.axis, (bool, str)) and self.axis in (0, 1, 2)
+        if not (named or numbered):
             raise ValueError(f"`axis` must be one of 'x', 'y', 'z' or 0, 1, 2; got {self.axis!r}.")
         p = _check_pair("percentiles", self.percentiles)
         if not (0.0 <= p[0] and p[1] <= 100.0):
@@ -127,26 +146,38 @@ class Recipe:
             raise ValueError(f"`nbins` must be an int >= 2; got {self.nbins!r}.")
         if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
             raise ValueError(f"`seed` must be a non-negative int; got {self.seed!r}.")
-        if not float(self.gamma) > 0:
-            raise ValueError(f"`gamma` must be > 0; got {self.gamma!r}.")
-        if not float(self.log_gain) > 0:
-            raise ValueError(f"`log_gain` must be > 0; got {self.log_gain!r}.")
+        for name in ("gamma", "log_gain"):
+            value = getattr(self, name)
+            if not _check_float(name, value, "a finite number > 0") > 0:
+                raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}.")
+            object.__setattr__(self, name, float(value))
         if self.method == "value":
             if self.threshold is None:
                 raise ValueError("`method='value'` needs `threshold` (CLI: --threshold T).")
-            object.__setattr__(self, "threshold", float(self.threshold))
+            # A NaN threshold would silently select nothing; ±inf are allowed (all or none).
+            try:
+                t = float(self.threshold) if not isinstance(self.threshold, (bool, str)) else None
+            except (TypeError, ValueError):
+                t = None
+            if t is None or math.isnan(t):
+                raise ValueError(f"`threshold` must be a number; got {self.threshold!r}.")
+            object.__setattr__(self, "threshold", t)
         elif self.threshold is not None:
             raise ValueError(f"`threshold` is only used with method='value'; got method={self.method!r}.")
-        if not 0.0 <= float(self.jitter) <= 1.0:
-            raise ValueError(f"`jitter` must be in [0, 1]; got {self.jitter!r}.")
+        jitter = _check_float("jitter", self.jitter, "a number in [0, 1]")
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError(f"`jitter` must be a number in [0, 1]; got {self.jitter!r}.")
         if self.upsample is not None:
-            up = self.upsample
+            up: Any = self.upsample
             if isinstance(up, (int, float)):
                 up = (up, up, up)
-            up = tuple(float(u) for u in up)
-            if len(up) != 3 or not all(u >= 1 for u in up):
+            try:
+                factors = tuple(float(u) for u in up)
+            except (TypeError, ValueError):
+                factors = ()
+            if len(factors) != 3 or not all(1 <= u < math.inf for u in factors):
                 raise ValueError(f"`upsample` must be a factor >= 1 or three of them; got {self.upsample!r}.")
-            object.__setattr__(self, "upsample", up)
+            object.__setattr__(self, "upsample", factors)
         if not (isinstance(self.matrix, int) and self.matrix >= 2 and self.matrix & (self.matrix - 1) == 0):
             raise ValueError(f"`matrix` must be a power of two >= 2; got {self.matrix!r}.")
         _check_choice("pattern", self.pattern, ("bayer", "blue-noise"))

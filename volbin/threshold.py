@@ -3,8 +3,9 @@
 Where scikit-image computes a threshold from a histogram (``hist=``: Otsu, Yen, isodata,
 minimum) volbin calls it on the histogram it streamed.  Li, triangle and mean, which
 scikit-image computes only from the image, are computed here on the same histogram with
-scikit-image's algorithms.  Thresholds are bin centres, so they agree with scikit-image on
-the same data and bin count to within one bin width (exactly, for Otsu on float data).
+scikit-image's algorithms (Li and mean also use the mean value of each bin).  They agree
+with scikit-image on the same data and bin count to within one bin width, and exactly for
+Otsu, Yen, isodata, minimum and triangle on float data.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from skimage import filters
 
 from .errors import VolbinDataError
-from .histogram import group_histograms
+from .histogram import group_histograms, group_histograms_with_offsets
 from .recipe import HISTOGRAM_METHODS, Recipe
 from .rescale import Transform, fit_transform
 from .volume import Grouping, Volume, as_volume
@@ -28,31 +29,52 @@ __all__ = ["Decision", "decide", "threshold"]
 Hist = tuple[np.ndarray, np.ndarray]
 
 
-def _li(hist: Hist) -> float:
-    """Li's minimum cross entropy threshold (scikit-image's iteration) on a histogram."""
+def _li(hist: Hist, means: np.ndarray | None = None) -> float:
+    """Li's minimum cross entropy threshold (scikit-image's iteration) on a histogram.
+
+    Like scikit-image, values are shifted so that the minimum (the histogram's left edge) is
+    0 and the iteration starts from the mean.  Class means come from the mean value of each
+    bin (`means`; bin centres if not given); a bin holding the threshold is split in
+    proportion to the part of the bin on each side.
+    """
+    # Li's fixed point is sensitive to the class means: with bin centres instead of the bins'
+    # own means (a spike of zeros sits half a bin off its centre) and with whole bins on either
+    # side of the threshold (a step-function map), it lands several bins away from
+    # scikit-image's, which works on the voxels themselves.
     counts, centers = hist
-    counts = counts.astype(np.float64)
-    keep = counts > 0
-    c, x = counts[keep], centers[keep]
-    if len(x) < 2:
-        return float(x[0]) if len(x) else float("nan")
-    # As scikit-image: shift so the minimum is 0, iterate from the mean.
-    x0 = x[0]
-    xs = x - x0
-    tol = float(np.min(np.diff(xs))) / 2
-    t_next = float(np.sum(c * xs) / c.sum())
+    counts = np.asarray(counts, dtype=np.float64)
+    nb = len(counts)
+    if np.count_nonzero(counts) < 2:
+        nz = np.flatnonzero(counts)
+        return float(centers[nz[0]]) if len(nz) else float("nan")
+    width = float(centers[1] - centers[0])
+    origin = float(centers[0]) - width / 2
+    m = np.asarray(centers if means is None else means, dtype=np.float64)
+    sums = counts * np.maximum(m - origin, 0.0)
+    left = np.arange(nb) * width  # bin k spans [left[k], left[k] + width] after the shift
+    n = counts.sum()
+    cum_n = np.concatenate([[0.0], np.cumsum(counts)])
+    cum_s = np.concatenate([[0.0], np.cumsum(sums)])
+    tol = width * 1e-4
+    t_next = cum_s[-1] / n
     t_curr = -2 * tol
-    while abs(t_next - t_curr) > tol:
-        t_curr = t_next
-        fg = xs > t_curr
-        if not fg.any() or fg.all():
+    for _ in range(10_000):
+        if abs(t_next - t_curr) <= tol:
             break
-        mean_fore = np.sum(c[fg] * xs[fg]) / c[fg].sum()
-        mean_back = np.sum(c[~fg] * xs[~fg]) / c[~fg].sum()
-        if mean_back == 0:
+        t_curr = t_next
+        k = min(max(int(t_curr // width), 0), nb - 1)
+        below = min(max((t_curr - left[k]) / width, 0.0), 1.0)  # part of bin k at or below t
+        n_back = cum_n[k] + counts[k] * below
+        s_back = cum_s[k] + sums[k] * below
+        n_fore = n - n_back
+        if n_back <= 0 or n_fore <= 0:
+            break
+        mean_back = s_back / n_back
+        mean_fore = (cum_s[-1] - s_back) / n_fore
+        if mean_back <= 0:
             break
         t_next = float((mean_back - mean_fore) / (np.log(mean_back) - np.log(mean_fore)))
-    return t_next + float(x0)
+    return t_next + origin
 
 
 def _triangle(hist: Hist) -> float:
@@ -85,9 +107,11 @@ def _triangle(hist: Hist) -> float:
     return float(centers[arg_level])
 
 
-def _mean(hist: Hist) -> float:
+def _mean(hist: Hist, means: np.ndarray | None = None) -> float:
+    """The mean intensity, from the bins' own means (bin centres if not given)."""
     counts, centers = hist
-    return float(np.sum(counts * centers) / counts.sum())
+    m = centers if means is None else means
+    return float(np.sum(counts * m) / counts.sum())
 
 
 def _skimage(fn: Callable[..., Any]) -> Callable[[Hist], float]:
@@ -98,7 +122,7 @@ def _skimage(fn: Callable[..., Any]) -> Callable[[Hist], float]:
 
 
 #: Histogram methods: name -> function of (counts, centers) returning a threshold.
-HISTOGRAM_THRESHOLDS: dict[str, Callable[[Hist], float]] = {
+HISTOGRAM_THRESHOLDS: dict[str, Callable[..., float]] = {
     "otsu": _skimage(filters.threshold_otsu),
     "yen": _skimage(filters.threshold_yen),
     "isodata": _skimage(filters.threshold_isodata),
@@ -108,6 +132,8 @@ HISTOGRAM_THRESHOLDS: dict[str, Callable[[Hist], float]] = {
     "mean": _mean,
 }
 assert set(HISTOGRAM_THRESHOLDS) == set(HISTOGRAM_METHODS)
+#: Methods that also take the mean value of each bin (second argument).
+BIN_MEAN_METHODS = ("li", "mean")
 
 
 def bin_centers(lo: float, hi: float, nbins: int) -> np.ndarray:
@@ -165,20 +191,27 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
     const = tr.constant
     if tr.linear:
         lo, hi = tr.decision_range()
-        counts = group_histograms(volume, grouping, lo, hi, nbins)
+        pre = None
     else:
         lo, hi = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
-        counts = group_histograms(volume, grouping, lo, hi, nbins, pre=tr.apply)
+        pre = tr.apply
+    means = None
+    if recipe.method in BIN_MEAN_METHODS:
+        counts, means = group_histograms_with_offsets(volume, grouping, lo, hi, nbins, pre=pre)
+    else:
+        counts = group_histograms(volume, grouping, lo, hi, nbins, pre=pre)
     out = np.empty(shape)
     for idx in np.ndindex(*shape):
         if const[idx] or counts[idx].sum() == 0:
             out[idx] = np.nan
             continue
-        centers = bin_centers(lo[idx], hi[idx], nbins)
+        centers = bin_centers(float(lo[idx]), float(hi[idx]), nbins)
         try:
-            out[idx] = fn((counts[idx], centers))
+            hist = (counts[idx], centers)
+            out[idx] = fn(hist) if means is None else fn(hist, means[idx])
         except (RuntimeError, ValueError) as exc:
-            where = grouping.labels()[int(np.ravel_multi_index(idx, shape))] if shape else "the stack"
+            whole = "the volume" if len(grouping.shape) == 3 else "the stack"
+            where = grouping.labels()[int(np.ravel_multi_index(idx, shape))] if shape else whole
             raise VolbinDataError(
                 f"threshold method {recipe.method!r} failed for {where}: {exc}. "
                 "Try another method (e.g. otsu) or scope."
@@ -229,6 +262,13 @@ def threshold(
         A float for a single group (3D volume with scope 'volume', or scope 'stack'),
         else an array of shape ``Grouping.group_shape``.  Constant groups give NaN.
 
+    Raises
+    ------
+    ValueError
+        An unknown `method` or `units`, or a bad option value (the message names it).
+    VolbinDataError
+        No finite voxel in a volume (or the stack), or a method that fails on a histogram.
+
     Examples
     --------
     >>> import numpy as np, volbin
@@ -239,6 +279,8 @@ def threshold(
     """
     if method not in HISTOGRAM_METHODS:
         raise ValueError(f"`method` must be one of {', '.join(HISTOGRAM_METHODS)}; got {method!r}.")
+    if units not in ("raw", "rescaled"):
+        raise ValueError(f"`units` must be one of raw, rescaled; got {units!r}.")
     recipe = Recipe(method=method, scope=scope, axis=axis, nbins=nbins, rescale=rescale, **options)
     vol, _ = as_volume(volume, volume_axis=volume_axis)
     grouping = vol.grouping(recipe.scope, recipe.axis)

@@ -1,0 +1,151 @@
+"""Tests of volbin.recipe: validation names the parameter and the value; JSON round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from volbin.recipe import CURVES, METHODS, RESCALE_METHODS, Recipe
+
+SETTINGS = settings(max_examples=50, deadline=None, database=None)
+
+BAD = [
+    ({"method": "otsuu"}, "method", "'otsuu'"),
+    ({"scope": "voxel"}, "scope", "'voxel'"),
+    ({"rescale": "zscore"}, "rescale", "'zscore'"),
+    ({"curve": "sigmoid"}, "curve", "'sigmoid'"),
+    ({"units": "hu"}, "units", "'hu'"),
+    ({"axis": "w"}, "axis", "'w'"),
+    ({"axis": 3}, "axis", "3"),
+    ({"percentiles": (50.0, 10.0)}, "percentiles", "(50.0, 10.0)"),
+    ({"percentiles": (-1.0, 50.0)}, "percentiles", "(-1.0, 50.0)"),
+    ({"percentiles": (1.0, 101.0)}, "percentiles", "(1.0, 101.0)"),
+    ({"percentiles": (5.0,)}, "percentiles", "(5.0,)"),
+    ({"percentiles": "ab"}, "percentiles", "'ab'"),
+    ({"percentiles": (float("nan"), 50.0)}, "percentiles", "nan"),
+    ({"value_range": (2.0, 1.0)}, "value_range", "(2.0, 1.0)"),
+    ({"value_range": (0.0, float("inf"))}, "value_range", "inf"),
+    ({"value_range": ("a", 1)}, "value_range", "('a', 1)"),
+    ({"rescale": "fixed"}, "value_range", ""),
+    ({"nbins": 1}, "nbins", "1"),
+    ({"nbins": 2.5}, "nbins", "2.5"),
+    ({"nbins": True}, "nbins", "True"),
+    ({"seed": -1}, "seed", "-1"),
+    ({"seed": 1.5}, "seed", "1.5"),
+    ({"gamma": 0}, "gamma", "0"),
+    ({"gamma": -2.0}, "gamma", "-2.0"),
+    ({"gamma": "abc"}, "gamma", "'abc'"),
+    ({"gamma": None}, "gamma", "None"),
+    ({"gamma": float("inf")}, "gamma", "inf"),
+    ({"log_gain": 0.0}, "log_gain", "0.0"),
+    ({"log_gain": float("nan")}, "log_gain", "nan"),
+    ({"method": "value"}, "threshold", ""),
+    ({"method": "value", "threshold": "abc"}, "threshold", "'abc'"),
+    ({"method": "value", "threshold": float("nan")}, "threshold", "nan"),
+    ({"method": "otsu", "threshold": 0.5}, "threshold", "'otsu'"),
+    ({"jitter": 1.5}, "jitter", "1.5"),
+    ({"jitter": "x"}, "jitter", "'x'"),
+    ({"upsample": 0.5}, "upsample", "0.5"),
+    ({"upsample": (1, 2)}, "upsample", "(1, 2)"),
+    ({"upsample": ("a", 1, 1)}, "upsample", "('a', 1, 1)"),
+    ({"matrix": 6}, "matrix", "6"),
+    ({"matrix": 1}, "matrix", "1"),
+    ({"pattern": "dots"}, "pattern", "'dots'"),
+]
+
+
+@pytest.mark.parametrize("options,name,shown", BAD, ids=[f"{b[1]}={b[2]}" for b in BAD])
+def test_validation_names_parameter_and_value(options, name, shown):
+    with pytest.raises(ValueError) as info:
+        Recipe(**options)
+    message = str(info.value)
+    assert f"`{name}" in message or f"{name}=" in message, message
+    assert shown in message, message
+
+
+def test_defaults_and_normalisation():
+    r = Recipe()
+    assert (r.method, r.scope, r.axis, r.rescale, r.curve, r.nbins) == (
+        "otsu",
+        "volume",
+        "z",
+        "minmax",
+        "linear",
+        256,
+    )
+    r = Recipe(percentiles=[2, 98], value_range=[0, 10], upsample=2, gamma=2, method="value", threshold=1)
+    assert r.percentiles == (2.0, 98.0) and r.value_range == (0.0, 10.0)
+    assert r.upsample == (2.0, 2.0, 2.0) and r.gamma == 2.0 and r.threshold == 1.0
+    assert Recipe(axis=1).axis == 1 and Recipe(axis="X").axis == "X"
+
+
+def test_is_linear():
+    assert Recipe().is_linear and Recipe(curve="gamma", gamma=1.0).is_linear
+    assert not Recipe(curve="gamma", gamma=2.0).is_linear and not Recipe(curve="equalize").is_linear
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown recipe fields: bins, colour"):
+        Recipe.from_dict({"method": "otsu", "colour": 1, "bins": 3})
+
+
+def test_replace_validates():
+    r = Recipe()
+    assert r.replace(scope="slice").scope == "slice"
+    with pytest.raises(ValueError, match="`scope`"):
+        r.replace(scope="everything")
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False)
+
+
+@st.composite
+def recipes(draw) -> Recipe:
+    method = draw(st.sampled_from(METHODS))
+    rescale = draw(st.sampled_from(RESCALE_METHODS))
+    lo = draw(finite)
+    value_range = (lo, lo + draw(st.floats(1e-3, 1e6))) if rescale == "fixed" or draw(st.booleans()) else None
+    p_lo = draw(st.floats(0, 99))
+    kernel = draw(
+        st.one_of(
+            st.sampled_from(["floyd-steinberg", "stucki"]),
+            st.lists(st.lists(st.floats(0, 1), min_size=3, max_size=3), min_size=2, max_size=2),
+        )
+    )
+    up = draw(st.one_of(st.none(), st.tuples(*[st.floats(1, 8)] * 3)))
+    return Recipe(
+        method=method,
+        scope=draw(st.sampled_from(["stack", "volume", "slice"])),
+        axis=draw(st.sampled_from(["x", "y", "z", 0, 1, 2])),
+        rescale=rescale,
+        percentiles=(p_lo, draw(st.floats(p_lo + 0.5, 100))),
+        value_range=value_range,
+        curve=draw(st.sampled_from(CURVES)),
+        gamma=draw(st.floats(1e-3, 1e3)),
+        log_gain=draw(st.floats(1e-3, 1e6)),
+        threshold=draw(finite) if method == "value" else None,
+        units=draw(st.sampled_from(["rescaled", "raw"])),
+        nbins=draw(st.integers(2, 2**16)),
+        seed=draw(st.integers(0, 2**64 - 1)),
+        kernel=kernel,
+        serpentine=draw(st.booleans()),
+        jitter=draw(st.floats(0, 1)),
+        upsample=up,
+        matrix=2 ** draw(st.integers(1, 6)),
+        pattern=draw(st.sampled_from(["bayer", "blue-noise"])),
+        extra=draw(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3)),
+    )
+
+
+@SETTINGS
+@given(recipes())
+def test_json_round_trip(recipe):
+    text = recipe.to_json()
+    again = Recipe.from_json(text)
+    assert again == recipe
+    assert again.to_dict() == recipe.to_dict()
+    assert json.loads(text) == recipe.to_dict()
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict(), sort_keys=True))) == recipe
