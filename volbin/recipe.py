@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "CURVES",
     "DITHER_METHODS",
@@ -142,10 +144,13 @@ class Recipe:
             object.__setattr__(self, "value_range", _check_pair("value_range", self.value_range))
         if self.rescale == "fixed" and self.value_range is None:
             raise ValueError("`rescale='fixed'` needs `value_range=(lo, hi)` (CLI: --range LO HI).")
-        if not (isinstance(self.nbins, int) and not isinstance(self.nbins, bool) and self.nbins >= 2):
+        if not (isinstance(self.nbins, (int, np.integer)) and not isinstance(self.nbins, bool) and self.nbins >= 2):
             raise ValueError(f"`nbins` must be an int >= 2; got {self.nbins!r}.")
-        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
+        if not (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool) and self.seed >= 0):
             raise ValueError(f"`seed` must be a non-negative int; got {self.seed!r}.")
+        # numpy integers are welcome, but the JSON form needs plain ints.
+        object.__setattr__(self, "nbins", int(self.nbins))
+        object.__setattr__(self, "seed", int(self.seed))
         for name in ("gamma", "log_gain"):
             value = getattr(self, name)
             if not _check_float(name, value, "a finite number > 0") > 0:

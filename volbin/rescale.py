@@ -272,7 +272,7 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
         what = "the stack is" if grouping.n_groups == 1 else f"{int(const.sum())} group(s) are"
         warnings.warn(
             f"{what} constant after rescaling (range {float(dmin.min())}..{float(dmax.max())}); "
-            "thresholding gives 0 there.",
+            "histogram thresholds select no voxel there.",
             VolbinWarning,
             stacklevel=3,
         )

@@ -29,7 +29,7 @@ Scope = Literal["stack", "volume", "slice"]
 _AXIS_NAMES = {"x": 0, "y": 1, "z": 2, "i": 0, "j": 1, "k": 2}
 
 #: Default size of one chunk of input data, in bytes.  Chunks are slabs that are contiguous
-#: in the file; 64 MiB keeps two threads busy and balanced while bounding memory.
+#: in the file; 32 MiB keeps two threads busy and balanced while bounding memory.
 DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
