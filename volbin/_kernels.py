@@ -192,30 +192,40 @@ def group_histogram(x, gstrides, lo, hi, nbins, counts):
         else:
             norm[g] = 0.0
             step[g] = 0.0
-    # Four interleaved sub-histograms hide the store-to-load latency on runs of equal bins.
-    c4 = np.zeros((4, ng, nbins), np.int64)
+    # Rows whose voxels share a group (the common case) go in two phases: bin indices for the
+    # whole row in a branch-free loop that vectorises, then a counting loop over four
+    # interleaved sub-histograms (hiding store-to-load latency on runs of equal bins).
+    # Index nbins collects non-finite values and is dropped.
+    c4 = np.zeros((4, ng, nbins + 1), np.int64)
+    idx = np.empty(n3, np.int32)
+    flast = float(last)
     for i0 in range(n0):
         for i1 in range(n1):
             for i2 in range(n2):
                 gb = i0 * g0s + i1 * g1s + i2 * g2s
-                for i3 in range(n3):
-                    g = gb + i3 * g3s
-                    fv = np.float64(x[i0, i1, i2, i3])
-                    a = lo[g]
-                    f = (fv - a) * norm[g]
-                    if f >= 0.0 and f < nbins:
-                        k = int(f)
-                        r = f - k
-                        if (r < 1e-7 or r > 0.9999999) and step[g] > 0.0:
-                            # Near an edge: decide against the exact edges, as np.histogram.
-                            s = step[g]
-                            if k > 0 and fv < k * s + a:
-                                k -= 1
-                            elif k < last and fv >= (k + 1) * s + a:
-                                k += 1
-                        c4[i3 & 3, g, k] += 1
-                    elif fv - fv == 0.0:  # finite, outside the range (or an empty range)
-                        c4[i3 & 3, g, 0 if f < nbins else last] += 1
+                if g3s == 0:
+                    a = lo[gb]
+                    nm = norm[gb]
+                    s = step[gb]
+                    for i3 in range(n3):
+                        fv = np.float64(x[i0, i1, i2, i3])
+                        f = min(max((fv - a) * nm, 0.0), flast)
+                        k = np.int32(f)
+                        # np.histogram's assignment against the exact edges k * s + a.
+                        k = k - np.int32((fv < k * s + a) & (k > 0)) + np.int32((fv >= (k + 1) * s + a) & (k < last) & (s > 0.0))
+                        idx[i3] = k if fv - fv == 0.0 else nbins
+                    for i3 in range(n3):
+                        c4[i3 & 3, gb, idx[i3]] += 1
+                else:
+                    for i3 in range(n3):
+                        g = gb + i3 * g3s
+                        fv = np.float64(x[i0, i1, i2, i3])
+                        a = lo[g]
+                        s = step[g]
+                        f = min(max((fv - a) * norm[g], 0.0), flast)
+                        k = np.int32(f)
+                        k = k - np.int32((fv < k * s + a) & (k > 0)) + np.int32((fv >= (k + 1) * s + a) & (k < last) & (s > 0.0))
+                        c4[i3 & 3, g, k if fv - fv == 0.0 else nbins] += 1
     for g in range(ng):
         for q in range(nbins):
             counts[g, q] += c4[0, g, q] + c4[1, g, q] + c4[2, g, q] + c4[3, g, q]
@@ -282,11 +292,13 @@ def as_c4d(block: np.ndarray, gstrides: np.ndarray) -> tuple[np.ndarray, np.ndar
     F-contiguous blocks are transposed (a free view) rather than copied.
     """
     g = np.asarray(gstrides, dtype=np.int64)
-    if block.ndim == 3:
-        block = block[..., None]
-        g = np.concatenate([g, [0]])
     if not block.flags.c_contiguous:
         if block.flags.f_contiguous:
-            return block.T, np.ascontiguousarray(g[::-1])
-        block = np.ascontiguousarray(block)
-    return block, g
+            block, g = block.T, g[::-1]
+        else:
+            block = np.ascontiguousarray(block)
+    if block.ndim == 3:
+        # A leading axis of 1 keeps the long contiguous axis innermost, where the loops
+        # vectorise.
+        block, g = block[None], np.concatenate([[0], g])
+    return block, np.ascontiguousarray(g, dtype=np.int64)
