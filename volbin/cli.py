@@ -76,6 +76,7 @@ EPILOG_INFO = """\
 examples:
   volbin info brain.nii.gz
   volbin info brains.npy --volume-axis 0 --json > brains.json
+  volbin info mask.nii.gz --compare brain.nii.gz --sigma 1.5   # how well a binary volume renders grey
 """
 
 EPILOG_DEMO = """\
@@ -200,10 +201,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     with progress("info", enabled=False if args.no_progress else None):
         vol = load(args.input, chunk_bytes=chunk_bytes, volume_axis=args.volume_axis)
         info = describe(vol)
+        if getattr(args, "compare", None):
+            from .quality import compare_with_input
+
+            info["compare"] = compare_with_input(
+                args.input, args.compare, sigma=args.sigma, ndim=args.blur_dims,
+                chunk_bytes=chunk_bytes, volume_axis=args.volume_axis,
+            )
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print(format_description(info, str(args.input)))
+        if "compare" in info:
+            from .quality import format_comparison
+
+            print(format_comparison(info["compare"]))
     return EXIT_OK
 
 
@@ -227,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
               volbin demo                         run the whole pipeline on a built-in phantom
               volbin info IN                      geometry and statistics of a volume
               volbin binarize IN OUT [options]    binarize a volume, write it with a JSON sidecar
+              volbin batch INPUTS --out-dir DIR   binarize many volumes on a dask cluster, resumably
+              volbin convert IN OUT               convert between NIfTI, .npy and zarr
             'volbin COMMAND --help' shows each command's options and examples."""),
     )
     parser.add_argument("--version", action="version", version=f"volbin {__version__}")
@@ -251,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(min, max, mean, RMS, percentiles, NaN/Inf counts).")
     p.add_argument("input", help="input volume")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--compare", metavar="GREY",
+                   help="IN is binary: measure how well it renders GREY, the volume it was made from")
+    p.add_argument("--sigma", type=float, default=1.0,
+                   help="Gaussian blur of --compare in voxels (default 1)")
+    p.add_argument("--blur-dims", type=int, choices=(2, 3), default=3,
+                   help="--compare blurs within slices (2) or volumetrically (3, default)")
     _add_common(p)
     p.set_defaults(func=cmd_info)
 
@@ -263,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volumes", type=int, default=3, help="volumes in the 4D demo stack (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    from .batch import add_batch_commands
+
+    add_batch_commands(sub)
+
+    from .printer import add_export_command
+
+    add_export_command(sub)
     return parser
 
 
