@@ -26,8 +26,11 @@ from .errors import (
 )
 from .io import load, read_sidecar, save
 from .phantom import Phantom, phantom
+from .printer import export_slices
+from .quality import dither_error
 from .recipe import Recipe
 from .report import describe, dice
+from .resample import resample_to_grid, upsample
 from .rescale import rescale
 from .threshold import threshold
 from .volume import Grouping, Volume
@@ -55,10 +58,14 @@ __all__ = [
     "describe",
     "dice",
     "dither",
+    "dither_error",
+    "export_slices",
     "load",
     "phantom",
     "read_sidecar",
+    "resample_to_grid",
     "rescale",
     "save",
     "threshold",
+    "upsample",
 ]

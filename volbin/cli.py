@@ -70,6 +70,10 @@ examples:
   volbin binarize brains.npy mask.npy --method stochastic --seed 7 --volume-axis 0
   volbin binarize brain.nii.gz mask.nii.gz --method value --threshold 0.3
   volbin binarize brain.nii.gz mask.nii.gz --recipe mask.json --force   # re-run a sidecar's recipe
+  volbin binarize brain.nii.gz dithered.nii.gz --method dither --kernel floyd-steinberg --scope slice
+  volbin binarize brain.nii.gz dithered.nii.gz --method dither --kernel stucki --scope volume --serpentine
+  volbin binarize brain.nii.gz dithered.nii.gz --method dither --upsample 2 --jitter 0.2 --seed 3
+  volbin binarize brain.nii.gz bayer.nii.gz --method ordered --matrix 8
 """
 
 EPILOG_INFO = """\
@@ -178,6 +182,9 @@ def cmd_binarize(args: argparse.Namespace) -> int:
         vol = load(args.input, chunk_bytes=chunk_bytes, volume_axis=args.volume_axis)
         out = binarize_volume(vol, recipe)
         path = save(out, args.output, force=args.force, dtype=args.dtype)
+        quality = None
+        if recipe.method in ("stochastic", "dither", "ordered") and not args.no_quality:
+            quality = _record_quality(path, args, chunk_bytes, recipe)
     dec = out.steps[-1].get("decision", {})
     t = dec.get("threshold_raw")
     msg = f"wrote {path} ({recipe.method}, scope {recipe.scope}"
@@ -189,7 +196,24 @@ def cmd_binarize(args: argparse.Namespace) -> int:
             msg += f", {len(t)} thresholds {min(finite):.6g}..{max(finite):.6g}"
     msg += f") in {time.perf_counter() - t0:.2f} s"
     print(msg)
+    if quality is not None:
+        print(
+            f"quality: blurred RMS error {quality['blurred_rms']:.4f} (sigma {quality['sigma']:g} voxel, "
+            f"{quality['ndim']}D), mean density error {quality['mean_density_error']:+.2e}"
+        )
     return EXIT_OK
+
+
+def _record_quality(path: Path, args: argparse.Namespace, chunk_bytes: int | None, recipe: Recipe) -> dict[str, Any]:
+    """Measure how well a dithered/stochastic output renders its input; store it in the sidecar."""
+    from .io import update_sidecar
+    from .quality import compare_with_input
+
+    ndim = 2 if recipe.scope == "slice" else 3
+    metrics = compare_with_input(path, args.input, sigma=1.0, ndim=ndim, chunk_bytes=chunk_bytes,
+                                 volume_axis=args.volume_axis)
+    update_sidecar(path, quality=metrics)
+    return metrics
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -237,10 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent("""\
             commands:
               volbin demo                         run the whole pipeline on a built-in phantom
-              volbin info IN                      geometry and statistics of a volume
+              volbin info IN [--compare GREY]     geometry and statistics (and rendering error) of a volume
               volbin binarize IN OUT [options]    binarize a volume, write it with a JSON sidecar
               volbin batch INPUTS --out-dir DIR   binarize many volumes on a dask cluster, resumably
               volbin convert IN OUT               convert between NIfTI, .npy and zarr
+              volbin export-slices IN OUT_DIR     dithered 1-bit PNG layers for a bitmap 3D printer
             'volbin COMMAND --help' shows each command's options and examples."""),
     )
     parser.add_argument("--version", action="version", version=f"volbin {__version__}")
@@ -255,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output path (.nii, .nii.gz, .npy, .zarr)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--dtype", choices=("uint8", "bool"), default=None, help="output dtype (bool: .npy/.zarr only)")
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip measuring the rendering error of stochastic/dither/ordered outputs "
+                   "(by default it is printed and stored in the sidecar)")
     _add_recipe_args(p)
     _add_common(p)
     p.set_defaults(func=cmd_binarize)

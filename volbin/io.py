@@ -38,7 +38,7 @@ from nibabel.volumeutils import apply_read_scaling
 from .errors import InputFileError, OutputFileError, VolbinDataError, VolbinError
 from .volume import DEFAULT_CHUNK_BYTES, Volume, as_volume, slab_chunks
 
-__all__ = ["load", "read_sidecar", "save", "sidecar_path", "to_jsonable"]
+__all__ = ["load", "read_sidecar", "save", "sidecar_path", "to_jsonable", "update_sidecar"]
 
 Kind = Literal["nii", "nii.gz", "npy", "zarr"]
 _FORMAT = {"nii": "nifti", "nii.gz": "nifti", "npy": "npy", "zarr": "zarr"}
@@ -1052,6 +1052,34 @@ def _write_json(record: Mapping[str, Any], path: Path) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def update_sidecar(path: str | os.PathLike[str], **fields: Any) -> Path:
+    """Add or replace top-level `fields` in an output's sidecar, atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The sidecar, or the image it describes.
+    **fields
+        JSON-able values (numpy scalars and arrays are converted).
+
+    Returns
+    -------
+    Path
+        The sidecar's path.
+    """
+    side = Path(path) if str(path).endswith(".json") else sidecar_path(path)
+    record = read_sidecar(side)
+    record.update(fields)
+    tmp = side.with_name(f"{side.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        _write_json(record, tmp)
+        os.replace(tmp, side)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return side
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -350,6 +350,13 @@ def _with_grid(vol: Volume, data: da.Array, affine: np.ndarray, step: dict[str, 
         zooms = [float(v) for v in new] + [float(z) for z in zooms[3 : len(shape)]]
         zooms += [1.0] * (len(shape) - len(zooms))
         header.set_zooms(zooms)
+        # Keep the input's qform/sform codes: the new grid is the same space, finer.
+        if "qform_code" in header:
+            qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+            if qcode:
+                header.set_qform(affine, code=qcode)
+            if scode:
+                header.set_sform(affine, code=scode)
     return vol.derive(data, step, affine=affine, header=header)
 
 
