@@ -186,3 +186,23 @@ def test_demo(tmp_path, capsys):
     with gzip.open(tmp_path / "d" / "phantom3d_mask.nii.gz") as f:
         assert len(f.read()) > 0
     assert (tmp_path / "d" / "phantom3d_mask.json").exists()
+
+
+def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):
+    src, _ = brain
+    out = tmp_path / "d.nii.gz"
+    assert main(["binarize", str(src), str(out), "--method", "dither", "--kernel", "stucki", "--scope", "volume",
+                 "--serpentine", "--upsample", "2", "--jitter", "0.2", "--seed", "3"]) == 0
+    assert "quality: blurred RMS error" in capsys.readouterr().out
+    side = json.loads((tmp_path / "d.json").read_text())
+    q = side["quality"]
+    assert q["ndim"] == 3 and abs(q["mean_density_error"]) < 0.005
+    a, b = nib.load(src), nib.load(out)
+    assert b.shape[:3] == tuple(2 * s for s in a.shape[:3])
+    assert int(b.header["qform_code"]) == int(a.header["qform_code"])
+    assert int(b.header["sform_code"]) == int(a.header["sform_code"])
+    # The outer corners of the grids coincide in world space.
+    for corner in [(-0.5, -0.5, -0.5), tuple(n - 0.5 for n in a.shape[:3])]:
+        scaled = tuple(2 * (c + 0.5) - 0.5 for c in corner)
+        np.testing.assert_allclose(nib.affines.apply_affine(a.affine, corner),
+                                   nib.affines.apply_affine(b.affine, scaled), atol=1e-5)
