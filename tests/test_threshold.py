@@ -181,7 +181,7 @@ def test_constant_volume_gives_nan_threshold_and_warns():
         assert np.isnan(volbin.threshold(np.full((4, 5, 6), 3.0), "otsu"))
     x = np.random.default_rng(0).random((4, 5, 6, 2))
     x[..., 1] = 2.0
-    with pytest.warns(VolbinWarning, match="1 group"):
+    with pytest.warns(VolbinWarning, match="volume 1 is constant"):
         t = volbin.threshold(x, "otsu")
     assert np.isfinite(t[0]) and np.isnan(t[1])
 
@@ -288,7 +288,7 @@ def test_bad_units_are_named():
     [
         ((3, 4, 5), "volume", "the volume"),
         ((3, 4, 5, 2), "stack", "the stack"),
-        ((3, 4, 5, 2), "volume", "'volume': 0"),
+        ((3, 4, 5, 2), "volume", "volume 0"),
     ],
 )
 def test_no_finite_voxel_message_names_the_group(shape, scope, where):

@@ -292,6 +292,9 @@ def as_c4d(block: np.ndarray, gstrides: np.ndarray) -> tuple[np.ndarray, np.ndar
     F-contiguous blocks are transposed (a free view) rather than copied.
     """
     g = np.asarray(gstrides, dtype=np.int64)
+    if not block.dtype.isnative or block.dtype == np.float16:
+        # numba compiles for native-endian types and has no float16.
+        block = block.astype(np.float32 if block.dtype.kind == "f" else block.dtype.newbyteorder("="))
     if not block.flags.c_contiguous:
         if block.flags.f_contiguous:
             block, g = block.T, g[::-1]

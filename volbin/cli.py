@@ -17,7 +17,7 @@ from typing import Any
 
 import dask
 
-from .errors import VolbinError
+from .errors import VolbinError, VolbinFileError
 from .recipe import CURVES, METHODS, RESCALE_METHODS, SCOPES, Recipe
 
 __all__ = ["main"]
@@ -91,11 +91,11 @@ examples:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--volume-axis", type=int, default=None, metavar="N",
+    p.add_argument("--volume-axis", type=_volume_axis, default=None, metavar="N",
                    help="axis of 4D input that indexes volumes (NIfTI: 3; np.stack-ed .npy: 0)")
     p.add_argument("--memory-limit", type=_parse_memory, default=None, metavar="SIZE",
                    help="keep peak memory under SIZE (e.g. 4GB) by choosing chunk sizes")
-    p.add_argument("--chunk-mb", type=float, default=None, metavar="MB",
+    p.add_argument("--chunk-mb", type=_positive_float, default=None, metavar="MB",
                    help="input chunk size in MiB (default 32; overrides --memory-limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -159,6 +159,26 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     if base.get("method") != "value" and "threshold" in base and base["threshold"] is None:
         del base["threshold"]
     return Recipe.from_dict(base)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number; got {text!r}")
+    return value
+
+
+def _volume_axis(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not -4 <= value <= 3:
+        raise argparse.ArgumentTypeError(f"must be an axis of 4D data, -4..3; got {value}")
+    return value
 
 
 def _configure(args: argparse.Namespace) -> int | None:
@@ -345,6 +365,8 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if debug:  # accepted anywhere on the line, not only before the command
+        argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -362,7 +384,11 @@ def _main(argv: list[str] | None) -> int:
     except VolbinError as exc:
         if debug:
             raise
-        print(f"volbin: error: {exc}", file=sys.stderr)
+        msg = str(exc)
+        src = getattr(args, "input", None) if "args" in locals() else None
+        if src is not None and not isinstance(exc, VolbinFileError) and str(src) not in msg:
+            msg = f"{src}: {msg}"
+        print(f"volbin: error: {msg}", file=sys.stderr)
         return EXIT_DATA
     except (ValueError, TypeError) as exc:
         if debug:
@@ -381,6 +407,12 @@ def _main(argv: list[str] | None) -> int:
         if debug:
             raise
         print(f"volbin: error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    except Exception as exc:  # a bug or an unforeseen input: still one line without --debug
+        if debug:
+            raise
+        print(f"volbin: error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
         return EXIT_DATA
 
 

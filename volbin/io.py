@@ -383,6 +383,12 @@ def load(
         "shape": list(shape),
         "dtype": str(dtype),
     }
+    if kind not in ("npy", "zarr"):
+        # nibabel clears scl_slope/scl_inter in the loaded header; the proxy keeps them.
+        slope, inter = getattr(reader.proxy, "slope", 1.0), getattr(reader.proxy, "inter", 0.0)
+        source["stored_dtype"] = str(np.dtype(reader.proxy.dtype))
+        source["scl_slope"] = float(slope)
+        source["scl_inter"] = float(inter)
     return Volume(data, affine=affine, header=header, volume_axis=vaxis, source=source)
 
 
@@ -821,6 +827,16 @@ def _check_output(final: Path, side: Path | None, vol: Volume, force: bool) -> N
             f"{final}: is the input file; write the output to another path (the input is "
             "read while the output is written)."
         )
+    if (
+        side is not None
+        and src is not None
+        and os.path.lexists(side)
+        and os.path.realpath(side) == os.path.realpath(sidecar_path(src))
+    ):
+        raise OutputFileError(
+            f"{final}: its sidecar {side.name} would replace the input's own JSON sidecar; "
+            "choose an output name with another stem (e.g. add _mask)."
+        )
     for p in (final, side):
         if p is not None and os.path.lexists(p) and not force:
             raise OutputFileError(f"{p} exists; pass force=True (CLI: --force) to overwrite")
@@ -905,9 +921,10 @@ def _nifti_header(vol: Volume, shape: tuple[int, ...], dtype: np.dtype) -> Any:
 
 
 def _write_npy(data: da.Array, path: Path) -> np.dtype:
-    # Fortran order when the chunks are slabs along the last axis, so each block is contiguous.
-    nchunks = [len(c) for c in data.chunks]
-    fortran = nchunks[-1] > 1 and all(n == 1 for n in nchunks[:-1])
+    # Always C order: the file's bytes must not depend on the chunking (a sidecar's recipe
+    # re-run with other chunks gives the same sha256).  Slabs along the last axis cost a
+    # windowed write instead of a contiguous one.
+    fortran = False
     header = {
         "descr": np.lib.format.dtype_to_descr(data.dtype),
         "fortran_order": fortran,

@@ -32,6 +32,9 @@ def _orientation(volume: Volume) -> dict[str, Any]:
         out["units"] = {"space": units[0], "time": units[1]}
         out["stored_dtype"] = str(hdr.get_data_dtype())
         slope, inter = hdr.get_slope_inter()
+        src = volume.source or {}
+        if "scl_slope" in src:  # nibabel clears the scaling in the header it hands out
+            slope, inter = src["scl_slope"], src["scl_inter"]
         out["scl_slope"] = None if slope is None else float(slope)
         out["scl_inter"] = None if inter is None else float(inter)
     return out

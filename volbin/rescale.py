@@ -116,6 +116,9 @@ class Transform:
             for idx in np.ndindex(*t_raw.shape):
                 out[idx] = np.interp(t_raw[idx], self.eq_edges[idx], self.eq_cdf[idx])
             return out
+        if self.method == "none" and self.linear:
+            # No rescale: decisions see the values as they are (only probabilities clip).
+            return np.array(t_raw, dtype=np.float64)
         return np.array(self._curve(self._linear(t_raw, self.lo, self.hi)), dtype=np.float64)
 
     # --- rescaled -> raw -------------------------------------------------------------------
@@ -165,12 +168,9 @@ class Transform:
 
     def record(self) -> dict[str, Any]:
         """What the sidecar says about this transform."""
-        rec: dict[str, Any] = {
-            "method": self.method,
-            "lo": self.lo.tolist(),
-            "hi": self.hi.tolist(),
-            "curve": self.curve,
-        }
+        rec: dict[str, Any] = {"method": self.method, "curve": self.curve}
+        if self.method != "none":
+            rec["lo"], rec["hi"] = self.lo.tolist(), self.hi.tolist()
         if self.curve == "gamma":
             rec["gamma"] = self.gamma
         if self.curve == "log":
@@ -182,8 +182,13 @@ def _dtype_range(volume: Volume) -> tuple[float, float]:
     """Range of the stored dtype, in the units of the loaded (scaled) data."""
     dtype = volume.dtype
     slope, inter = 1.0, 0.0
+    src = volume.source or {}
     hdr = volume.header
-    if hdr is not None and hasattr(hdr, "get_data_dtype"):
+    if "stored_dtype" in src:
+        # The loader's record: nibabel clears the scaling in the header it hands out.
+        dtype = np.dtype(src["stored_dtype"])
+        slope, inter = float(src.get("scl_slope", 1.0)), float(src.get("scl_inter", 0.0))
+    elif hdr is not None and hasattr(hdr, "get_data_dtype"):
         dtype = np.dtype(hdr.get_data_dtype())
         s, i = hdr.get_slope_inter()
         slope = 1.0 if s is None or not np.isfinite(s) else float(s)
@@ -217,12 +222,13 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
     dmin, dmax, nonfinite = group_range(volume, grouping)
     empty = ~(dmax >= dmin)
     if empty.any():
-        labels = [lab for lab, e in zip(grouping.labels(), empty.ravel(), strict=True) if e]
+        bad = np.flatnonzero(empty.ravel())
         if grouping.scope != "slice" or empty.all():
-            # A single group has an empty label: name it.
-            whole = "the volume" if volume.ndim == 3 else "the stack"
-            where = ", ".join(str(lab) for lab in labels[:5] if lab) or whole
-            raise VolbinDataError(f"no finite voxel in {where}: nothing to rescale or threshold.")
+            where = ", ".join(grouping.describe(int(i)) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            raise VolbinDataError(
+                f"no finite voxel in {where} (all NaN/Inf): nothing to rescale or threshold; "
+                "check the file or exclude that volume."
+            )
         warnings.warn(
             f"{int(empty.sum())} slice(s) have no finite voxel; their output is 0.",
             VolbinWarning,
@@ -269,10 +275,15 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
     # With rescale 'none' a constant volume keeps its meaning for stochastic and dithering;
     # it only defeats histogram thresholds.
     if const.any() and (method != "none" or recipe.method in HISTOGRAM_METHODS):
-        what = "the stack is" if grouping.n_groups == 1 else f"{int(const.sum())} group(s) are"
+        which = np.flatnonzero(const.ravel())
+        what = ", ".join(grouping.describe(int(i)) for i in which[:5]) + (" ..." if len(which) > 5 else "")
+        consequence = (
+            "histogram thresholds select no voxel there" if recipe.method in HISTOGRAM_METHODS
+            else "its rescaled intensity is 0 or 1 everywhere"
+        )
         warnings.warn(
-            f"{what} constant after rescaling (range {float(dmin.min())}..{float(dmax.max())}); "
-            "histogram thresholds select no voxel there.",
+            f"{what} {'is' if len(which) == 1 else 'are'} constant after rescaling "
+            f"(values {float(dmin.ravel()[which[0]]):g}..{float(dmax.ravel()[which[0]]):g}); {consequence}.",
             VolbinWarning,
             stacklevel=3,
         )

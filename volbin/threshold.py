@@ -210,8 +210,7 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
             hist = (counts[idx], centers)
             out[idx] = fn(hist) if means is None else fn(hist, means[idx])
         except (RuntimeError, ValueError) as exc:
-            whole = "the volume" if len(grouping.shape) == 3 else "the stack"
-            where = grouping.labels()[int(np.ravel_multi_index(idx, shape))] if shape else whole
+            where = grouping.describe(idx)
             raise VolbinDataError(
                 f"threshold method {recipe.method!r} failed for {where}: {exc}. "
                 "Try another method (e.g. otsu) or scope."

@@ -265,6 +265,18 @@ class Grouping:
         )
         return full[index]
 
+    def describe(self, index: int | tuple[int, ...]) -> str:
+        """A group in words: ``volume 3``, ``slice 40``, ``slice 40 of volume 3``, ``the stack``."""
+        if not self.group_axes:
+            return "the volume" if len(self.shape) == 3 else "the stack"
+        if isinstance(index, (int, np.integer)):
+            index = tuple(int(i) for i in np.unravel_index(int(index), self.group_shape))
+        parts = {("slice" if a == self.slice_axis else "volume"): int(i) for a, i in zip(self.group_axes, index)}
+        words = [f"slice {parts['slice']}"] if "slice" in parts else []
+        if "volume" in parts:
+            words.append(("of " if words else "") + f"volume {parts['volume']}")
+        return " ".join(words)
+
     def labels(self) -> list[dict[str, int]]:
         """One dict per group (C order over `group_shape`) naming its indices."""
         names = []
