@@ -206,3 +206,57 @@ def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):
         scaled = tuple(2 * (c + 0.5) - 0.5 for c in corner)
         np.testing.assert_allclose(nib.affines.apply_affine(a.affine, corner),
                                    nib.affines.apply_affine(b.affine, scaled), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">i2", "float16", "<u2", "int8"])
+def test_foreign_dtypes_match_skimage(dtype):
+    import volbin
+
+    x = (np.random.default_rng(1).random((9, 10, 11)) * 100).astype(dtype)
+    ref = x.astype(np.float64) > threshold_otsu(x.astype(np.float64))
+    np.testing.assert_array_equal(volbin.binarize(x, "otsu"), ref)
+
+
+def test_scaled_int16_dtype_range_and_info(tmp_path, capsys):
+    raw = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = nib.Nifti1Image(raw, np.eye(4))
+    img.header.set_slope_inter(0.5, -100)
+    src = tmp_path / "s.nii"
+    nib.save(img, src)
+    import volbin
+
+    vol = volbin.load(src)
+    r = volbin.rescale(vol, "dtype").compute()
+    expect = (raw * 0.5 - 100 - (-32768 * 0.5 - 100)) / (65535 * 0.5)
+    np.testing.assert_allclose(r, expect, rtol=1e-5)
+    assert main(["info", str(src), "--json"]) == 0
+    o = json.loads(capsys.readouterr().out)["orientation"]
+    assert o["scl_slope"] == 0.5 and o["scl_inter"] == -100
+
+
+def test_rescale_none_records_identity(tmp_path):
+    import volbin
+
+    x = np.random.default_rng(0).gamma(2.0, 50.0, size=(10, 10, 10))
+    out = volbin.binarize(volbin.Volume(x), "otsu", rescale="none")
+    dec = out.steps[-1]["decision"]
+    assert dec["threshold_raw"] == dec["threshold_rescaled"] == pytest.approx(threshold_otsu(x))
+    assert "lo" not in out.steps[-1]["rescale"]
+
+
+def test_debug_after_command_and_bad_numbers(tmp_path, capsys):
+    with pytest.raises(Exception, match="no such file"):
+        main(["binarize", str(tmp_path / "missing.nii"), str(tmp_path / "o.nii"), "--debug"])
+    for bad in ("inf", "nan", "0", "-3"):
+        assert main(["info", str(tmp_path / "x.nii"), "--chunk-mb", bad]) == 2
+    assert main(["info", str(tmp_path / "x.nii"), "--volume-axis", "7"]) == 2
+
+
+def test_input_sidecar_is_never_replaced(tmp_path, capsys):
+    src = tmp_path / "sub-01_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((6, 6, 6)).astype(np.float32), np.eye(4)), src)
+    bids = tmp_path / "sub-01_T1w.json"
+    bids.write_text('{"RepetitionTime": 2.3}')
+    assert main(["binarize", str(src), str(tmp_path / "sub-01_T1w.npy"), "--force"]) == 1
+    assert "sidecar" in capsys.readouterr().err
+    assert json.loads(bids.read_text()) == {"RepetitionTime": 2.3}
