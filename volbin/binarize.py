@@ -47,27 +47,35 @@ def apply_thresholds(
     return da.map_blocks(run, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
 
 
-def stochastic_graph(data: da.Array, tr: Transform, seed: int) -> da.Array:
+def stochastic_graph(data: da.Array, tr: Transform, seed: int, volume_axis: int | None = None) -> da.Array:
     """Lazy Bernoulli mask: 1 with probability equal to the rescaled intensity.
 
-    Uniforms come from a counter-based generator keyed by (`seed`, global C-order voxel
-    index), so the result is the same for any chunking and any number of workers.
+    Uniforms come from a counter-based generator keyed by (`seed`, voxel index), the index
+    running over (volume, x, y, z) in C order whatever the array's axis order, so the result
+    is the same for any chunking, any number of workers, and for a (T, X, Y, Z) stack as
+    for the same data stored (X, Y, Z, T).
     """
     key = K.seed_key(seed, stream=1)
-    shape4 = np.array(tuple(data.shape) + (1,) * (4 - data.ndim), dtype=np.int64)
+    # Canonical axis order: the volume axis first, then x, y, z.
+    perm = list(range(data.ndim))
+    if volume_axis is not None:
+        perm = [volume_axis] + [a for a in range(data.ndim) if a != volume_axis]
+    inverse = np.argsort(perm)
+    shape4 = np.array([1] * (4 - data.ndim) + [data.shape[a] for a in perm], dtype=np.int64)
 
     def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         loc = block_info[0]["array-location"]  # type: ignore[index]
-        p = np.ascontiguousarray(tr.apply(block, loc))
+        p = tr.apply(block, loc)
         if np.issubdtype(block.dtype, np.floating):
             # The rescale maps +Inf to 1 (always drawn); NaN probabilities give 0, and
             # non-finite voxels are 0 in every output.
             p[~np.isfinite(block)] = np.nan
-        p4 = p.reshape(p.shape + (1,) * (4 - p.ndim))
-        offset4 = np.array([lo for lo, _ in loc] + [0] * (4 - len(loc)), dtype=np.int64)
+        pc = np.ascontiguousarray(np.transpose(p, perm))
+        p4 = pc.reshape((1,) * (4 - pc.ndim) + pc.shape)
+        offset4 = np.array([0] * (4 - len(loc)) + [loc[a][0] for a in perm], dtype=np.int64)
         out = np.empty(p4.shape, dtype=bool)
         K.bernoulli_block(p4, key, shape4, offset4, out)
-        return out.reshape(p.shape)
+        return np.transpose(out.reshape(pc.shape), inverse)
 
     return da.map_blocks(run, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
 
@@ -141,7 +149,7 @@ def binarize_volume(vol: Volume, recipe: Recipe) -> Volume:
         "nonfinite_voxels": int(tr.n_nonfinite.sum()),
     }
     if recipe.method == "stochastic":
-        data = stochastic_graph(vol.data, tr, recipe.seed)
+        data = stochastic_graph(vol.data, tr, recipe.seed, vol.volume_axis)
         step["decision"] = {"method": "stochastic", "seed": recipe.seed}
     else:
         assert recipe.method in (*HISTOGRAM_METHODS, "value")
