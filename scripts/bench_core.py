@@ -66,8 +66,9 @@ def make_stack(n_volumes: int, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def bench_memory(stack: np.ndarray, repeat: int) -> None:
-    import volbin
     from skimage.filters import threshold_otsu
+
+    import volbin
 
     volbin.binarize(stack[:1, :8], "otsu", scope="stack")  # compile / load kernels
     t_vb, t_sk, mem_rss, mem_trace = [], [], [], []
@@ -115,17 +116,35 @@ def bench_disk(stack: np.ndarray, limit: int, workdir: Path) -> None:
     np.save(src, stack)
     dst = workdir / "mask.npy"
     size = src.stat().st_size
-    cmd = [sys.executable, "-m", "volbin.cli", "binarize", str(src), str(dst), "--method", "otsu",
-           "--scope", "volume", "--volume-axis", "0", "--memory-limit", str(limit), "--force", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "volbin.cli",
+        "binarize",
+        str(src),
+        str(dst),
+        "--method",
+        "otsu",
+        "--scope",
+        "volume",
+        "--volume-axis",
+        "0",
+        "--memory-limit",
+        str(limit),
+        "--force",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with PeakRSS(proc.pid) as rss:
         out, err = proc.communicate()
     if proc.returncode:
         print(err, file=sys.stderr)
         raise SystemExit(proc.returncode)
-    print(f".npy on disk {size / 1e9:.2f} GB, --memory-limit {limit / 1e9:.2f} GB "
-          f"({size / limit:.1f}x the limit): peak RSS {rss.peak / 1e9:.3f} GB "
-          f"({'under' if rss.peak < limit else 'OVER'} the limit)")
+    print(
+        f".npy on disk {size / 1e9:.2f} GB, --memory-limit {limit / 1e9:.2f} GB "
+        f"({size / limit:.1f}x the limit): peak RSS {rss.peak / 1e9:.3f} GB "
+        f"({'under' if rss.peak < limit else 'OVER'} the limit)"
+    )
     print(out.strip())
 
 

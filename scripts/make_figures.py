@@ -1,6 +1,6 @@
 """Make the pictures of docs/methods.md: one axial phantom slice through every method.
 
-    python scripts/make_figures.py            # writes docs/img/*.png
+python scripts/make_figures.py            # writes docs/img/*.png
 """
 
 from __future__ import annotations

@@ -395,5 +395,7 @@ def test_constant_volumes_do_not_crash(method, scope, dtype, value, rescale):
 def test_stochastic_draws_do_not_depend_on_volume_axis_layout():
     x = np.random.default_rng(0).random((5, 6, 7, 3))
     nifti_order = volbin.binarize(x, "stochastic", seed=3, rescale="none")
-    stacked = volbin.binarize(np.moveaxis(x, 3, 0).copy(), "stochastic", seed=3, rescale="none", volume_axis=0)
+    stacked = volbin.binarize(
+        np.moveaxis(x, 3, 0).copy(), "stochastic", seed=3, rescale="none", volume_axis=0
+    )
     np.testing.assert_array_equal(np.moveaxis(stacked, 0, 3), nifti_order)

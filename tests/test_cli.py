@@ -58,8 +58,24 @@ def test_npy_stochastic_volume_axis_first(tmp_path):
     src = tmp_path / "stack.npy"
     np.save(src, x)
     out = tmp_path / "mask.npy"
-    assert main(["binarize", str(src), str(out), "--method", "stochastic", "--seed", "7",
-                 "--volume-axis", "0", "--rescale", "none"]) == 0
+    assert (
+        main(
+            [
+                "binarize",
+                str(src),
+                str(out),
+                "--method",
+                "stochastic",
+                "--seed",
+                "7",
+                "--volume-axis",
+                "0",
+                "--rescale",
+                "none",
+            ]
+        )
+        == 0
+    )
     m = np.load(out)
     assert m.shape == x.shape and m.dtype == np.uint8
     # Bernoulli(p = x): the mean matches within 5 binomial standard deviations.
@@ -178,7 +194,9 @@ def test_help_has_examples(capsys):
 
 
 def test_demo(tmp_path, capsys):
-    assert main(["demo", "--out-dir", str(tmp_path / "d"), "--shape", "40", "48", "40", "--volumes", "2"]) == 0
+    assert (
+        main(["demo", "--out-dir", str(tmp_path / "d"), "--shape", "40", "48", "40", "--volumes", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert "Dice" in out and str(tmp_path / "d") in out
     m = nib.load(tmp_path / "d" / "phantom4d_mask.nii.gz")
@@ -191,8 +209,29 @@ def test_demo(tmp_path, capsys):
 def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):
     src, _ = brain
     out = tmp_path / "d.nii.gz"
-    assert main(["binarize", str(src), str(out), "--method", "dither", "--kernel", "stucki", "--scope", "volume",
-                 "--serpentine", "--upsample", "2", "--jitter", "0.2", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "binarize",
+                str(src),
+                str(out),
+                "--method",
+                "dither",
+                "--kernel",
+                "stucki",
+                "--scope",
+                "volume",
+                "--serpentine",
+                "--upsample",
+                "2",
+                "--jitter",
+                "0.2",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "quality: blurred RMS error" in capsys.readouterr().out
     side = json.loads((tmp_path / "d.json").read_text())
     q = side["quality"]
@@ -204,8 +243,9 @@ def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):
     # The outer corners of the grids coincide in world space.
     for corner in [(-0.5, -0.5, -0.5), tuple(n - 0.5 for n in a.shape[:3])]:
         scaled = tuple(2 * (c + 0.5) - 0.5 for c in corner)
-        np.testing.assert_allclose(nib.affines.apply_affine(a.affine, corner),
-                                   nib.affines.apply_affine(b.affine, scaled), atol=1e-5)
+        np.testing.assert_allclose(
+            nib.affines.apply_affine(a.affine, corner), nib.affines.apply_affine(b.affine, scaled), atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("dtype", [">f4", ">i2", "float16", "<u2", "int8"])

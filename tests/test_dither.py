@@ -29,8 +29,9 @@ def head():
 def test_slice_floyd_steinberg_matches_reference_bit_for_bit():
     rng = np.random.default_rng(0)
     u8 = rng.integers(0, 256, size=(9, 11, 5), dtype=np.uint8)
-    out = volbin.dither(u8.astype(np.float64) / 255, "floyd-steinberg", scope="slice", axis="z",
-                        rescale="none")
+    out = volbin.dither(
+        u8.astype(np.float64) / 255, "floyd-steinberg", scope="slice", axis="z", rescale="none"
+    )
     for z in range(u8.shape[2]):
         # Rows step along y, columns along x: the reference scans a (y, x) image.
         ref = floyd_steinberg(u8[:, :, z].T)
@@ -78,7 +79,9 @@ def test_error_ranks_on_phantom(head):
         "blue-noise": _blurred_error(
             volbin.binarize(x, "ordered", pattern="blue-noise", scope="slice", matrix=32), grey, ndim=2
         ),
-        "bayer": _blurred_error(volbin.binarize(x, "ordered", pattern="bayer", scope="slice", matrix=8), grey, ndim=2),
+        "bayer": _blurred_error(
+            volbin.binarize(x, "ordered", pattern="bayer", scope="slice", matrix=8), grey, ndim=2
+        ),
         "stochastic": _blurred_error(volbin.binarize(x, "stochastic", seed=1), grey, ndim=2),
     }
     assert errs["diffusion"] < errs["blue-noise"] <= errs["bayer"] < errs["stochastic"], errs
@@ -96,7 +99,9 @@ def test_error_ranks_on_phantom(head):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     method=st.sampled_from(["dither-slice", "dither-volume", "ordered-bayer", "ordered-blue"]),
-    cx=st.integers(3, 20), cy=st.integers(3, 20), cz=st.integers(1, 12),
+    cx=st.integers(3, 20),
+    cy=st.integers(3, 20),
+    cz=st.integers(1, 12),
     jitter=st.sampled_from([0.0, 0.3]),
 )
 def test_chunk_invariance(method, cx, cy, cz, jitter):
@@ -105,8 +110,12 @@ def test_chunk_invariance(method, cx, cy, cz, jitter):
     if kind == "dither":
         opts = dict(method="dither", scope=variant, jitter=jitter, seed=4, serpentine=True)
     else:
-        opts = dict(method="ordered", pattern="bayer" if variant == "bayer" else "blue-noise", matrix=4,
-                    scope="volume")
+        opts = dict(
+            method="ordered",
+            pattern="bayer" if variant == "bayer" else "blue-noise",
+            matrix=4,
+            scope="volume",
+        )
     a = volbin.binarize(x, **opts)
     b = volbin.binarize(da.from_array(x, chunks=(cx, cy, cz, 1)), **opts).compute()
     np.testing.assert_array_equal(a, b)
@@ -116,9 +125,12 @@ def test_chunk_invariance(method, cx, cy, cz, jitter):
 def test_volume_streaming_equals_one_piece(head, slab):
     vol, _ = as_volume(volbin.rescale(head.intensity))
     recipe = Recipe(method="dither", scope="volume", jitter=0.1, seed=2)
-    one = DK.diffuse_3d(np.ascontiguousarray(np.transpose(vol.compute(), (2, 1, 0))), jitter=0.1,
-                        key=volbin._kernels.seed_key(2, stream=2),
-                        index_strides=(1, head.intensity.shape[2], head.intensity.shape[1] * head.intensity.shape[2]))[0]
+    one = DK.diffuse_3d(
+        np.ascontiguousarray(np.transpose(vol.compute(), (2, 1, 0))),
+        jitter=0.1,
+        key=volbin._kernels.seed_key(2, stream=2),
+        index_strides=(1, head.intensity.shape[2], head.intensity.shape[1] * head.intensity.shape[2]),
+    )[0]
     streamed = _volume_graph(_whole_plane_chunks(vol, 2, slab), vol, recipe, 2).compute()
     np.testing.assert_array_equal(streamed, np.transpose(one, (2, 1, 0)))
 
@@ -145,4 +157,8 @@ def test_sidecar_records_kernel(tmp_path, head):
     volbin.save(out, tmp_path / "d.nii.gz")
     side = volbin.read_sidecar(tmp_path / "d.nii.gz")
     dec = side["steps"][-1]["decision"]
-    assert dec["mode"] == "2d" and dec["kernel"]["name"] == "stucki" and sum(dec["kernel"]["weights"]) == pytest.approx(1)
+    assert (
+        dec["mode"] == "2d"
+        and dec["kernel"]["name"] == "stucki"
+        and sum(dec["kernel"]["weights"]) == pytest.approx(1)
+    )

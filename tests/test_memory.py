@@ -38,10 +38,25 @@ def test_npy_three_times_the_memory_limit(tmp_path):
     del x
     assert src.stat().st_size >= 3 * limit
     out = tmp_path / "mask.npy"
-    code, peak, text = _peak_rss([
-        sys.executable, "-m", "volbin.cli", "binarize", str(src), str(out), "--method", "otsu",
-        "--scope", "volume", "--volume-axis", "0", "--memory-limit", str(limit), "--no-progress",
-    ])
+    code, peak, text = _peak_rss(
+        [
+            sys.executable,
+            "-m",
+            "volbin.cli",
+            "binarize",
+            str(src),
+            str(out),
+            "--method",
+            "otsu",
+            "--scope",
+            "volume",
+            "--volume-axis",
+            "0",
+            "--memory-limit",
+            str(limit),
+            "--no-progress",
+        ]
+    )
     assert code == 0, text
     assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
     m = np.load(out, mmap_mode="r")

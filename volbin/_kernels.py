@@ -212,7 +212,11 @@ def group_histogram(x, gstrides, lo, hi, nbins, counts):
                         f = min(max((fv - a) * nm, 0.0), flast)
                         k = np.int32(f)
                         # np.histogram's assignment against the exact edges k * s + a.
-                        k = k - np.int32((fv < k * s + a) & (k > 0)) + np.int32((fv >= (k + 1) * s + a) & (k < last) & (s > 0.0))
+                        k = (
+                            k
+                            - np.int32((fv < k * s + a) & (k > 0))
+                            + np.int32((fv >= (k + 1) * s + a) & (k < last) & (s > 0.0))
+                        )
                         idx[i3] = k if fv - fv == 0.0 else nbins
                     for i3 in range(n3):
                         c4[i3 & 3, gb, idx[i3]] += 1
@@ -224,7 +228,11 @@ def group_histogram(x, gstrides, lo, hi, nbins, counts):
                         s = step[g]
                         f = min(max((fv - a) * norm[g], 0.0), flast)
                         k = np.int32(f)
-                        k = k - np.int32((fv < k * s + a) & (k > 0)) + np.int32((fv >= (k + 1) * s + a) & (k < last) & (s > 0.0))
+                        k = (
+                            k
+                            - np.int32((fv < k * s + a) & (k > 0))
+                            + np.int32((fv >= (k + 1) * s + a) & (k < last) & (s > 0.0))
+                        )
                         c4[i3 & 3, g, k if fv - fv == 0.0 else nbins] += 1
     for g in range(ng):
         for q in range(nbins):

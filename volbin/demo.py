@@ -40,7 +40,11 @@ def run_demo(
     inputs = {"phantom3d": ph3, "phantom4d": ph4}
     recipe = Recipe(method="otsu", scope="volume", rescale="minmax")
     say(f"volbin demo: MRI-like phantoms {shape} (3D, and 4D with {n_volumes} volumes), Otsu per volume")
-    summary: dict[str, object] = {"out_dir": str(out_dir.resolve()), "recipe": recipe.to_dict(), "results": []}
+    summary: dict[str, object] = {
+        "out_dir": str(out_dir.resolve()),
+        "recipe": recipe.to_dict(),
+        "results": [],
+    }
     for name, ph in inputs.items():
         src = out_dir / f"{name}.nii.gz"
         nib.save(ph.to_nifti(), src)
@@ -60,15 +64,25 @@ def run_demo(
         thresholds = t if isinstance(t, list) else [t]
         masks = [mask] if mask.ndim == 3 else [mask[..., i] for i in range(mask.shape[3])]
         say(f"\n  {src.name}: {vol.shape} {vol.dtype}, voxel {vol.zooms[0]:g} mm")
-        say(f"  {'volume':>8} {'threshold':>10} {'foreground':>11} {'truth':>9} {'Dice':>7} {'Dice(head, filled)':>19}")
-        for i, (m, th) in enumerate(zip(masks, thresholds)):
+        say(
+            f"  {'volume':>8} {'threshold':>10} {'foreground':>11} {'truth':>9} {'Dice':>7} "
+            f"{'Dice(head, filled)':>19}"
+        )
+        for i, (m, th) in enumerate(zip(masks, thresholds, strict=False)):
             d = dice(m, truth)
             d_head = dice(ndimage.binary_fill_holes(m), head)
             say(f"  {i:>8} {th:>10.2f} {int(m.sum()):>11} {int(truth.sum()):>9} {d:>7.4f} {d_head:>19.4f}")
             summary["results"].append(  # type: ignore[attr-defined]
-                {"input": str(src), "output": str(dst), "volume": i, "threshold": th,
-                 "foreground_voxels": int(m.sum()), "truth_voxels": int(truth.sum()), "dice": d,
-                 "dice_head_filled": d_head}
+                {
+                    "input": str(src),
+                    "output": str(dst),
+                    "volume": i,
+                    "threshold": th,
+                    "foreground_voxels": int(m.sum()),
+                    "truth_voxels": int(truth.sum()),
+                    "dice": d,
+                    "dice_head_filled": d_head,
+                }
             )
         say(f"  -> {dst}  (+ sidecar {dst.name.replace('.nii.gz', '.json')})")
     say("\n  truth: voxels of the bright T1 classes (grey and white matter, scalp fat);")

@@ -111,8 +111,13 @@ def _slices_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
                 start[vaxis] += v
             base = int(np.dot(start, full_strides))
             res = DK.diffuse_2d(
-                img, kernel=kernel, serpentine=recipe.serpentine, jitter=float(recipe.jitter), key=key,
-                index_base=base, index_strides=tuple(int(full_strides[a]) for a in ax),
+                img,
+                kernel=kernel,
+                serpentine=recipe.serpentine,
+                jitter=float(recipe.jitter),
+                key=key,
+                index_base=base,
+                index_strides=tuple(int(full_strides[a]) for a in ax),
             )
             back = np.transpose(res, np.argsort(ax3))
             if vaxis is None:
@@ -129,8 +134,16 @@ def _slices_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
 def _slab_task(block: np.ndarray, carry: Any, *, ax3, kernel, recipe, key, z0, n_slices, base, strides):
     img = np.ascontiguousarray(np.transpose(np.nan_to_num(block, nan=0.0), ax3), dtype=np.float32)
     res, carry_out = DK.diffuse_3d(
-        img, kernel=kernel, carry_in=carry, z0=z0, n_slices=n_slices, serpentine=recipe.serpentine,
-        jitter=float(recipe.jitter), key=key, index_base=base, index_strides=strides,
+        img,
+        kernel=kernel,
+        carry_in=carry,
+        z0=z0,
+        n_slices=n_slices,
+        serpentine=recipe.serpentine,
+        jitter=float(recipe.jitter),
+        key=key,
+        index_base=base,
+        index_strides=strides,
     )
     return np.transpose(res, np.argsort(ax3)), carry_out
 
@@ -167,13 +180,22 @@ def _volume_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
                 start[vaxis] = v
             base = int(np.dot(start, full_strides))
             res, carry = task(
-                block, carry, ax3=ax3, kernel=kernel, recipe=recipe, key=key, z0=int(z0),
-                n_slices=n_slices, base=base, strides=strides,
+                block,
+                carry,
+                ax3=ax3,
+                kernel=kernel,
+                recipe=recipe,
+                key=key,
+                z0=int(z0),
+                n_slices=n_slices,
+                base=base,
+                strides=strides,
             )
             shape3 = [data.shape[a] for a in range(data.ndim) if a != vaxis]
             shape3[ax3[0]] = data.chunks[axis][k]
-            slabs.append(da.from_delayed(res, shape=tuple(shape3), dtype=np.uint8,
-                                         meta=np.empty((0, 0, 0), np.uint8)))
+            slabs.append(
+                da.from_delayed(res, shape=tuple(shape3), dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
+            )
         out_volumes.append(da.concatenate(slabs, axis=ax3[0]))
     if vaxis is None:
         return out_volumes[0]
@@ -221,28 +243,46 @@ def dither_volume(vol: Volume, recipe: Recipe) -> Volume:
     }
     if recipe.method == "ordered":
         out = _ordered_graph(rescaled.data, rescaled, recipe, axis)
-        step["decision"] = {"method": "ordered", "pattern": recipe.pattern, "matrix": recipe.matrix,
-                            "ndim": 2 if recipe.scope == "slice" else 3}
+        step["decision"] = {
+            "method": "ordered",
+            "pattern": recipe.pattern,
+            "matrix": recipe.matrix,
+            "ndim": 2 if recipe.scope == "slice" else 3,
+        }
     elif recipe.scope == "slice":
         data = _whole_plane_chunks(rescaled, axis)
         out = _slices_graph(data, rescaled, recipe, axis)
-        step["decision"] = {"method": "dither", "mode": "2d", "axis": axis, "kernel": kernel_record(recipe.kernel),
-                            "serpentine": recipe.serpentine, "jitter": recipe.jitter}
+        step["decision"] = {
+            "method": "dither",
+            "mode": "2d",
+            "axis": axis,
+            "kernel": kernel_record(recipe.kernel),
+            "serpentine": recipe.serpentine,
+            "jitter": recipe.jitter,
+        }
     else:
         data = _whole_plane_chunks(rescaled, axis)
         out = _volume_graph(data, rescaled, recipe, axis)
         k3 = DK.diffusion_kernel_3d(recipe.kernel)
         step["decision"] = {
-            "method": "dither", "mode": "3d", "axis": axis, "serpentine": recipe.serpentine,
+            "method": "dither",
+            "mode": "3d",
+            "axis": axis,
+            "serpentine": recipe.serpentine,
             "jitter": recipe.jitter,
-            "kernel": {"name": recipe.kernel if isinstance(recipe.kernel, str) else None,
-                       "dz": list(k3.dz), "dy": list(k3.dy), "dx": list(k3.dx), "weights": list(k3.weights)},
+            "kernel": {
+                "name": recipe.kernel if isinstance(recipe.kernel, str) else None,
+                "dz": list(k3.dz),
+                "dy": list(k3.dy),
+                "dx": list(k3.dx),
+                "weights": list(k3.weights),
+            },
         }
     if tr.n_nonfinite.any() and rescaled.shape == vol.shape:
         finite = da.isfinite(vol.data)
         out = da.where(finite, out, np.uint8(0))
     out = out.astype(bool)
-    return dataclasses.replace(rescaled.derive(out, step), steps=vol.steps + (step,))
+    return dataclasses.replace(rescaled.derive(out, step), steps=(*vol.steps, step))
 
 
 def dither(
@@ -298,7 +338,16 @@ def dither(
     >>> bool(abs(d.mean() - volbin.rescale(x).mean()) < 0.005)
     True
     """
-    recipe = Recipe(method="dither", kernel=kernel, scope=scope, axis=axis, serpentine=serpentine,
-                    jitter=jitter, seed=seed, upsample=upsample, **options)
+    recipe = Recipe(
+        method="dither",
+        kernel=kernel,
+        scope=scope,
+        axis=axis,
+        serpentine=serpentine,
+        jitter=jitter,
+        seed=seed,
+        upsample=upsample,
+        **options,
+    )
     vol, kind = as_volume(volume, volume_axis=volume_axis)
     return like_input(dither_volume(vol, recipe), kind)

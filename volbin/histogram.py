@@ -72,8 +72,7 @@ def _map_partials(
         return res.reshape(_partial_shape(block.shape, grouping) + trailing)
 
     chunks = tuple(
-        data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a])
-        for a in range(data.ndim)
+        data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a]) for a in range(data.ndim)
     ) + tuple((t,) for t in trailing)
     new_axis = list(range(data.ndim, data.ndim + len(trailing)))
     meta = np.empty((0,) * (data.ndim + len(trailing)), dtype)

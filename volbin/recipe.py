@@ -144,9 +144,13 @@ class Recipe:
             object.__setattr__(self, "value_range", _check_pair("value_range", self.value_range))
         if self.rescale == "fixed" and self.value_range is None:
             raise ValueError("`rescale='fixed'` needs `value_range=(lo, hi)` (CLI: --range LO HI).")
-        if not (isinstance(self.nbins, (int, np.integer)) and not isinstance(self.nbins, bool) and self.nbins >= 2):
+        if not (
+            isinstance(self.nbins, (int, np.integer)) and not isinstance(self.nbins, bool) and self.nbins >= 2
+        ):
             raise ValueError(f"`nbins` must be an int >= 2; got {self.nbins!r}.")
-        if not (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool) and self.seed >= 0):
+        if not (
+            isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool) and self.seed >= 0
+        ):
             raise ValueError(f"`seed` must be a non-negative int; got {self.seed!r}.")
         # numpy integers are welcome, but the JSON form needs plain ints.
         object.__setattr__(self, "nbins", int(self.nbins))

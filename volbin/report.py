@@ -92,7 +92,9 @@ def describe(volume: Any, *, volume_axis: int | None = None) -> dict[str, Any]:
                     "mean": float(st.mean[idx]) if n else None,
                     "rms": float(st.rms[idx]) if n else None,
                     "std": float(st.std[idx]) if n else None,
-                    "percentiles": {f"p{q:g}": float(v) for q, v in zip(PERCENTILES, pct[idx])} if n else {},
+                    "percentiles": {f"p{q:g}": float(v) for q, v in zip(PERCENTILES, pct[idx], strict=False)}
+                    if n
+                    else {},
                     "finite": n,
                     "nan": int(st.nan[idx]),
                     "posinf": int(st.posinf[idx]),
@@ -111,12 +113,23 @@ def format_description(info: dict[str, Any], name: str = "") -> str:
     o = info["orientation"]
     lines = [
         f"{name}" if name else "volume",
-        f"  shape       {tuple(info['shape'])}  ({info['n_volumes']} volume(s); volume axis {info['volume_axis']})",
-        f"  dtype       {info['dtype']}" + (f"  (stored {o['stored_dtype']}, scl_slope {o['scl_slope']}, scl_inter {o['scl_inter']})" if "stored_dtype" in o else ""),
-        f"  voxel size  {' x '.join(f'{z:g}' for z in info['zooms'])}" + (f" {o['units']['space']}" if "units" in o else ""),
-        f"  orientation {o['axcodes']}" + (f"  (qform_code {o['qform_code']}, sform_code {o['sform_code']})" if "qform_code" in o else ""),
+        f"  shape       {tuple(info['shape'])}  "
+        f"({info['n_volumes']} volume(s); volume axis {info['volume_axis']})",
+        f"  dtype       {info['dtype']}"
+        + (
+            f"  (stored {o['stored_dtype']}, scl_slope {o['scl_slope']}, scl_inter {o['scl_inter']})"
+            if "stored_dtype" in o
+            else ""
+        ),
+        f"  voxel size  {' x '.join(f'{z:g}' for z in info['zooms'])}"
+        + (f" {o['units']['space']}" if "units" in o else ""),
+        f"  orientation {o['axcodes']}"
+        + (f"  (qform_code {o['qform_code']}, sform_code {o['sform_code']})" if "qform_code" in o else ""),
     ]
-    header = f"  {'':>6} {'min':>11} {'max':>11} {'mean':>11} {'rms':>11} {'p1':>10} {'p50':>10} {'p99':>10} {'NaN':>7} {'Inf':>7}"
+    header = (
+        f"  {'':>6} {'min':>11} {'max':>11} {'mean':>11} {'rms':>11} "
+        f"{'p1':>10} {'p50':>10} {'p99':>10} {'NaN':>7} {'Inf':>7}"
+    )
     lines.append(header)
 
     def row(label: str, s: dict[str, Any]) -> str:
@@ -125,7 +138,8 @@ def format_description(info: dict[str, Any], name: str = "") -> str:
         p = s["percentiles"]
         return (
             f"  {label:>6} {s['min']:>11.5g} {s['max']:>11.5g} {s['mean']:>11.5g} {s['rms']:>11.5g} "
-            f"{p['p1']:>10.5g} {p['p50']:>10.5g} {p['p99']:>10.5g} {s['nan']:>7} {s['posinf'] + s['neginf']:>7}"
+            f"{p['p1']:>10.5g} {p['p50']:>10.5g} {p['p99']:>10.5g} "
+            f"{s['nan']:>7} {s['posinf'] + s['neginf']:>7}"
         )
 
     if info["n_volumes"] > 1:

@@ -268,8 +268,18 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
         assert fine is not None
         eq_edges, eq_cdf = _equalize_tables(fine, dmin, dmax, lo, hi, method == "none")
     tr = Transform(
-        grouping, method, np.asarray(lo, float), np.asarray(hi, float), dmin, dmax, nonfinite,
-        recipe.curve, float(recipe.gamma), float(recipe.log_gain), eq_edges, eq_cdf,
+        grouping,
+        method,
+        np.asarray(lo, float),
+        np.asarray(hi, float),
+        dmin,
+        dmax,
+        nonfinite,
+        recipe.curve,
+        float(recipe.gamma),
+        float(recipe.log_gain),
+        eq_edges,
+        eq_cdf,
     )
     const = tr.constant & ~empty
     # With rescale 'none' a constant volume keeps its meaning for stochastic and dithering;
@@ -278,7 +288,8 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
         which = np.flatnonzero(const.ravel())
         what = ", ".join(grouping.describe(int(i)) for i in which[:5]) + (" ..." if len(which) > 5 else "")
         consequence = (
-            "histogram thresholds select no voxel there" if recipe.method in HISTOGRAM_METHODS
+            "histogram thresholds select no voxel there"
+            if recipe.method in HISTOGRAM_METHODS
             else "its rescaled intensity is 0 or 1 everywhere"
         )
         warnings.warn(
@@ -359,8 +370,14 @@ def rescale(
     (0.0, 1.0, dtype('float32'))
     """
     recipe = Recipe(
-        rescale=method, percentiles=percentiles, value_range=value_range, curve=curve,
-        gamma=gamma, log_gain=log_gain, scope=scope, axis=axis,
+        rescale=method,
+        percentiles=percentiles,
+        value_range=value_range,
+        curve=curve,
+        gamma=gamma,
+        log_gain=log_gain,
+        scope=scope,
+        axis=axis,
     )
     vol, kind = as_volume(volume, volume_axis=volume_axis)
     grouping = vol.grouping(recipe.scope, recipe.axis)

@@ -156,8 +156,10 @@ class Decision:
         axes = ["slice" if a == self.grouping.slice_axis else "volume" for a in self.grouping.group_axes]
 
         def clean(a: np.ndarray) -> Any:
-            return [None if not math.isfinite(v) else v for v in a.ravel().tolist()] if a.ndim else (
-                None if not math.isfinite(float(a)) else float(a)
+            return (
+                [None if not math.isfinite(v) else v for v in a.ravel().tolist()]
+                if a.ndim
+                else (None if not math.isfinite(float(a)) else float(a))
             )
 
         return {

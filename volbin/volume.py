@@ -260,8 +260,7 @@ class Grouping:
         shaped to broadcast against that block."""
         full = self.expand(values)
         index = tuple(
-            slice(lo, hi) if a in self.group_axes else slice(None)
-            for a, (lo, hi) in enumerate(location)
+            slice(lo, hi) if a in self.group_axes else slice(None) for a, (lo, hi) in enumerate(location)
         )
         return full[index]
 
@@ -271,7 +270,10 @@ class Grouping:
             return "the volume" if len(self.shape) == 3 else "the stack"
         if isinstance(index, (int, np.integer)):
             index = tuple(int(i) for i in np.unravel_index(int(index), self.group_shape))
-        parts = {("slice" if a == self.slice_axis else "volume"): int(i) for a, i in zip(self.group_axes, index)}
+        parts = {
+            ("slice" if a == self.slice_axis else "volume"): int(i)
+            for a, i in zip(self.group_axes, index, strict=False)
+        }
         words = [f"slice {parts['slice']}"] if "slice" in parts else []
         if "volume" in parts:
             words.append(("of " if words else "") + f"volume {parts['volume']}")
@@ -282,7 +284,7 @@ class Grouping:
         names = []
         for a in self.group_axes:
             names.append("slice" if a == self.slice_axis else "volume")
-        return [dict(zip(names, map(int, idx))) for idx in np.ndindex(*self.group_shape)]
+        return [dict(zip(names, map(int, idx), strict=False)) for idx in np.ndindex(*self.group_shape)]
 
 
 Kind = Literal["numpy", "dask", "volume"]
@@ -326,12 +328,9 @@ def as_volume(
         arr = np.asarray(volume)
         if arr.ndim not in (3, 4):
             raise VolbinDataError(
-                f"volumes must be 3D (X, Y, Z) or 4D (X, Y, Z, T); got {arr.ndim}D data "
-                f"of shape {arr.shape}."
+                f"volumes must be 3D (X, Y, Z) or 4D (X, Y, Z, T); got {arr.ndim}D data of shape {arr.shape}."
             )
-        order: Literal["C", "F"] = (
-            "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
-        )
+        order: Literal["C", "F"] = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
         chunks = slab_chunks(arr.shape, arr.dtype.itemsize, order, chunk_bytes or DEFAULT_CHUNK_BYTES)
         data = da.from_array(
             _NoCopy(arr), chunks=chunks, name=False, asarray=False, meta=np.empty((0,) * arr.ndim, arr.dtype)
