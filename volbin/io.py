@@ -346,6 +346,11 @@ def load(
         reader, order, affine, header, file_vaxis = _open_zarr(p, path)
         if volume_axis is None:
             volume_axis = file_vaxis
+        zc = tuple(int(c) for c in reader.chunks)
+        if zc[0] >= reader.shape[0] and zc[-1] < reader.shape[-1]:
+            # Stored as slabs along the last axis (as volbin writes NIfTI-ordered data):
+            # cut along that axis, so that chunks stay near `chunk_bytes`.
+            order = "F"
     elif kind == "npy":
         reader, order, affine, header = _open_npy(p, path), "C", np.eye(4), None
         if reader.fortran_order:
