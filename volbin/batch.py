@@ -697,8 +697,8 @@ def batch(
     progress : bool or str, optional
         ``"bar"`` (True): a progress bar over files; ``"log"``: a line per finished file
         (to standard error); False: nothing.  Default: the bar on a terminal, lines otherwise.
-    report : str, path-like or False, optional
-        Where to write the JSON run report (default ``<out_dir>/volbin-batch-report.json``);
+    report : str, path-like or bool, optional
+        Where to write the JSON run report (None or True: ``<out_dir>/volbin-batch-report.json``);
         False writes none.
     **recipe_options
         `Recipe` fields, when `recipe` is not given.
@@ -768,7 +768,8 @@ def batch(
         raise OutputFileError(f"{out_root}: cannot create the output folder ({exc}).") from exc
     report_path = None
     if report is not False:
-        report_path = os.path.abspath(report or os.path.join(out_root, REPORT_NAME))
+        given = report if isinstance(report, (str, os.PathLike)) else None  # None or True
+        report_path = os.path.abspath(given or os.path.join(out_root, REPORT_NAME))
     recipe_dict = recipe.to_dict()
     doc = _recipe_doc(recipe)
 
