@@ -11,9 +11,18 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+import os
+
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI explores the same examples on every run (a failure is then reproducible); locally,
+# hypothesis keeps searching new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 from volbin.phantom import Phantom, phantom
 
