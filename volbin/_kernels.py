@@ -199,6 +199,7 @@ def group_histogram(x, gstrides, lo, hi, nbins, counts):
     c4 = np.zeros((4, ng, nbins + 1), np.int64)
     idx = np.empty(n3, np.int32)
     flast = float(last)
+    fnbins = float(nbins)
     for i0 in range(n0):
         for i1 in range(n1):
             for i2 in range(n2):
@@ -207,17 +208,18 @@ def group_histogram(x, gstrides, lo, hi, nbins, counts):
                     a = lo[gb]
                     nm = norm[gb]
                     s = step[gb]
+                    up_ok = 1.0 if s > 0.0 else 0.0
                     for i3 in range(n3):
                         fv = np.float64(x[i0, i1, i2, i3])
-                        f = min(max((fv - a) * nm, 0.0), flast)
-                        k = np.int32(f)
+                        # All in floating point, one conversion at the end: it vectorises.
+                        kf = np.floor(min(max((fv - a) * nm, 0.0), flast))
                         # np.histogram's assignment against the exact edges k * s + a.
-                        k = (
-                            k
-                            - np.int32((fv < k * s + a) & (k > 0))
-                            + np.int32((fv >= (k + 1) * s + a) & (k < last) & (s > 0.0))
+                        kf = (
+                            kf
+                            - ((fv < kf * s + a) & (kf > 0.0))
+                            + ((fv >= (kf + 1.0) * s + a) & (kf < flast)) * up_ok
                         )
-                        idx[i3] = k if fv - fv == 0.0 else nbins
+                        idx[i3] = np.int32(kf if fv - fv == 0.0 else fnbins)
                     for i3 in range(n3):
                         c4[i3 & 3, gb, idx[i3]] += 1
                 else:
