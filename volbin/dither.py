@@ -65,7 +65,9 @@ def _whole_plane_chunks(vol: Volume, axis: int, slab: int | None = None) -> da.A
     data = vol.data
     chunks: list[Any] = []
     plane_bytes = 4 * int(np.prod([data.shape[a] for a in vol.spatial_axes if a != axis]))
-    depth = slab or max(1, min(data.shape[axis], (32 * 2**20) // max(plane_bytes, 1)))
+    # Slabs about as large (in float32) as the input's chunks, which follow the memory limit.
+    target = min(32 * 2**20, 4 * int(np.prod([max(c) for c in data.chunks])))
+    depth = slab or max(1, min(data.shape[axis], target // max(plane_bytes, 1)))
     for a in range(data.ndim):
         if a == axis:
             chunks.append(depth)
@@ -131,8 +133,25 @@ def _slices_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
     return da.map_blocks(run, data, dtype=np.uint8, meta=np.empty((0,) * data.ndim, np.uint8))
 
 
-def _slab_task(block: np.ndarray, carry: Any, *, ax3, kernel, recipe, key, z0, n_slices, base, strides):
+class _Slab:
+    """A lazy slab, computed inside the task that diffuses it.
+
+    Were the slabs ordinary dependencies, the scheduler would read and rescale slabs far
+    ahead of the (sequential) diffusion and hold them all: memory would grow to the whole
+    volume.  Computed inside the chain, only one slab per chain is alive at a time.
+    """
+
+    def __init__(self, array: da.Array) -> None:
+        self.array = array
+
+    def compute(self) -> np.ndarray:
+        return np.asarray(self.array.compute(scheduler="sync"))
+
+
+def _slab_task(slab: _Slab, carry: Any, *, ax3, kernel, recipe, key, z0, n_slices, base, strides):
+    block = slab.compute()
     img = np.ascontiguousarray(np.transpose(np.nan_to_num(block, nan=0.0), ax3), dtype=np.float32)
+    del block
     res, carry_out = DK.diffuse_3d(
         img,
         kernel=kernel,
@@ -149,7 +168,12 @@ def _slab_task(block: np.ndarray, carry: Any, *, ax3, kernel, recipe, key, z0, n
 
 
 def _volume_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.Array:
-    """3D error diffusion, streamed slab by slab along `axis` with a carried error buffer."""
+    """3D error diffusion, streamed slab by slab along `axis` with a carried error buffer.
+
+    Each 3D volume is a chain of tasks, one per slab; a task reads and rescales its own slab
+    (see `_Slab`), diffuses it with the error carried from the previous slab, and passes the
+    error on.  Chains of different volumes run in parallel.
+    """
     ax = _plane_order(vol, axis)
     vaxis = vol.volume_axis
     kernel = DK.diffusion_kernel_3d(recipe.kernel)
@@ -158,41 +182,38 @@ def _volume_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
     strides = tuple(int(full_strides[a]) for a in ax)
     ax3 = _axes3(ax, vaxis)
     n_slices = data.shape[axis]
-    blocks = data.to_delayed()
-    slab_starts = np.concatenate([[0], np.cumsum(data.chunks[axis])[:-1]])
-    n_vol = data.numblocks[vaxis] if vaxis is not None else 1
+    bounds = np.concatenate([[0], np.cumsum(data.chunks[axis])])
+    n_vol = data.shape[vaxis] if vaxis is not None else 1
     out_volumes = []
     task = dask.delayed(_slab_task, nout=2, pure=True)
     for v in range(n_vol):
         carry = None
         slabs = []
-        for k, z0 in enumerate(slab_starts):
-            index = [0] * data.ndim
-            index[axis] = k
+        for k in range(len(bounds) - 1):
+            z0, z1 = int(bounds[k]), int(bounds[k + 1])
+            index: list[Any] = [slice(None)] * data.ndim
+            index[axis] = slice(z0, z1)
             if vaxis is not None:
                 index[vaxis] = v
-            block = blocks[tuple(index)]
-            if vaxis is not None:
-                block = dask.delayed(np.take, pure=True)(block, 0, axis=vaxis)
             start = [0] * data.ndim
-            start[axis] = int(z0)
+            start[axis] = z0
             if vaxis is not None:
                 start[vaxis] = v
             base = int(np.dot(start, full_strides))
             res, carry = task(
-                block,
+                _Slab(data[tuple(index)]),
                 carry,
                 ax3=ax3,
                 kernel=kernel,
                 recipe=recipe,
                 key=key,
-                z0=int(z0),
+                z0=z0,
                 n_slices=n_slices,
                 base=base,
                 strides=strides,
             )
             shape3 = [data.shape[a] for a in range(data.ndim) if a != vaxis]
-            shape3[ax3[0]] = data.chunks[axis][k]
+            shape3[ax3[0]] = z1 - z0
             slabs.append(
                 da.from_delayed(res, shape=tuple(shape3), dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
             )
