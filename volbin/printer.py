@@ -7,23 +7,20 @@ from the few source slices around it (kept in a slab cache) and written by a bac
 thread.  A run that stops leaves only whole files; running it again writes only the missing
 layers, with the same bytes (volumetric diffusion restarts from a saved carry buffer).
 Label maps give one stack per label, every printer voxel holding at most one material.
+
+The layer loop and PNG writer live in `_printer_layers`, the manifest, lock and resume state
+in `_printer_state`, the command in `_printer_cli`; the names they export are importable from
+here too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import itertools
 import json
 import math
 import os
-import re
-import secrets
-import shutil
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,23 +29,36 @@ import dask.array as da
 import numpy as np
 
 from . import _dither_kernels as D
-from . import _kernels as K
+from ._printer_cli import EPILOG_EXPORT as EPILOG_EXPORT
+from ._printer_cli import add_export_command as add_export_command
+from ._printer_cli import cmd_export as cmd_export
+from ._printer_layers import SLAB_BYTES as SLAB_BYTES
+from ._printer_layers import _label_values, _layer_range, _Run
+from ._printer_state import (
+    _LAYER_FILE,
+    FORMAT,
+    MANIFEST,
+    STATE_DIR,
+    _clean_temps,
+    _clear,
+    _differences,
+    _jsonable,
+    _lock,
+    _read_log,
+    _sha256,
+    _summary,
+    _version,
+    _write_json,
+)
 from .errors import OutputFileError, VolbinDataError
 from .recipe import Recipe
-from .resample import VoxelMap, resample_block
+from .resample import VoxelMap
 from .volume import Volume, as_volume
 
 __all__ = ["ExportResult", "PrintGrid", "export_slices", "print_grid"]
 
-MANIFEST = "manifest.json"
-STATE_DIR = ".volbin-export"
-FORMAT = "volbin-slices/1"
 _RAS = "RAS"
 _OPPOSITE = {"R": "L", "A": "P", "S": "I", "L": "R", "P": "A", "I": "S"}
-_LAYER_FILE = re.compile(r"^layer_\d+\.png$")
-#: Source slices are read and rescaled in slabs of this many bytes (float32): less than one
-#: printer layer of memory, and read rarely (at 0.027 mm, each 1 mm slice serves 37 layers).
-SLAB_BYTES = 8 * 2**20
 
 
 # --- the printer's grid ------------------------------------------------------------------------
@@ -195,137 +205,6 @@ def print_grid(
     return PrintGrid((nx, ny, nz), pitch, "".join(codes), affine @ to_vox, vmap, build[2][0])
 
 
-# --- the source, a slab at a time --------------------------------------------------------------
-class _Slabs:
-    """Source slices along the build's z axis, read and prepared a slab at a time."""
-
-    def __init__(self, data: da.Array, axis: int, prepare: Any, slab_bytes: int) -> None:
-        self.data, self.axis, self.prepare = data, axis, prepare
-        n = data.shape[axis]
-        per_slice = max(1, data.size // max(n, 1)) * 4
-        self.depth = max(1, slab_bytes // per_slice)
-        self.lo = self.hi = 0
-        self.block: np.ndarray | None = None
-
-    def get(self, lo: int, hi: int, rising: bool) -> np.ndarray:
-        if self.block is None or lo < self.lo or hi > self.hi:
-            n = self.data.shape[self.axis]
-            depth = max(self.depth, hi - lo)
-            a, b = (lo, min(n, lo + depth)) if rising else (max(0, hi - depth), hi)
-            sel: list[Any] = [slice(None)] * self.data.ndim
-            sel[self.axis] = slice(a, b)
-            self.block = None  # let the old slab go before reading the next
-            raw = np.asarray(self.data[tuple(sel)].compute())
-            loc = [(0, s) for s in self.data.shape]
-            loc[self.axis] = (a, b)
-            self.block, self.lo, self.hi = self.prepare(raw, loc), a, b
-        sel = [slice(None)] * self.block.ndim
-        sel[self.axis] = slice(lo - self.lo, hi - self.lo)
-        return self.block[tuple(sel)]
-
-
-# --- files -------------------------------------------------------------------------------------
-def _write_png(path: Path, packed: bytes, size: tuple[int, int], dpi: tuple[float, float]) -> None:
-    """Write a packed 1-bit image atomically: a temporary name, fsync, then rename."""
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        img = Image.frombytes("1", size, packed)
-        with open(tmp, "wb") as f:
-            img.save(f, format="PNG", dpi=dpi)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _png_density(path: Path) -> float:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        a = np.asarray(img)
-    return float(np.count_nonzero(a)) / max(a.size, 1)
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    from .io import to_jsonable
-
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(obj), f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def _lock(state: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputFileError(
-                f"{state.parent}: another volbin export is writing to this folder; wait for it "
-                "to finish or choose another folder."
-            ) from None
-        except OSError:  # file systems without locks
-            pass
-        yield
-    finally:
-        os.close(fd)
-
-
-def _clear(out: Path) -> None:
-    """Remove what an export wrote in `out` (and nothing else)."""
-    for e in list(os.scandir(out)):
-        p = Path(e.path)
-        if e.name == STATE_DIR:  # all but the lock, which this run holds
-            for s in os.scandir(p):
-                if s.name != "lock":
-                    shutil.rmtree(s.path, ignore_errors=True) if s.is_dir() else os.unlink(s.path)
-        elif e.name == MANIFEST:
-            p.unlink()
-        elif e.is_dir() and e.name.startswith("label_"):
-            shutil.rmtree(p, ignore_errors=True)
-        elif _LAYER_FILE.match(e.name) or (e.name.startswith(".layer_") and e.name.endswith(".tmp")):
-            p.unlink()
-
-
-def _clean_temps(folders: Sequence[Path]) -> None:
-    for folder in folders:
-        if folder.is_dir():
-            for e in os.scandir(folder):
-                if e.name.startswith(".") and e.name.endswith(".tmp"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(e.path)
-
-
-def _sha256(data: da.Array) -> str:
-    """Hash of the values in Fortran order, whatever the chunking."""
-    h = hashlib.sha256(f"{data.dtype.str}{tuple(data.shape)}".encode())
-    bounds = np.cumsum((0, *data.chunks[-1]))
-    for lo, hi in itertools.pairwise(bounds):
-        block = np.asarray(data[..., int(lo) : int(hi)].compute())
-        h.update(block.tobytes(order="F"))
-    return h.hexdigest()
-
-
 # --- the export --------------------------------------------------------------------------------
 @dataclass
 class ExportResult:
@@ -351,42 +230,6 @@ class ExportResult:
     @property
     def complete(self) -> bool:
         return self.manifest.get("status") == "complete"
-
-
-def _layer_range(layers: Any, n: int) -> range:
-    if layers is None:
-        return range(n)
-    if isinstance(layers, slice):
-        return range(n)[layers]
-    if isinstance(layers, range):
-        r = layers
-    else:
-        try:
-            a, b = layers
-        except (TypeError, ValueError):
-            raise ValueError(f"`layers` must be a range, a slice or (start, stop); got {layers!r}.") from None
-        r = range(0 if a is None else int(a), n if b is None else int(b))
-    if r.step != 1 or r.start < 0 or r.stop > n or r.start > r.stop:
-        raise ValueError(f"`layers` must be a contiguous range within 0..{n}; got {layers!r}.")
-    return r
-
-
-def _label_values(data: da.Array) -> list[int]:
-    if not (
-        np.issubdtype(data.dtype, np.integer)
-        or data.dtype == np.bool_
-        or np.issubdtype(data.dtype, np.floating)
-    ):
-        raise VolbinDataError(f"a label map must hold integers; got {data.dtype} data.")
-    values = np.asarray(da.unique(data).compute())
-    if np.issubdtype(values.dtype, np.floating) and not (
-        np.isfinite(values).all() and (values == np.round(values)).all()
-    ):
-        raise VolbinDataError(
-            "a label map must hold integers; this volume has fractional or non-finite values "
-            "(pass a grey-level volume without `labels`)."
-        )
-    return [int(v) for v in values if v != 0]
 
 
 def export_slices(
@@ -632,446 +475,3 @@ def export_slices(
         }
         _write_json(manifest, manifest_path)
     return ExportResult(out, json.loads(json.dumps(_jsonable(manifest))), written, seconds)
-
-
-def _version() -> str:
-    from .io import _version as v
-
-    return v()
-
-
-def _jsonable(obj: Any) -> Any:
-    from .io import to_jsonable
-
-    return to_jsonable(obj)
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if not old:
-        return "no manifest"
-    return "differs in " + ", ".join(keys)
-
-
-def _read_log(path: Path) -> dict[int, dict[str, Any]]:
-    records: dict[int, dict[str, Any]] = {}
-    with contextlib.suppress(FileNotFoundError):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-                records[int(r["layer"])] = r
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a stopped run
-    return records
-
-
-def _summary(
-    grid: PrintGrid,
-    settings: dict[str, Any],
-    folders: list[Path],
-    names: list[str],
-    values: list[int],
-    records: dict[int, dict[str, Any]],
-    done: list[bool],
-) -> dict[str, Any]:
-    rows = []
-    for k, name in enumerate(names):
-        if not done[k]:
-            continue
-        r = records.get(k)
-        if values:
-            files = {str(v): f"{f.name}/{name}" for v, f in zip(values, folders, strict=True)}
-            if r is None:
-                r = {
-                    "density": {str(v): _png_density(f / name) for v, f in zip(values, folders, strict=True)},
-                    "fraction": None,
-                }
-            rows.append({"index": k, "files": files, "density": r["density"], "fraction": r.get("fraction")})
-        else:
-            if r is None:
-                r = {"density": _png_density(folders[0] / name), "grey": None}
-            rows.append({"index": k, "file": name, "density": r["density"], "grey": r.get("grey")})
-    out: dict[str, Any] = {
-        "layer_count": grid.shape[2],
-        "written": len(rows),
-        "width": grid.shape[0],
-        "height": grid.shape[1],
-        "dpi": settings["dpi"],
-        "pitch_mm": list(grid.pitch),
-        "layers": rows,
-    }
-    if values:
-        out["label_folders"] = {str(v): f.name for v, f in zip(values, folders, strict=True)}
-    return out
-
-
-class _Run:
-    """One pass over the layers still to write."""
-
-    def __init__(
-        self,
-        vol: Volume,
-        grid: PrintGrid,
-        transform: Any,
-        values: list[int],
-        recipe: Recipe,
-        mode: str,
-        folders: list[Path],
-        names: list[str],
-        dpi: tuple[float, float],
-        log_path: Path,
-        records: dict[int, dict[str, Any]],
-        state: Path,
-        checkpoint_every: int,
-        chunk_bytes: int | None,
-    ) -> None:
-        self.grid, self.values, self.recipe, self.mode = grid, values, recipe, mode
-        self.folders, self.names, self.dpi = folders, names, dpi
-        self.log_path, self.records, self.state = log_path, records, state
-        self.every = checkpoint_every
-        self.rising = grid.vmap.matrix[grid.z_axis, 2] > 0
-        if transform is None:
-
-            def prepare(raw: np.ndarray, loc: list[tuple[int, int]]) -> np.ndarray:
-                return raw
-        else:
-
-            def prepare(raw: np.ndarray, loc: list[tuple[int, int]]) -> np.ndarray:
-                r = transform.apply(raw, loc)
-                np.nan_to_num(r, copy=False, nan=0.0)
-                return r
-
-        self.slabs = _Slabs(vol.data, grid.z_axis, prepare, chunk_bytes or SLAB_BYTES)
-        self.key = K.seed_key(recipe.seed, stream=2)
-        self.carry: list[np.ndarray] = []  # 3d: error into this layer, error it sends on
-
-    # one layer -----------------------------------------------------------------------------
-    def _region(self, k: int) -> tuple[np.ndarray, list[int], list[tuple[int, int]]]:
-        ny, nx = self.grid.shape[1], self.grid.shape[0]
-        loc = [(0, ny), (0, nx), (k, k + 1)]
-        region = self.grid.vmap.region(loc)
-        za = self.grid.z_axis
-        lo, hi = region[za]
-        if hi <= lo:
-            return np.zeros((0, 0, 0), np.float32), [0, 0, 0], loc
-        x = self.slabs.get(lo, hi, self.rising)
-        start = [0, 0, 0]
-        start[za] = lo
-        return x, start, loc
-
-    def grey(self, k: int) -> np.ndarray:
-        ny, nx = self.grid.shape[1], self.grid.shape[0]
-        x, start, loc = self._region(k)
-        img = resample_block(self.grid.vmap, x.astype(np.float32, copy=False), start, loc)
-        img = img.reshape(ny, nx)
-        if self.grid.vmap.order > 1:
-            np.clip(img, 0.0, 1.0, out=img)
-        return img
-
-    def label_masks(self, k: int) -> tuple[list[np.ndarray], list[float]]:
-        ny, nx = self.grid.shape[1], self.grid.shape[0]
-        x, start, loc = self._region(k)
-        total = np.zeros((ny, nx), np.float32)
-        best = np.zeros((ny, nx), np.float32)
-        which = np.zeros((ny, nx), np.int32)
-        fractions = []
-        for i, v in enumerate(self.values):
-            f = resample_block(self.grid.vmap, (x == v).astype(np.float32), start, loc)
-            f = f.reshape(ny, nx)
-            fractions.append(float(f.mean(dtype=np.float64)))
-            total += f
-            better = f > best
-            best[better] = f[better]
-            which[better] = i
-        fg = best > 1.0 - total
-        return [fg & (which == i) for i in range(len(self.values))], fractions
-
-    # the loop ------------------------------------------------------------------------------
-    def _checkpoints(self) -> list[int]:
-        ks = []
-        for p in self.state.glob("carry_*.npy"):
-            with contextlib.suppress(ValueError):
-                ks.append(int(p.stem.split("_")[1]))
-        return sorted(ks)
-
-    def _label_layer(self, k: int) -> tuple[dict[str, Any], list[bytes]]:
-        masks, fractions = self.label_masks(k)
-        record: dict[str, Any] = {
-            "layer": k,
-            "density": {
-                str(v): float(np.count_nonzero(m)) / m.size for v, m in zip(self.values, masks, strict=True)
-            },
-            "fraction": {str(v): f for v, f in zip(self.values, fractions, strict=True)},
-        }
-        return record, [np.packbits(m, axis=1).tobytes() for m in masks]
-
-    def _grey_layer(self, k: int, bits: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
-        ny, nx, nz = self.grid.shape[1], self.grid.shape[0], self.grid.shape[2]
-        img = self.grey(k)
-        common: dict[str, Any] = {
-            "kernel": self.recipe.kernel,
-            "serpentine": self.recipe.serpentine,
-            "threshold": 0.5,
-            "jitter": float(self.recipe.jitter),
-            "key": self.key,
-            "index_base": k * ny * nx,
-            "index_strides": (ny * nx, nx, 1),
-        }
-        if self.mode == "3d":
-            D.diffuse_3d(img[None], bits, carry_in=self.carry[0], carry_out=self.carry[1],
-                         z0=k, n_slices=nz, **common)  # fmt: skip
-            self.carry.reverse()  # what layer k sent on is what layer k + 1 receives
-        else:
-            D.diffuse_2d(img, bits, **common)
-        record = {
-            "layer": k,
-            "density": float(np.count_nonzero(bits)) / bits.size,
-            "grey": float(img.mean(dtype=np.float64)),
-        }
-        return record, [np.packbits(bits[0], axis=1).tobytes()]
-
-    def go(self, todo: list[int], progress: bool | None) -> list[int]:
-        """Compute the layers from the first to write to the last, writing those in `todo`."""
-        from tqdm import tqdm
-
-        ny, nx, nz = self.grid.shape[1], self.grid.shape[0], self.grid.shape[2]
-        steps: Sequence[int] = todo
-        if self.mode == "3d":
-            k0 = max([c for c in self._checkpoints() if c <= todo[0]], default=0)
-            depth = int(max(D.diffusion_kernel_3d(self.recipe.kernel).dz))
-            if k0 > 0:
-                carry = np.load(self.state / f"carry_{k0:06d}.npy")
-            else:
-                carry = np.zeros((depth, ny, nx), np.float32)
-            self.carry = [carry, np.empty_like(carry)]
-            steps = range(k0, todo[-1] + 1)
-        todo_set = set(todo)
-        enabled = sys.stderr.isatty() if progress is None else progress
-        bits = np.empty((1, ny, nx), np.uint8)
-        written: list[int] = []
-        pending: list[Future[None]] = []
-        bar = tqdm(total=len(steps), desc="export", unit="layer", delay=1.0, disable=not enabled,
-                   leave=False)  # fmt: skip
-        with ThreadPoolExecutor(max_workers=1) as pool, bar:
-            try:
-                for k in steps:
-                    record, packed = self._label_layer(k) if self.values else self._grey_layer(k, bits)
-                    self.records[k] = record
-                    if k in todo_set:
-                        while len(pending) >= 2:  # at most two layers wait for the writer
-                            pending.pop(0).result()
-                        pending.append(pool.submit(self._write, k, packed, record))
-                        written.append(k)
-                    del packed
-                    if self.mode == "3d" and (k + 1) % self.every == 0 and k + 1 < nz:
-                        for f in pending:  # a checkpoint implies the layers below it are written
-                            f.result()
-                        pending.clear()
-                        self._save_carry(k + 1, self.carry[0])
-                    bar.update(1)
-                for f in pending:
-                    f.result()
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
-        return written
-
-    def _write(self, k: int, packed: list[bytes], record: dict[str, Any]) -> None:
-        nx, ny = self.grid.shape[0], self.grid.shape[1]
-        for folder, data in zip(self.folders, packed, strict=True):
-            path = folder / self.names[k]
-            if not path.exists():
-                _write_png(path, data, (nx, ny), self.dpi)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
-
-    def _save_carry(self, k: int, carry: np.ndarray) -> None:
-        path = self.state / f"carry_{k:06d}.npy"
-        if path.exists():
-            return
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, carry)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        for c in self._checkpoints():
-            if c < k:
-                with contextlib.suppress(OSError):
-                    (self.state / f"carry_{c:06d}.npy").unlink()
-
-
-# --- command line ------------------------------------------------------------------------------
-EPILOG_EXPORT = """\
-examples:
-  volbin export-slices head.nii.gz stack/ --dpi 600x300 --layer 0.027mm
-  volbin export-slices head.nii.gz stack/ --mode 3d --kernel stucki --rescale percentile
-  volbin export-slices seg.nii.gz materials/ --labels          # one folder of layers per label
-  volbin export-slices head.nii.gz stack/ --layers 0:100        # the first 100 layers only
-
-Re-run the same command after an interruption: only missing layers are written.
-"""
-
-
-def _parse_dpi(text: str) -> tuple[float, float]:
-    import argparse
-
-    parts = text.lower().replace("dpi", "").split("x")
-    try:
-        vals = [float(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a resolution: {text!r} (e.g. 600x300 or 600)") from None
-    if len(vals) == 1:
-        vals *= 2
-    if len(vals) != 2 or not all(v > 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"not a resolution: {text!r} (e.g. 600x300 or 600)")
-    return vals[0], vals[1]
-
-
-def _parse_length(text: str) -> float:
-    import argparse
-
-    t = text.strip().lower()
-    scale = 1.0
-    for unit, s in (("mm", 1.0), ("um", 1e-3), ("µm", 1e-3), ("μm", 1e-3)):
-        if t.endswith(unit):
-            t, scale = t[: -len(unit)], s
-            break
-    try:
-        v = float(t) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a thickness: {text!r} (e.g. 0.027mm or 27um)") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"not a thickness: {text!r} (e.g. 0.027mm or 27um)")
-    return v
-
-
-def _parse_layers(text: str) -> tuple[int | None, int | None]:
-    import argparse
-
-    try:
-        a, b = text.split(":")
-        return (int(a) if a else None, int(b) if b else None)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a layer range: {text!r} (e.g. 0:100)") from None
-
-
-def add_export_command(subparsers: Any) -> None:
-    """Add ``volbin export-slices`` to the CLI's subparsers."""
-    import argparse
-
-    from .cli import _add_common
-    from .recipe import CURVES, RESCALE_METHODS
-
-    p = subparsers.add_parser(
-        "export-slices",
-        help="write a printer's stack of 1-bit PNG layers",
-        epilog=EPILOG_EXPORT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Resample IN onto a bitmap 3D printer's grid, error-diffuse every layer "
-        "and write one 1-bit PNG per layer (with its DPI) and manifest.json into OUT_DIR. "
-        "Streams a layer at a time and resumes where a stopped run left off.",
-    )
-    p.add_argument("input", help="input volume (grey levels, or a label map with --labels)")
-    p.add_argument("out_dir", help="output folder (created if missing)")
-    p.add_argument(
-        "--dpi",
-        type=_parse_dpi,
-        default=(600.0, 300.0),
-        metavar="XxY",
-        help="printer resolution in x and y (default 600x300)",
-    )
-    p.add_argument(
-        "--layer",
-        type=_parse_length,
-        default=0.027,
-        metavar="T",
-        help="layer thickness, e.g. 0.027mm or 27um (default 0.027mm)",
-    )
-    p.add_argument(
-        "--mode",
-        choices=("2d", "3d"),
-        default="2d",
-        help="diffuse error within layers (2d) or also into the next layer (3d)",
-    )
-    p.add_argument(
-        "--labels", action="store_true", help="IN is an integer label map: one stack per label, no dithering"
-    )
-    p.add_argument(
-        "--up",
-        choices=("S", "I", "A", "P", "R", "L"),
-        default="S",
-        help="anatomical direction printed upwards (default S)",
-    )
-    p.add_argument("--order", type=int, default=1, help="interpolation order (default 1, linear)")
-    p.add_argument(
-        "--layers", type=_parse_layers, default=None, metavar="A:B", help="write only layers A to B-1"
-    )
-    p.add_argument(
-        "--volume-index", type=int, default=None, metavar="N", help="the volume of a 4D input to print"
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=64,
-        metavar="N",
-        help="with --mode 3d, save the carried error every N layers (default 64)",
-    )
-    p.add_argument(
-        "--keep-checkpoints",
-        action="store_true",
-        help="keep the last 3d checkpoint when the stack is complete",
-    )
-    p.add_argument(
-        "--force", action="store_true", help="start over in a folder holding an export with other settings"
-    )
-    g = p.add_argument_group("grey levels")
-    g.add_argument("--recipe", metavar="JSON", help="reuse the rescale of a recipe or sidecar")
-    g.add_argument("--rescale", choices=RESCALE_METHODS, help="intensity rescale (default minmax)")
-    g.add_argument("--percentiles", type=float, nargs=2, metavar=("LO", "HI"))
-    g.add_argument("--range", dest="value_range", type=float, nargs=2, metavar=("LO", "HI"))
-    g.add_argument("--curve", choices=CURVES, help="tone curve (default linear)")
-    g.add_argument("--gamma", type=float)
-    g.add_argument("--log-gain", type=float)
-    g.add_argument("--kernel", help="error-diffusion kernel (default floyd-steinberg)")
-    g.add_argument("--serpentine", action="store_true", default=None, help="serpentine scan")
-    g.add_argument("--jitter", type=float, help="threshold jitter amplitude in [0, 1]")
-    g.add_argument("--seed", type=int, help="seed of the jitter (default 0)")
-    _add_common(p)
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args: Any) -> int:
-    from .cli import EXIT_OK, _configure, recipe_from_args
-    from .io import load
-
-    recipe = recipe_from_args(args).replace(method="dither", threshold=None)
-    t0 = time.perf_counter()
-    chunk_bytes = _configure(args)
-    res = export_slices(
-        load(args.input, chunk_bytes=chunk_bytes, volume_axis=args.volume_axis),
-        args.out_dir,
-        dpi=args.dpi,
-        layer=args.layer,
-        mode=args.mode,
-        labels=args.labels,
-        recipe=recipe,
-        up=args.up,
-        order=args.order,
-        layers=args.layers,
-        volume_index=args.volume_index,
-        force=args.force,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-        chunk_bytes=chunk_bytes,
-        progress=False if args.no_progress else None,
-    )
-    m = res.manifest
-    n = m["layer_count"]
-    print(
-        f"wrote {len(res.written)} layer(s) to {res.out_dir} ({m['written']} of {n} present, "
-        f"{m['status']}; {m['width']} x {m['height']} px at {m['dpi'][0]:g}x{m['dpi'][1]:g} dpi, "
-        f"{m['pitch_mm'][2]:g} mm layers) in {time.perf_counter() - t0:.1f} s"
-    )
-    return EXIT_OK

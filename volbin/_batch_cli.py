@@ -1,0 +1,97 @@
+"""The ``volbin batch`` command (and ``volbin convert``, added with it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._batch_engine import _LOCAL_SCHEDULERS, _use_scratch
+from ._batch_inputs import IMAGE_EXTS, REPORT_NAME
+
+# --- command line -------------------------------------------------------------------------
+EPILOG_BATCH = """\
+examples:
+  volbin batch 'data/sub-*/anat/*_T1w.nii.gz' --out-dir masks/ --method otsu --scope volume
+  volbin batch inputs.txt --out-dir masks/ --recipe recipe.json --workers 2 --memory-limit 4GB
+  volbin batch data/ --out-dir masks/ --scheduler tcp://scheduler-host:8786
+  volbin batch 'site*/*.nii.gz' --out-dir masks/ --keep-tree --ext .zarr
+
+Outputs whose sidecar matches the recipe and the input are skipped: re-run the same command
+after an interruption to finish the rest.  Exit code 1 if any input failed.
+"""
+
+
+def add_batch_commands(subparsers: Any) -> None:
+    """Add ``volbin batch`` and ``volbin convert`` to the CLI's subparsers."""
+    import argparse
+
+    from .cli import _add_common, _add_recipe_args
+    from .convert import add_convert_command
+
+    p = subparsers.add_parser(
+        "batch",
+        help="binarize many volumes on a dask cluster, resumably",
+        epilog=EPILOG_BATCH,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Binarize every input (globs, a list file, a folder, paths) into --out-dir, "
+        "one output and JSON sidecar per input, files in parallel on dask.distributed.",
+    )
+    p.add_argument("inputs", nargs="+", help="globs (quote them), list files, folders or paths")
+    p.add_argument("--out-dir", "-o", required=True, help="output folder (created if missing)")
+    p.add_argument("--suffix", default="_mask", help="added before the extension (default _mask)")
+    p.add_argument("--ext", choices=IMAGE_EXTS, help="output format (default: the input's)")
+    p.add_argument("--force", action="store_true", help="redo outputs that are up to date")
+    p.add_argument(
+        "--keep-tree",
+        action="store_true",
+        help="mirror the inputs' folders in --out-dir (needed when names repeat)",
+    )
+    p.add_argument("--report", metavar="PATH", help=f"JSON run report (default OUT_DIR/{REPORT_NAME})")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--workers", type=int, metavar="N", help="local cluster: worker processes")
+    g.add_argument(
+        "--threads-per-worker",
+        type=int,
+        metavar="N",
+        help="local cluster: threads per worker (default: workers x threads = cores)",
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="join a running dask scheduler (tcp://host:8786), or 'threads' to run "
+        "in this process without a cluster",
+    )
+    g.add_argument("--retries", type=int, default=1, help="retries of a task that errors (1)")
+    _add_recipe_args(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_batch)
+    add_convert_command(subparsers)
+
+
+def cmd_batch(args: Any) -> int:
+    from .batch import batch
+    from .cli import EXIT_DATA, EXIT_OK, recipe_from_args
+
+    recipe = recipe_from_args(args)
+    chunk_bytes = int(args.chunk_mb * 2**20) if args.chunk_mb else None
+    if args.scheduler in _LOCAL_SCHEDULERS:
+        _use_scratch()  # this process reads the inputs; it exits when the batch ends
+    res = batch(
+        args.inputs,
+        args.out_dir,
+        recipe,
+        suffix=args.suffix,
+        ext=args.ext,
+        force=args.force,
+        keep_tree=args.keep_tree,
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit,
+        scheduler=args.scheduler,
+        chunk_bytes=chunk_bytes,
+        volume_axis=args.volume_axis,
+        retries=args.retries,
+        progress="log" if args.no_progress else None,
+        report=args.report,
+    )
+    print(res.summary())
+    return EXIT_OK if res.ok else EXIT_DATA

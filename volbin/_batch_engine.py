@@ -1,0 +1,334 @@
+"""The batch engine: the per-file task, the dask cluster it runs on, and the loop over tasks.
+
+`process_one` binarizes one file on a worker with the file's chunks on that worker's threads;
+`_engine` gives the client to submit to (a LocalCluster sized to the machine, a scheduler, a
+given client, or none), and `_run` submits one task per file and yields results as they finish.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+import dask
+
+from ._batch_inputs import _output_state, _recipe_doc
+from ._batch_results import FileResult
+from .errors import VolbinError
+from .recipe import Recipe
+
+_LOCAL_SCHEDULERS = ("threads",)
+_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
+
+# --- the per-file task -----------------------------------------------------------------------
+_sched_lock = threading.Lock()
+_scratch_lock = threading.Lock()
+_sched_users = 0
+_sched_cfg: Any = None
+
+
+@contextlib.contextmanager
+def _threaded_scheduler(threads: int) -> Iterator[None]:
+    """Run dask computations of this process on the threaded scheduler with `threads` threads.
+
+    dask's configuration is global to the process and several files run at once on one
+    worker, so the setting is counted in and out rather than nested per task.  Without it,
+    a computation inside a task would be sent back to the cluster through the worker's
+    client and move the file's chunks between machines.
+    """
+    global _sched_users, _sched_cfg
+    with _sched_lock:
+        if _sched_users == 0:
+            _sched_cfg = dask.config.set(scheduler="threads", num_workers=int(threads))
+        _sched_users += 1
+    try:
+        yield
+    finally:
+        with _sched_lock:
+            _sched_users -= 1
+            if _sched_users == 0:
+                _sched_cfg.__exit__(None, None, None)
+                _sched_cfg = None
+
+
+_scratch: str | None = None
+
+
+def _use_scratch() -> None:
+    """Give this process its own folder for io.load's decompressed copies.
+
+    A ``.nii.gz`` is decompressed to a temporary ``.nii`` that a killed process cannot
+    remove.  In a folder named after the host and process id, the next batch on the host
+    finds and removes what dead processes left.
+    """
+    global _scratch
+    with _scratch_lock:
+        if _scratch is not None:
+            return
+        base = os.environ.get("VOLBIN_TMPDIR") or tempfile.gettempdir()
+        prefix = f"volbin-batch-{socket.gethostname()}-"
+        with contextlib.suppress(OSError):
+            for e in os.scandir(base):
+                pid = e.name[len(prefix) :]
+                if e.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                    shutil.rmtree(e.path, ignore_errors=True)
+        mine = os.path.join(base, f"{prefix}{os.getpid()}")
+        try:
+            os.makedirs(mine, exist_ok=True)
+        except OSError:
+            return  # io.load reports an unwritable temporary folder itself
+        os.environ["VOLBIN_TMPDIR"] = mine
+        atexit.register(shutil.rmtree, mine, ignore_errors=True)
+        _scratch = mine
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not reaped, does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # another user's process
+        return True
+
+
+def _current_worker() -> Any:
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
+
+
+def process_one(
+    input: str,
+    output: str,
+    recipe: dict[str, Any],
+    *,
+    force: bool = False,
+    chunk_bytes: int | None = None,
+    volume_axis: int | None = None,
+    memory_limit: int | None = None,
+    threads: int | None = None,
+    client_pid: int | None = None,
+) -> dict[str, Any]:
+    """Binarize one file: the task `batch` runs on a worker (or in the calling process).
+
+    Loads `input`, decides and streams the mask to `output` with its sidecar, running the
+    file's dask graphs on the threaded scheduler with the worker's threads.  The input chunk
+    size follows the worker's memory limit (`volbin.cli.chunk_bytes_for`, counting every
+    file the worker may run at once) unless `chunk_bytes` is given.  An output already up to
+    date is skipped, so a retried task never redoes finished work.
+
+    Returns
+    -------
+    result : dict
+        The fields of a `FileResult`.  Errors volbin raises on purpose (corrupt input, bad
+        data, unwritable output) come back as ``status="failed"``; anything else is raised
+        so that dask retries the task.
+    """
+    from .binarize import binarize_volume
+    from .cli import chunk_bytes_for
+    from .io import load, save
+
+    t0 = time.perf_counter()
+    worker = _current_worker()
+    result = FileResult(input, output, "failed", worker=getattr(worker, "address", None))
+    if worker is not None:
+        threads = worker.state.nthreads
+        memory_limit = worker.memory_manager.memory_limit or memory_limit
+    threads = max(1, int(threads or os.cpu_count() or 1))
+    if client_pid is not None and client_pid != os.getpid():
+        _use_scratch()
+    at_once = threads if worker is not None else 1  # files a worker may run concurrently
+    if chunk_bytes is None:
+        chunk_bytes = chunk_bytes_for(memory_limit, threads * at_once)
+    try:
+        rec = Recipe.from_dict(recipe)
+        state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis)
+        if state == "current" and not force:
+            result.status = "skipped"
+        elif state == "foreign" and not force:
+            result.reason = reason
+        else:
+            with _threaded_scheduler(threads):
+                vol = load(input, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
+                mask = binarize_volume(vol, rec)
+                # The old image and sidecar (if any) stay until the new ones are renamed
+                # over them, image first: an interrupted overwrite leaves a sidecar that
+                # no longer matches, which the next run redoes.
+                save(mask, output, force=True, extra={"batch": {"volume_axis": volume_axis}})
+                del vol, mask  # drops the decompressed copy of a .nii.gz now
+            result.status = "done"
+            result.note = reason if state == "stale" else None
+    except VolbinError as exc:
+        result.reason = str(exc)
+    except (ValueError, TypeError) as exc:  # bad recipe or option: same for every file
+        result.reason = f"{type(exc).__name__}: {exc}"
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return asdict(result)
+
+
+# --- engine -------------------------------------------------------------------------------
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _layout(workers: int | None, threads: int | None) -> tuple[int, int]:
+    """Workers and threads per worker for a LocalCluster: workers x threads = cores.
+
+    Up to 8 cores, workers of 2 threads: a worker process costs ~3 CPU seconds to start
+    (it imports dask, numba, nibabel and volbin) and two files in one process hardly
+    contend for the GIL (scripts/bench_batch.py --engines).  Above, dask's own choice.
+    """
+    cores = _cores()
+    if workers is None and threads is None:
+        if cores > 8:
+            from distributed.deploy.utils import nprocesses_nthreads
+
+            return nprocesses_nthreads(cores)
+        workers = max(1, cores // 2)
+        return workers, max(1, cores // workers)
+    if workers is None:
+        return max(1, cores // int(threads)), int(threads)  # type: ignore[arg-type]
+    if threads is None:
+        return int(workers), max(1, cores // int(workers))
+    return int(workers), int(threads)
+
+
+@contextlib.contextmanager
+def _engine(
+    client: Any,
+    scheduler: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    memory_limit: Any,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The dask client a batch submits to (None: run in this process), and a description."""
+    if client is None and scheduler in _LOCAL_SCHEDULERS:
+        threads = threads_per_worker or _cores()
+        yield None, {"kind": "local", "scheduler": scheduler, "threads": threads}
+        return
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    if client is not None:
+        kind, own = "client", False
+    elif scheduler is not None:
+        kind, own = "scheduler", True
+        try:
+            client = Client(scheduler, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise VolbinError(
+                f"cannot reach the dask scheduler at {scheduler} ({exc}); check the address "
+                "and that the scheduler is running."
+            ) from None
+    else:
+        kind, own = "local-cluster", True
+        n, t = _layout(workers, threads_per_worker)
+        # distributed starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off
+        # glibc's reuse of large freed blocks: every chunk-sized array is then a fresh
+        # mmap, page-faulted in and unmapped again (35% more CPU per file, measured by
+        # scripts/bench_batch.py).  volbin keeps no data on workers, so it is left unset.
+        with dask.config.set({_TRIM_KEY: None}):
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=t,
+                processes=True,
+                memory_limit="auto" if memory_limit is None else memory_limit,
+                silence_logs=logging.ERROR,
+            )
+        client = Client(cluster, set_as_default=False)
+    try:
+        info = client.scheduler_info()
+        ws = info.get("workers", {}).values()
+        desc = {
+            "kind": kind,
+            "address": client.scheduler.address,
+            "dashboard": client.dashboard_link,
+            "workers": len(ws),
+            "threads": sum(w.get("nthreads", 0) for w in ws),
+            "memory_limit": max((w.get("memory_limit") or 0 for w in ws), default=0) or None,
+        }
+        yield client, desc
+    finally:
+        if own:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _run(
+    client: Any,
+    jobs: list[tuple[str, str]],
+    todo: list[int],
+    recipe: dict[str, Any],
+    options: dict[str, Any],
+    retries: int,
+    threads: int | None = None,
+) -> Iterator[tuple[int, FileResult]]:
+    """Run the jobs in `todo`, yielding (index, result) as each finishes.
+
+    Tasks get absolute input paths (a worker's current folder is not this one); results
+    name inputs as the user gave them.
+    """
+
+    def result(i: int, fields: dict[str, Any]) -> FileResult:
+        return FileResult(**{**fields, "input": jobs[i][0]})
+
+    if client is None:
+        options = {**options, "threads": threads}
+        for i in todo:
+            yield i, result(i, process_one(os.path.abspath(jobs[i][0]), jobs[i][1], recipe, **options))
+        return
+    from distributed import as_completed
+
+    token = secrets.token_hex(4)
+    futures = {
+        client.submit(
+            process_one,
+            os.path.abspath(jobs[i][0]),
+            jobs[i][1],
+            recipe,
+            **options,
+            retries=retries,
+            pure=False,
+            key=f"volbin-batch-{token}-{i}",
+        ): i
+        for i in todo
+    }
+    try:
+        for fut in as_completed(futures, loop=client.loop):
+            i = futures[fut]
+            try:
+                r = result(i, fut.result())
+            except Exception as exc:  # the task raised after its retries, or workers died
+                reason = f"{type(exc).__name__}: {exc}"
+                if type(exc).__name__ == "KilledWorker":
+                    reason = (
+                        "the workers running it died (out of memory? pass a larger memory "
+                        f"limit or smaller chunks): {exc}"
+                    )
+                r = FileResult(*jobs[i], "failed", reason=reason)
+            yield i, r
+    finally:
+        client.cancel(list(futures))

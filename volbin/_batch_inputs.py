@@ -1,0 +1,236 @@
+"""Batch inputs and outputs: expanding globs, list files and folders; output names; resume.
+
+Owns what `volbin.batch` decides before anything runs: which inputs, which output each gets,
+whether an existing output is up to date (its sidecar against the recipe and the input), the
+temporary files a killed run left, and the lock that keeps two batches out of one folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputFileError, VolbinError
+from .recipe import Recipe
+
+IMAGE_EXTS = (".nii.gz", ".nii", ".npy", ".zarr")
+REPORT_NAME = "volbin-batch-report.json"
+LOCK_NAME = ".volbin-batch.lock"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+#: io.save's temporary names: ``<name>.<8 hex>.tmp`` (``.nii.tmp`` before gzip, ``.old`` for
+#: a replaced zarr folder).
+_TEMP = re.compile(r"^(?P<base>.+)\.[0-9a-f]{8}(\.nii)?\.(tmp|old)$")
+
+
+# --- inputs and names --------------------------------------------------------------------------
+def _image_ext(name: str) -> str | None:
+    low = name.lower()
+    return next((e for e in IMAGE_EXTS if low.endswith(e)), None)
+
+
+def _is_image(path: str) -> bool:
+    return _image_ext(os.path.basename(path.rstrip("/" + os.sep))) is not None
+
+
+def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The input paths a batch runs over, in order and without duplicates.
+
+    Parameters
+    ----------
+    inputs : str, path-like or sequence of them
+        Each item is a glob (``data/sub-*/anat/*_T1w.nii.gz``; ``**`` recurses), a folder
+        (every ``.nii``, ``.nii.gz``, ``.npy`` and ``.zarr`` directly inside it), an image
+        path, or a list file (any other file: one path or glob per line, ``#`` starts a
+        comment, relative paths are relative to the current folder).  A ``.zarr`` folder is an
+        image, not a folder of inputs.
+
+    Returns
+    -------
+    paths : list of str
+        Globs and folders keep only image names; paths named explicitly are kept even if
+        they do not exist or are not images, so that the batch reports them as failed.
+
+    Raises
+    ------
+    ValueError
+        No input at all, or a glob that matches no image.
+    OSError
+        A list file cannot be read.
+    """
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    out: dict[str, None] = {}
+    for item in items:
+        for p in _expand(os.fspath(item), list_file_ok=True):
+            out.setdefault(os.path.normpath(p), None)
+    if not out:
+        raise ValueError(f"`inputs` names no input file; got {inputs!r}.")
+    return list(out)
+
+
+def _expand(item: str, list_file_ok: bool) -> list[str]:
+    item = os.path.expanduser(item.strip())
+    if _GLOB_CHARS.search(item):
+        found = sorted(p for p in glob.glob(item, recursive=True) if _is_image(p))
+        if not found:
+            raise ValueError(f"no image matches {item!r} (volbin reads {', '.join(IMAGE_EXTS)}).")
+        return found
+    if os.path.isdir(item) and not _is_image(item):
+        return sorted(os.path.join(item, e.name) for e in os.scandir(item) if _is_image(e.name))
+    if list_file_ok and os.path.isfile(item) and not _is_image(item):
+        with open(item, encoding="utf-8") as f:
+            lines = [line.split("#", 1)[0].strip() for line in f]
+        return [p for line in lines if line for p in _expand(line, list_file_ok=False)]
+    return [item]
+
+
+def output_path(
+    input: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    suffix: str = "_mask",
+    ext: str | None = None,
+    subdir: str = "",
+) -> Path:
+    """The output of `input`: its name with `suffix` before the extension, in `out_dir`.
+
+    Examples
+    --------
+    >>> output_path("data/sub-01/anat/sub-01_T1w.nii.gz", "masks").as_posix()
+    'masks/sub-01_T1w_mask.nii.gz'
+    >>> output_path("run.npy", "out", suffix="_bin", ext=".zarr").as_posix()
+    'out/run_bin.zarr'
+    """
+    name = os.path.basename(os.fspath(input).rstrip("/" + os.sep))
+    in_ext = _image_ext(name)
+    if in_ext is None:
+        raise ValueError(f"{input}: unknown file format; volbin reads {', '.join(IMAGE_EXTS)}.")
+    out_ext = name[-len(in_ext) :] if ext is None else _check_ext(ext)
+    return Path(out_dir, subdir, name[: -len(in_ext)] + suffix + out_ext)
+
+
+def _check_ext(ext: str) -> str:
+    e = ext if ext.startswith(".") else "." + ext
+    if e.lower() not in IMAGE_EXTS:
+        raise ValueError(f"`ext` must be one of {', '.join(IMAGE_EXTS)}; got {ext!r}.")
+    return e.lower()
+
+
+# --- resume: is an output up to date? -----------------------------------------------------------
+def _identity(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) as io.load records them: a zarr folder counts every file in it."""
+    st = os.stat(path)
+    if not os.path.isdir(path):
+        return st.st_size, st.st_mtime_ns
+    size, mtime = 0, st.st_mtime_ns
+    for root, _, files in os.walk(path):
+        for f in files:
+            s = os.stat(os.path.join(root, f))
+            size += s.st_size
+            mtime = max(mtime, s.st_mtime_ns)
+    return size, mtime
+
+
+def _recipe_doc(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as it reads back from a sidecar (JSON round trip)."""
+    from .io import to_jsonable
+
+    return json.loads(json.dumps(to_jsonable(recipe.to_dict())))
+
+
+def _output_state(
+    input: str, output: str, recipe_doc: dict[str, Any], volume_axis: int | None
+) -> tuple[str, str | None]:
+    """``("current" | "missing" | "stale" | "foreign", reason)`` for an output.
+
+    io.save renames the image into place before its sidecar, so a sidecar that matches the
+    recipe and the input's identity means the image beside it is complete.
+    """
+    from .io import read_sidecar, sidecar_path
+
+    side = sidecar_path(output)
+    if not os.path.lexists(output):
+        return "missing", None
+    if not side.exists():
+        return "foreign", (
+            f"{output} exists without its sidecar {side.name} (not written by volbin, or an "
+            "interrupted overwrite); pass --force (force=True) to replace it"
+        )
+    try:
+        record = read_sidecar(side)
+    except VolbinError:
+        record = {}
+    if "volbin_version" not in record:
+        return "foreign", f"{side} is not a volbin sidecar; pass --force (force=True) to replace it"
+    recipes = [s["recipe"] for s in record.get("steps", []) if isinstance(s, dict) and "recipe" in s]
+    if not recipes or recipes[-1] != recipe_doc:
+        return "stale", "replaced an output made with another recipe"
+    src = record.get("input") or {}
+    try:
+        size, mtime_ns = _identity(input)
+    except OSError:
+        size, mtime_ns = -1, -1
+    if (src.get("path"), src.get("size"), src.get("mtime_ns")) != (
+        os.path.abspath(input),
+        size,
+        mtime_ns,
+    ):
+        return "stale", "replaced an output made from another version of the input"
+    if (record.get("batch") or {}).get("volume_axis") != volume_axis:
+        return "stale", "replaced an output made with another volume axis"
+    return "current", None
+
+
+def _clean_stray_temps(folders: set[str], suffix: str) -> list[str]:
+    """Remove io.save's temporary files left in `folders` by a killed run.
+
+    Only names made from a batch output (``*<suffix>.<ext>``), its sidecar or the run
+    report are touched.
+    """
+    removed = []
+    bases = tuple(suffix + e for e in (*IMAGE_EXTS, ".json"))
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            m = _TEMP.match(e.name)
+            if m and (m["base"].lower().endswith(bases) or m["base"] == REPORT_NAME):
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.path)
+                removed.append(e.path)
+    return removed
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: str) -> Iterator[None]:
+    """Hold an exclusive lock on `out_dir` so that two batches never write it at once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(os.path.join(out_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputFileError(
+                f"{out_dir}: another volbin batch is writing to this folder; wait for it to "
+                "finish or choose another output folder."
+            ) from None
+        except OSError:  # file systems without locks: run unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,180 @@
+"""Batch results: what happened to each file, the run's summary, progress and JSON report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import OutputFileError
+
+
+# --- results -------------------------------------------------------------------------------
+@dataclass
+class FileResult:
+    """What happened to one input: ``done``, ``skipped`` (up to date), ``failed`` (with a
+    `reason`) or ``pending`` (not run: the batch was interrupted).  `note` says why an
+    existing output was redone."""
+
+    input: str
+    output: str | None
+    status: str
+    seconds: float | None = None
+    reason: str | None = None
+    note: str | None = None
+    worker: str | None = None
+
+
+@dataclass
+class BatchResult:
+    """The outcome of `batch`: one `FileResult` per input, in input order."""
+
+    files: list[FileResult]
+    out_dir: str
+    seconds: float
+    report: str | None = None
+    engine: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def _with(self, status: str) -> list[FileResult]:
+        return [f for f in self.files if f.status == status]
+
+    @property
+    def done(self) -> list[FileResult]:
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[FileResult]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        """True when every input has an up-to-date output."""
+        return all(f.status in ("done", "skipped") for f in self.files)
+
+    def summary(self) -> str:
+        """A table of counts, then each failed input with its reason."""
+        n = {s: len(self._with(s)) for s in ("done", "skipped", "failed", "pending")}
+        rate = n["done"] / self.seconds if self.seconds > 0 else 0.0
+        notes = {"done": f"({rate:.2f} files/s)", "skipped": "(up to date)"}
+        lines = [f"volbin batch: {len(self.files)} inputs in {self.seconds:.1f} s"]
+        lines += [
+            f"  {s:<8} {k:>6}  {notes.get(s, '')}".rstrip() for s, k in n.items() if k or s != "pending"
+        ]
+        if self.failed:
+            lines.append("failed inputs:")
+            for f in self.failed:
+                lines += [f"  {f.input}", f"      {_reason(f)}"]
+        if self.report:
+            lines.append(f"report: {self.report}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": self.out_dir,
+            "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+            "engine": self.engine,
+            "counts": {
+                "total": len(self.files),
+                **{s: len(self._with(s)) for s in ("done", "skipped", "failed", "pending")},
+            },
+            "files": [asdict(f) for f in self.files],
+        }
+
+
+def _reason(f: FileResult) -> str:
+    """The reason `f` failed, without the file name volbin's messages start with."""
+    reason = f.reason or ""
+    for prefix in (f.input, os.path.abspath(f.input), os.path.basename(f.input)):
+        if reason.startswith(prefix + ": "):
+            return reason[len(prefix) + 2 :]
+    return reason
+
+
+# --- progress ------------------------------------------------------------------------------
+class _Progress:
+    """A bar over files on a terminal, one log line per finished file otherwise."""
+
+    def __init__(self, mode: Any, total: int, skipped: int) -> None:
+        if mode is None:
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = {True: "bar", False: "off"}.get(mode, mode)
+        if self.mode not in ("bar", "log", "off"):
+            raise ValueError(f"`progress` must be None, True, False, 'bar' or 'log'; got {mode!r}.")
+        self.total, self.count = total, skipped
+        self.bar: Any = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=skipped, unit="file", desc="volbin batch", file=sys.stderr)
+
+    def say(self, text: str) -> None:
+        if self.mode == "bar":
+            self.bar.write(f"volbin: {text}", file=sys.stderr)
+        elif self.mode == "log":
+            print(f"volbin: {text}", file=sys.stderr, flush=True)
+
+    def file(self, r: FileResult) -> None:
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if r.status == "failed":
+                self.say(f"failed {r.input}: {_reason(r)}")
+        elif self.mode == "log":
+            where = f" on {r.worker}" if r.worker else ""
+            if r.status == "failed":
+                text = f"failed {r.input}: {_reason(r)}"
+            else:
+                text = f"{r.status} {r.input} -> {_rel(r.output)} in {r.seconds or 0:.2f} s{where}"
+                text += f" ({r.note})" if r.note else ""
+            self.say(f"[{self.count}/{self.total}] {text}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _rel(path: str | None) -> str:
+    """`path` relative to the current folder when it lies below it."""
+    if not path:
+        return ""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _write_report(res: BatchResult, path: str, started: str, recipe: dict[str, Any]) -> None:
+    from . import __version__
+    from .io import to_jsonable
+
+    doc = {
+        "volbin_version": __version__,
+        "started": started,
+        "finished": _now(),
+        "recipe": recipe,
+        **res.to_dict(),
+    }
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(to_jsonable(doc), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputFileError(f"{path}: cannot write the batch report ({exc}).") from exc
