@@ -66,3 +66,37 @@ def test_npy_three_times_the_memory_limit(tmp_path):
 
     v = np.load(src, mmap_mode="r")[7]
     np.testing.assert_array_equal(m[7].astype(bool), v > threshold_otsu(np.asarray(v)))
+
+
+@pytest.mark.slow
+def test_volume_dithering_three_times_the_memory_limit(tmp_path):
+    """3D error diffusion streams slab by slab: a .nii 3x the limit stays under it."""
+    import nibabel as nib
+
+    limit = 420 * 2**20
+    shape = (400, 400, 2000)  # float32, 1.28 GB
+    src = tmp_path / "big.nii"
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(np.float32)
+    hdr.set_qform(np.eye(4), 1)
+    hdr.set_sform(np.eye(4), 1)
+    hdr["vox_offset"] = 352
+    with open(src, "wb") as f:
+        f.write(hdr.binaryblock + b"\0" * 4)
+    m = np.memmap(src, dtype=np.float32, mode="r+", offset=352, shape=shape, order="F")
+    rng = np.random.default_rng(0)
+    for z0 in range(0, shape[2], 200):
+        m[:, :, z0 : z0 + 200] = rng.random((400, 400, 200), dtype=np.float32)
+    m.flush()
+    del m
+    assert src.stat().st_size >= 3 * limit
+    out = tmp_path / "dithered.nii"
+    code, peak, text = _peak_rss([
+        sys.executable, "-m", "volbin.cli", "binarize", str(src), str(out), "--method", "dither",
+        "--scope", "volume", "--memory-limit", str(limit), "--no-progress",
+    ])
+    assert code == 0, text
+    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+    d = np.asanyarray(nib.load(out).dataobj)
+    assert d.shape == shape and abs(d.mean() - 0.5) < 1e-3

@@ -53,14 +53,14 @@ def _parse_memory(text: str) -> int:
 def chunk_bytes_for(memory_limit: int | None, threads: int | None = None) -> int | None:
     """Input chunk size that keeps a threaded run under `memory_limit` bytes.
 
-    Each thread holds about six chunk-sized buffers at its peak (input, float64 and float32
+    Each thread holds up to about eight chunk-sized buffers at its peak (input, float64 and float32
     intermediates, output); the interpreter and its libraries take ~300 MB before any data.
     """
     if memory_limit is None:
         return None
     threads = threads or os.cpu_count() or 1
     usable = max(memory_limit - 300 * 2**20, 16 * 2**20)
-    return max(2**20, min(64 * 2**20, usable // (threads * 6)))
+    return max(2**20, min(64 * 2**20, usable // (threads * 8)))
 
 
 EPILOG_BINARIZE = """\

@@ -106,6 +106,41 @@ def blur(
     return like_input(vol.derive(data, step), kind)
 
 
+def _streamed_sums(b: da.Array, r: da.Array, sigmas: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """Sums of (G*b - r)^2, (G*b - G*r)^2, b and r, slab by slab along the reference's most
+    chunked axis, each slab read with a margin of the blur's radius.
+
+    One slab (plus margins) is in memory at a time: a dask graph of these four reductions
+    shares the blurred intermediates, and the scheduler then keeps them until every
+    consumer is done, i.e. the whole volume.  With the margin, each slab's interior is
+    exactly what blurring the whole array gives (``mode='reflect'`` at the array's edges).
+    """
+    axis = int(np.argmax([len(c) for c in r.chunks]))
+    depth = int(_TRUNCATE * sigmas[axis] + 0.5) if sigmas[axis] > 0 else 0
+    bounds = np.concatenate([[0], np.cumsum(r.chunks[axis])])
+    n = r.shape[axis]
+    totals = np.zeros(4)
+    for z0, z1 in zip(bounds[:-1], bounds[1:], strict=True):
+        e0, e1 = max(0, int(z0) - depth), min(n, int(z1) + depth)
+        index: list[Any] = [slice(None)] * r.ndim
+        index[axis] = slice(e0, e1)
+        bs = np.asarray(b[tuple(index)].compute(scheduler="sync"))
+        rs = np.asarray(r[tuple(index)].compute(scheduler="sync"))
+        inner: list[Any] = [slice(None)] * r.ndim
+        inner[axis] = slice(int(z0) - e0, int(z1) - e0)
+        t = tuple(inner)
+        f64 = np.float64
+        gb = ndimage.gaussian_filter(bs, sigmas, mode="reflect", truncate=_TRUNCATE)
+        d = gb[t] - rs[t]
+        s1 = np.sum(d * d, dtype=f64)
+        gr = ndimage.gaussian_filter(rs, sigmas, mode="reflect", truncate=_TRUNCATE)
+        np.subtract(gb[t], gr[t], out=d)
+        del gr
+        totals += [s1, np.sum(d * d, dtype=f64), np.sum(bs[t], dtype=f64), np.sum(rs[t], dtype=f64)]
+        del gb, d, bs, rs
+    return float(totals[0]), float(totals[1]), float(totals[2]), float(totals[3])
+
+
 def dither_error(
     binary: Any,
     reference: Any,
@@ -178,21 +213,11 @@ def dither_error(
     r = _as_float(rvol.data)
     if r.dtype != b.dtype:
         b = b.astype(r.dtype)
-    if r.chunks != b.chunks:
-        r = r.rechunk(b.chunks)
-    gb = _gaussian(b, sigmas)
-    gr = _gaussian(r, sigmas)
-    f64 = np.float64
-    sums = da.compute(
-        ((gb - r) ** 2).sum(dtype=f64),
-        ((gb - gr) ** 2).sum(dtype=f64),
-        b.sum(dtype=f64),
-        r.sum(dtype=f64),
-    )
+    sums = _streamed_sums(b, r, sigmas)
     n = int(np.prod(bvol.shape))
     if n == 0:
         raise VolbinDataError("cannot measure the dithering error of an empty volume.")
-    sq1, sq2, sb, sr = (float(v) for v in sums)
+    sq1, sq2, sb, sr = sums
     return {
         "blurred_rms": math.sqrt(sq1 / n),
         "perceptual_rms": math.sqrt(sq2 / n),
