@@ -7,16 +7,17 @@ latter skip when dipy is absent.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-
-import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 from hypothesis import settings
+
+from volbin.phantom import Phantom, phantom
 
 # CI explores the same examples on every run (a failure is then reproducible); locally,
 # hypothesis keeps searching new ones.
@@ -24,7 +25,6 @@ settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-from volbin.phantom import Phantom, phantom
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 

@@ -137,9 +137,7 @@ def test_load_every_dtype_like_nibabel(tmp_path: Path, dtype: str, ext: str) -> 
         ("int16", 0.0, 5.0),  # slope 0 means "no scaling" in NIfTI
     ],
 )
-def test_scaling_applied_like_nibabel(
-    tmp_path: Path, dtype: str, slope: float, inter: float
-) -> None:
+def test_scaling_applied_like_nibabel(tmp_path: Path, dtype: str, slope: float, inter: float) -> None:
     data = np.arange(4 * 5 * 6).reshape(4, 5, 6).astype(dtype)
     path = _write_nifti(tmp_path / "scaled.nii", data)
     _patch_scaling(path, slope, inter)
@@ -276,9 +274,7 @@ def test_nifti_with_extension_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("shape", [(7, 6, 5), (3, 7, 6, 5)])
 def test_npy_orders(tmp_path: Path, order: str, shape: tuple[int, ...]) -> None:
-    data = np.asarray(np.random.default_rng(3).random(shape), order=order).astype(
-        ">f8", order=order
-    )
+    data = np.asarray(np.random.default_rng(3).random(shape), order=order).astype(">f8", order=order)
     np.save(tmp_path / "a.npy", data)
     slow = 0 if order == "C" else len(shape) - 1
     vol = load(tmp_path / "a.npy", chunk_bytes=2 * 8 * int(np.prod(shape)) // shape[slow])
@@ -459,9 +455,7 @@ def test_load_reads_no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     shape = (4096, 4096, 4096)  # 64 GiB, sparse: nothing on disk but the header
     path = tmp_path / "huge.npy"
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "|u1", "fortran_order": False, "shape": shape}
-        )
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
         f.truncate(f.tell() + int(np.prod(shape)))
     reads: list[int] = []
     real_fromfile = np.fromfile
@@ -510,9 +504,7 @@ def test_peak_memory_follows_chunks(tmp_path: Path) -> None:
     shape = (512, 512, 256)
     nbytes = 4 * int(np.prod(shape))
     with open(tmp_path / "big.npy", "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "<f4", "fortran_order": False, "shape": shape}
-        )
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
         f.truncate(f.tell() + nbytes)
     hdr = nib.Nifti1Header()
     hdr.set_data_shape(shape)
@@ -530,9 +522,7 @@ def test_peak_memory_follows_chunks(tmp_path: Path) -> None:
         "    assert float(v.data.sum().compute(num_workers=2)) == 0.0\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     grown_mib = int(out.stdout.strip())
     assert grown_mib < 96, f"peak RSS grew by {grown_mib} MiB reading 256 MiB files"
 
@@ -555,9 +545,7 @@ def test_not_an_image(tmp_path: Path, name: str, tmpdir_env: Path) -> None:
     if name.endswith(".gz"):
         content = gzip.compress(content)
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(
-        InputFileError, match=r"not a (NIfTI image|NumPy \.npy file).*volbin reads"
-    ):
+    with pytest.raises(InputFileError, match=r"not a (NIfTI image|NumPy \.npy file).*volbin reads"):
         load(tmp_path / name)
     assert list(tmpdir_env.iterdir()) == []
 
@@ -647,9 +635,7 @@ def test_nifti_volume_axis_must_be_last(tmp_path: Path) -> None:
 def test_refuses_to_overwrite(tmp_path: Path) -> None:
     data = np.zeros((2, 3, 4), np.float32)
     out = save(data, tmp_path / "o.nii.gz")
-    with pytest.raises(
-        OutputFileError, match=r"o\.nii\.gz exists; pass force=True \(CLI: --force\)"
-    ):
+    with pytest.raises(OutputFileError, match=r"o\.nii\.gz exists; pass force=True \(CLI: --force\)"):
         save(data, out)
     save(np.ones((2, 3, 4), np.float32), out, force=True)
     np.testing.assert_array_equal(load(out).compute(), 1)
@@ -793,7 +779,4 @@ def test_save_load_round_trip(case: tuple[np.ndarray, tuple[int, ...]], ext: str
         assert vol.dtype == data.dtype and vol.shape == data.shape
         np.testing.assert_array_equal(vol.compute(), data)
         if ext != ".zarr":
-            assert (
-                read_sidecar(out)["output"]["sha256"]
-                == hashlib.sha256(out.read_bytes()).hexdigest()
-            )
+            assert read_sidecar(out)["output"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()

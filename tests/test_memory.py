@@ -92,10 +92,23 @@ def test_volume_dithering_three_times_the_memory_limit(tmp_path):
     del m
     assert src.stat().st_size >= 3 * limit
     out = tmp_path / "dithered.nii"
-    code, peak, text = _peak_rss([
-        sys.executable, "-m", "volbin.cli", "binarize", str(src), str(out), "--method", "dither",
-        "--scope", "volume", "--memory-limit", str(limit), "--no-progress",
-    ])
+    code, peak, text = _peak_rss(
+        [
+            sys.executable,
+            "-m",
+            "volbin.cli",
+            "binarize",
+            str(src),
+            str(out),
+            "--method",
+            "dither",
+            "--scope",
+            "volume",
+            "--memory-limit",
+            str(limit),
+            "--no-progress",
+        ]
+    )
     assert code == 0, text
     assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
     d = np.asanyarray(nib.load(out).dataobj)

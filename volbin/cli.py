@@ -36,11 +36,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_memory(text: str) -> int:
-    units = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
-             "G": 2**30, "GB": 10**9, "GIB": 2**30, "T": 2**40, "TB": 10**12, "TIB": 2**40}
+    units = {
+        "": 1,
+        "B": 1,
+        "K": 2**10,
+        "KB": 10**3,
+        "KIB": 2**10,
+        "M": 2**20,
+        "MB": 10**6,
+        "MIB": 2**20,
+        "G": 2**30,
+        "GB": 10**9,
+        "GIB": 2**30,
+        "T": 2**40,
+        "TB": 10**12,
+        "TIB": 2**40,
+    }
     t = text.strip().upper()
     num = t.rstrip("KMGTIB")
-    unit = t[len(num):]
+    unit = t[len(num) :]
     try:
         value = float(num)
     except ValueError:
@@ -91,28 +105,59 @@ examples:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--volume-axis", type=_volume_axis, default=None, metavar="N",
-                   help="axis of 4D input that indexes volumes (NIfTI: 3; np.stack-ed .npy: 0)")
-    p.add_argument("--memory-limit", type=_parse_memory, default=None, metavar="SIZE",
-                   help="keep peak memory under SIZE (e.g. 4GB) by choosing chunk sizes")
-    p.add_argument("--chunk-mb", type=_positive_float, default=None, metavar="MB",
-                   help="input chunk size in MiB (default 32; overrides --memory-limit)")
+    p.add_argument(
+        "--volume-axis",
+        type=_volume_axis,
+        default=None,
+        metavar="N",
+        help="axis of 4D input that indexes volumes (NIfTI: 3; np.stack-ed .npy: 0)",
+    )
+    p.add_argument(
+        "--memory-limit",
+        type=_parse_memory,
+        default=None,
+        metavar="SIZE",
+        help="keep peak memory under SIZE (e.g. 4GB) by choosing chunk sizes",
+    )
+    p.add_argument(
+        "--chunk-mb",
+        type=_positive_float,
+        default=None,
+        metavar="MB",
+        help="input chunk size in MiB (default 32; overrides --memory-limit)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     d = Recipe()
     g = p.add_argument_group("recipe")
-    g.add_argument("--recipe", metavar="JSON",
-                   help="a recipe as JSON, or a sidecar .json whose recipe to reuse; flags given too override it")
+    g.add_argument(
+        "--recipe",
+        metavar="JSON",
+        help="a recipe as JSON, or a sidecar .json whose recipe to reuse; flags given too override it",
+    )
     g.add_argument("--method", choices=METHODS, help=f"how to binarize (default {d.method})")
-    g.add_argument("--scope", choices=SCOPES, help=f"one decision per stack, volume or slice (default {d.scope})")
+    g.add_argument(
+        "--scope", choices=SCOPES, help=f"one decision per stack, volume or slice (default {d.scope})"
+    )
     g.add_argument("--axis", choices=("x", "y", "z"), help="slice axis for --scope slice (default z)")
     g.add_argument("--rescale", choices=RESCALE_METHODS, help=f"intensity rescale (default {d.rescale})")
-    g.add_argument("--percentiles", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="percentiles for --rescale percentile (default 1 99)")
-    g.add_argument("--range", dest="value_range", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="raw range for --rescale fixed")
+    g.add_argument(
+        "--percentiles",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="percentiles for --rescale percentile (default 1 99)",
+    )
+    g.add_argument(
+        "--range",
+        dest="value_range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="raw range for --rescale fixed",
+    )
     g.add_argument("--curve", choices=CURVES, help="tone curve after rescaling (default linear)")
     g.add_argument("--gamma", type=float, help="exponent of --curve gamma")
     g.add_argument("--log-gain", type=float, help="gain of --curve log (default 9)")
@@ -121,16 +166,42 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nbins", type=int, help="histogram bins (default 256)")
     g.add_argument("--seed", type=int, help="seed of stochastic choices (default 0)")
     g.add_argument("--kernel", help="error-diffusion kernel for --method dither (default floyd-steinberg)")
-    g.add_argument("--serpentine", action="store_true", default=None, help="serpentine scan for --method dither")
+    g.add_argument(
+        "--serpentine", action="store_true", default=None, help="serpentine scan for --method dither"
+    )
     g.add_argument("--jitter", type=float, help="threshold jitter amplitude in [0, 1] for --method dither")
-    g.add_argument("--upsample", type=float, nargs="+", metavar="F", help="upsample by F (or FX FY FZ) before dithering")
-    g.add_argument("--matrix", type=int, help="threshold matrix size for --method ordered (power of 2, default 8)")
-    g.add_argument("--pattern", choices=("bayer", "blue-noise"), help="ordered-dither pattern (default bayer)")
+    g.add_argument(
+        "--upsample", type=float, nargs="+", metavar="F", help="upsample by F (or FX FY FZ) before dithering"
+    )
+    g.add_argument(
+        "--matrix", type=int, help="threshold matrix size for --method ordered (power of 2, default 8)"
+    )
+    g.add_argument(
+        "--pattern", choices=("bayer", "blue-noise"), help="ordered-dither pattern (default bayer)"
+    )
 
 
-_RECIPE_FIELDS = ("method", "scope", "axis", "rescale", "percentiles", "value_range", "curve", "gamma",
-                  "log_gain", "threshold", "units", "nbins", "seed", "kernel", "serpentine", "jitter",
-                  "upsample", "matrix", "pattern")
+_RECIPE_FIELDS = (
+    "method",
+    "scope",
+    "axis",
+    "rescale",
+    "percentiles",
+    "value_range",
+    "curve",
+    "gamma",
+    "log_gain",
+    "threshold",
+    "units",
+    "nbins",
+    "seed",
+    "kernel",
+    "serpentine",
+    "jitter",
+    "upsample",
+    "matrix",
+    "pattern",
+)
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -224,14 +295,17 @@ def cmd_binarize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _record_quality(path: Path, args: argparse.Namespace, chunk_bytes: int | None, recipe: Recipe) -> dict[str, Any]:
+def _record_quality(
+    path: Path, args: argparse.Namespace, chunk_bytes: int | None, recipe: Recipe
+) -> dict[str, Any]:
     """Measure how well a dithered/stochastic output renders its input; store it in the sidecar."""
     from .io import update_sidecar
     from .quality import compare_with_input
 
     ndim = 2 if recipe.scope == "slice" else 3
-    metrics = compare_with_input(path, args.input, sigma=1.0, ndim=ndim, chunk_bytes=chunk_bytes,
-                                 volume_axis=args.volume_axis)
+    metrics = compare_with_input(
+        path, args.input, sigma=1.0, ndim=ndim, chunk_bytes=chunk_bytes, volume_axis=args.volume_axis
+    )
     update_sidecar(path, quality=metrics)
     return metrics
 
@@ -249,8 +323,12 @@ def cmd_info(args: argparse.Namespace) -> int:
             from .quality import compare_with_input
 
             info["compare"] = compare_with_input(
-                args.input, args.compare, sigma=args.sigma, ndim=args.blur_dims,
-                chunk_bytes=chunk_bytes, volume_axis=args.volume_axis,
+                args.input,
+                args.compare,
+                sigma=args.sigma,
+                ndim=args.blur_dims,
+                chunk_bytes=chunk_bytes,
+                volume_axis=args.volume_axis,
             )
     if args.json:
         print(json.dumps(info, indent=2))
@@ -292,41 +370,69 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("binarize", help="binarize a volume", epilog=EPILOG_BINARIZE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Binarize IN (.nii, .nii.gz, .npy, .zarr) and write OUT with a JSON sidecar "
-                       "beside it recording the recipe and the thresholds used.")
+    p = sub.add_parser(
+        "binarize",
+        help="binarize a volume",
+        epilog=EPILOG_BINARIZE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Binarize IN (.nii, .nii.gz, .npy, .zarr) and write OUT with a JSON sidecar "
+        "beside it recording the recipe and the thresholds used.",
+    )
     p.add_argument("input", help="input volume")
     p.add_argument("output", help="output path (.nii, .nii.gz, .npy, .zarr)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--dtype", choices=("uint8", "bool"), default=None, help="output dtype (bool: .npy/.zarr only)")
-    p.add_argument("--no-quality", action="store_true",
-                   help="skip measuring the rendering error of stochastic/dither/ordered outputs "
-                   "(by default it is printed and stored in the sidecar)")
+    p.add_argument(
+        "--dtype", choices=("uint8", "bool"), default=None, help="output dtype (bool: .npy/.zarr only)"
+    )
+    p.add_argument(
+        "--no-quality",
+        action="store_true",
+        help="skip measuring the rendering error of stochastic/dither/ordered outputs "
+        "(by default it is printed and stored in the sidecar)",
+    )
     _add_recipe_args(p)
     _add_common(p)
     p.set_defaults(func=cmd_binarize)
 
-    p = sub.add_parser("info", help="describe a volume", epilog=EPILOG_INFO,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Shape, dtype, voxel size, orientation and per-volume statistics "
-                       "(min, max, mean, RMS, percentiles, NaN/Inf counts).")
+    p = sub.add_parser(
+        "info",
+        help="describe a volume",
+        epilog=EPILOG_INFO,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Shape, dtype, voxel size, orientation and per-volume statistics "
+        "(min, max, mean, RMS, percentiles, NaN/Inf counts).",
+    )
     p.add_argument("input", help="input volume")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.add_argument("--compare", metavar="GREY",
-                   help="IN is binary: measure how well it renders GREY, the volume it was made from")
-    p.add_argument("--sigma", type=float, default=1.0,
-                   help="Gaussian blur of --compare in voxels (default 1)")
-    p.add_argument("--blur-dims", type=int, choices=(2, 3), default=3,
-                   help="--compare blurs within slices (2) or volumetrically (3, default)")
+    p.add_argument(
+        "--compare",
+        metavar="GREY",
+        help="IN is binary: measure how well it renders GREY, the volume it was made from",
+    )
+    p.add_argument(
+        "--sigma", type=float, default=1.0, help="Gaussian blur of --compare in voxels (default 1)"
+    )
+    p.add_argument(
+        "--blur-dims",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="--compare blurs within slices (2) or volumetrically (3, default)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="run the pipeline on a built-in phantom", epilog=EPILOG_DEMO,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Make an MRI-like phantom (3D and 4D) with ground truth, binarize it with "
-                       "Otsu, write NIfTI outputs and sidecars, and report thresholds, voxel counts and Dice.")
-    p.add_argument("--out-dir", default="volbin-demo", help="folder for the demo's files (default ./volbin-demo)")
+    p = sub.add_parser(
+        "demo",
+        help="run the pipeline on a built-in phantom",
+        epilog=EPILOG_DEMO,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make an MRI-like phantom (3D and 4D) with ground truth, binarize it with "
+        "Otsu, write NIfTI outputs and sidecars, and report thresholds, voxel counts and Dice.",
+    )
+    p.add_argument(
+        "--out-dir", default="volbin-demo", help="folder for the demo's files (default ./volbin-demo)"
+    )
     p.add_argument("--shape", type=int, nargs=3, default=(96, 112, 96), metavar=("X", "Y", "Z"))
     p.add_argument("--volumes", type=int, default=3, help="volumes in the 4D demo stack (default 3)")
     p.add_argument("--seed", type=int, default=0)
@@ -342,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _show_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     print(f"volbin: warning: {message}", file=sys.stderr)
 
 
@@ -411,8 +519,10 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:  # a bug or an unforeseen input: still one line without --debug
         if debug:
             raise
-        print(f"volbin: error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"volbin: error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_DATA
 
 

@@ -53,7 +53,7 @@ def run_demo(
         mask_vol = binarize_volume(vol, recipe)
         dst = out_dir / f"{name}_mask.nii.gz"
         save(mask_vol, dst, force=True)
-        mask = np.asanyarray(nib.load(dst).dataobj).astype(bool)
+        mask = load(dst).compute().astype(bool)
         # Otsu splits bright from dark: on T1 contrast the classes above it are grey and
         # white matter and scalp fat; CSF and skull are dark like air.
         c = ph.classes

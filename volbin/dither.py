@@ -119,7 +119,7 @@ def _slices_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
                 jitter=float(recipe.jitter),
                 key=key,
                 index_base=base,
-                index_strides=tuple(int(full_strides[a]) for a in ax),
+                index_strides=(int(full_strides[ax[0]]), int(full_strides[ax[1]]), int(full_strides[ax[2]])),
             )
             back = np.transpose(res, np.argsort(ax3))
             if vaxis is None:

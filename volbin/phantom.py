@@ -284,9 +284,7 @@ def _check_means(means: Mapping[str, float] | None) -> dict[str, float]:
         return {}
     unknown = sorted(set(means) - set(CLASSES))
     if unknown:
-        raise ValueError(
-            f"`means` has unknown class names {unknown}; expected some of {list(CLASSES)}."
-        )
+        raise ValueError(f"`means` has unknown class names {unknown}; expected some of {list(CLASSES)}.")
     bad = {k: v for k, v in means.items() if not (np.isfinite(v) and v >= 0)}
     if bad:
         raise ValueError(f"`means` must be non-negative finite fractions; got {bad}.")
@@ -309,9 +307,7 @@ def _grid(shape: tuple[int, int, int]) -> list[np.ndarray]:
     return list(np.ix_(*axes))
 
 
-def _sphere_pattern(
-    n: Sequence[np.ndarray], rng: np.random.Generator, freq: float, terms: int
-) -> np.ndarray:
+def _sphere_pattern(n: Sequence[np.ndarray], rng: np.random.Generator, freq: float, terms: int) -> np.ndarray:
     """A smooth random function of the unit direction `n`, scaled to about [-1, 1]."""
     out = np.zeros(np.broadcast_shapes(*(c.shape for c in n)), dtype=np.float32)
     for _ in range(terms):
@@ -325,22 +321,16 @@ def _sphere_pattern(
 def _box(grid: list[np.ndarray], lo: Sequence[float], hi: Sequence[float]) -> tuple[slice, ...]:
     """Index box holding every voxel whose head-normalised coordinates lie in [lo, hi]."""
     box = []
-    for g, a, low, high, shift in zip(
-        grid, _HEAD_AXES, lo, hi, (0, 0, _HEAD_SHIFT_Z), strict=True
-    ):
+    for g, a, low, high, shift in zip(grid, _HEAD_AXES, lo, hi, (0, 0, _HEAD_SHIFT_Z), strict=True):
         g = g.ravel()
-        inside = np.flatnonzero(
-            (g >= low * a + shift - _MAX_WARP) & (g <= high * a + shift + _MAX_WARP)
-        )
+        inside = np.flatnonzero((g >= low * a + shift - _MAX_WARP) & (g <= high * a + shift + _MAX_WARP))
         box.append(slice(inside[0], inside[-1] + 1) if inside.size else slice(0, 0))
     return tuple(box)
 
 
 def _in_ellipsoid(x, y, z, centre, axes) -> np.ndarray:
     return (
-        ((x - centre[0]) / axes[0]) ** 2
-        + ((y - centre[1]) / axes[1]) ** 2
-        + ((z - centre[2]) / axes[2]) ** 2
+        ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2
     ) < 1
 
 

@@ -8,6 +8,7 @@ Everything is lazy and chunked: the Gaussian runs per chunk with an overlap of i
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -120,7 +121,7 @@ def _streamed_sums(b: da.Array, r: da.Array, sigmas: tuple[float, ...]) -> tuple
     bounds = np.concatenate([[0], np.cumsum(r.chunks[axis])])
     n = r.shape[axis]
     totals = np.zeros(4)
-    for z0, z1 in zip(bounds[:-1], bounds[1:], strict=True):
+    for z0, z1 in itertools.pairwise(bounds):
         e0, e1 = max(0, int(z0) - depth), min(n, int(z1) + depth)
         index: list[Any] = [slice(None)] * r.ndim
         index[axis] = slice(e0, e1)
