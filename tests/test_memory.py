@@ -73,7 +73,7 @@ def test_volume_dithering_three_times_the_memory_limit(tmp_path):
     """3D error diffusion streams slab by slab: a .nii 3x the limit stays under it."""
     import nibabel as nib
 
-    limit = 420 * 2**20
+    limit = 400 * 2**20
     shape = (400, 400, 2000)  # float32, 1.28 GB
     src = tmp_path / "big.nii"
     hdr = nib.Nifti1Header()
