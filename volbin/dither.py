@@ -23,6 +23,7 @@ gives the same bytes for any chunking or number of workers.  Non-finite input vo
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import dask
@@ -60,7 +61,7 @@ def _plane_order(vol: Volume, axis: int) -> tuple[int, int, int]:
     return axis, hi, lo
 
 
-def _whole_plane_chunks(vol: Volume, axis: int, slab: int | None = None) -> da.Array:
+def _whole_plane_chunks(vol: Volume, axis: int, slab: int | None = None, parallel: bool = False) -> da.Array:
     """Rechunk so every chunk holds whole planes across `axis` (slabs along `axis`)."""
     data = vol.data
     chunks: list[Any] = []
@@ -68,6 +69,10 @@ def _whole_plane_chunks(vol: Volume, axis: int, slab: int | None = None) -> da.A
     # Slabs about as large (in float32) as the input's chunks, which follow the memory limit.
     target = min(32 * 2**20, 4 * int(np.prod([max(c) for c in data.chunks])))
     depth = slab or max(1, min(data.shape[axis], target // max(plane_bytes, 1)))
+    if slab is None and parallel:
+        # Independent slices: at least two blocks per core, so every core has work.
+        cores = os.cpu_count() or 1
+        depth = max(1, min(depth, -(-data.shape[axis] // (2 * cores))))
     for a in range(data.ndim):
         if a == axis:
             chunks.append(depth)
@@ -107,7 +112,8 @@ def _slices_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
         out = np.empty(block.shape, dtype=np.uint8)
         ax3 = _axes3(ax, vaxis)
         for v, sub in _iter_volumes(block, vaxis):
-            img = np.ascontiguousarray(np.transpose(np.nan_to_num(sub, nan=0.0), ax3), dtype=np.float32)
+            # The loops count non-finite values as 0: no NaN pass needed here.
+            img = np.ascontiguousarray(np.transpose(sub, ax3), dtype=np.float32)
             start = [lo for lo, _ in loc]
             if vaxis is not None:
                 start[vaxis] += v
@@ -150,7 +156,7 @@ class _Slab:
 
 def _slab_task(slab: _Slab, carry: Any, *, ax3, kernel, recipe, key, z0, n_slices, base, strides):
     block = slab.compute()
-    img = np.ascontiguousarray(np.transpose(np.nan_to_num(block, nan=0.0), ax3), dtype=np.float32)
+    img = np.ascontiguousarray(np.transpose(block, ax3), dtype=np.float32)
     del block
     res, carry_out = DK.diffuse_3d(
         img,
@@ -271,7 +277,7 @@ def dither_volume(vol: Volume, recipe: Recipe) -> Volume:
             "ndim": 2 if recipe.scope == "slice" else 3,
         }
     elif recipe.scope == "slice":
-        data = _whole_plane_chunks(rescaled, axis)
+        data = _whole_plane_chunks(rescaled, axis, parallel=True)
         out = _slices_graph(data, rescaled, recipe, axis)
         step["decision"] = {
             "method": "dither",
@@ -302,7 +308,7 @@ def dither_volume(vol: Volume, recipe: Recipe) -> Volume:
     if tr.n_nonfinite.any() and rescaled.shape == vol.shape:
         finite = da.isfinite(vol.data)
         out = da.where(finite, out, np.uint8(0))
-    out = out.astype(bool)
+    out = out.map_blocks(lambda b: b.view(bool), dtype=bool, meta=np.empty((0,) * out.ndim, bool))
     return dataclasses.replace(rescaled.derive(out, step), steps=(*vol.steps, step))
 
 
