@@ -89,8 +89,8 @@ def _move_groups(arr: np.ndarray, grouping: Grouping) -> np.ndarray:
     return arr.reshape(grouping.group_shape + trailing)
 
 
-def range_graph(data: da.Array, grouping: Grouping) -> da.Array:
-    """Lazy per-group (min, max, n_nonfinite): shape ``group_shape + (3,)``."""
+def _range_parts(data: da.Array, grouping: Grouping) -> da.Array:
+    """Per-block (min, max, n_nonfinite) partials, one entry per block on non-group axes."""
 
     def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], _: Any) -> np.ndarray:
         n = int(np.prod(local_shape))
@@ -100,7 +100,12 @@ def range_graph(data: da.Array, grouping: Grouping) -> da.Array:
         K.group_minmax(x4, g4, mn, mx, nf)
         return np.stack([mn, mx, nf.astype(np.float64)], axis=-1)
 
-    parts = _map_partials(data, grouping, kernel, (3,), np.float64)
+    return _map_partials(data, grouping, kernel, (3,), np.float64)
+
+
+def range_graph(data: da.Array, grouping: Grouping) -> da.Array:
+    """Lazy per-group (min, max, n_nonfinite): shape ``group_shape + (3,)``."""
+    parts = _range_parts(data, grouping)
     axes = _nongroup_axes(grouping)
     lo = parts[..., 0].min(axis=axes, keepdims=True)
     hi = parts[..., 1].max(axis=axes, keepdims=True)
@@ -108,12 +113,35 @@ def range_graph(data: da.Array, grouping: Grouping) -> da.Array:
     return da.stack([lo, hi, nf], axis=-1)
 
 
+#: Per-block partial results up to this size are gathered and reduced in numpy: a dask
+#: reduction graph costs tens of milliseconds to build and run, as much as a memory pass.
+_GATHER_BYTES = 64 * 2**20
+
+
+def _gather(parts: da.Array) -> bool:
+    return parts.nbytes <= _GATHER_BYTES
+
+
 def group_range(volume: Volume, grouping: Grouping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-group finite minimum, maximum and number of non-finite voxels (one pass).
 
     Groups without a finite voxel get min = +inf and max = -inf.
     """
-    res = _move_groups(range_graph(volume.data, grouping).compute(), grouping)
+    parts = _range_parts(volume.data, grouping)
+    if _gather(parts):
+        p = parts.compute()
+        axes = _nongroup_axes(grouping)
+        res = np.stack(
+            [
+                p[..., 0].min(axis=axes, keepdims=True),
+                p[..., 1].max(axis=axes, keepdims=True),
+                p[..., 2].sum(axis=axes, keepdims=True),
+            ],
+            axis=-1,
+        )
+    else:
+        res = range_graph(volume.data, grouping).compute()
+    res = _move_groups(res, grouping)
     return res[..., 0], res[..., 1], res[..., 2].astype(np.int64)
 
 
@@ -199,6 +227,7 @@ def histogram_graph(
     nbins: int,
     pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
     offsets: bool = False,
+    gather: bool = False,
 ) -> da.Array:
     """Lazy per-group counts (``group_shape + (nbins,)``) of `nbins` bins over [lo, hi].
 
@@ -226,6 +255,8 @@ def histogram_graph(
         return out
 
     parts = _map_partials(data, grouping, kernel, trailing, np.int64, pre)
+    if gather:
+        return parts
     return parts.sum(axis=_nongroup_axes(grouping), keepdims=True)
 
 
@@ -259,7 +290,11 @@ def group_histograms(
     if not isinstance(nbins, (int, np.integer)) or nbins < 2:
         raise ValueError(f"`nbins` must be an int >= 2; got {nbins!r}.")
     data = volume.data if isinstance(volume, Volume) else volume
-    res = histogram_graph(data, grouping, lo, hi, int(nbins), pre).compute()
+    parts = histogram_graph(data, grouping, lo, hi, int(nbins), pre, gather=True)
+    if _gather(parts):
+        res = parts.compute().sum(axis=_nongroup_axes(grouping), keepdims=True)
+    else:
+        res = histogram_graph(data, grouping, lo, hi, int(nbins), pre).compute()
     return _move_groups(res, grouping)
 
 
