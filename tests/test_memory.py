@@ -25,6 +25,26 @@ def _peak_rss(cmd: list[str]) -> tuple[int, int, str]:
     return proc.returncode, peak, out + err
 
 
+def _run_under_limit(src, out, limit: int, *options: str) -> None:
+    """Run `volbin binarize` in a subprocess with --memory-limit; its peak RSS must stay under it."""
+    code, peak, text = _peak_rss(
+        [
+            sys.executable,
+            "-m",
+            "volbin.cli",
+            "binarize",
+            str(src),
+            str(out),
+            *options,
+            "--memory-limit",
+            str(limit),
+            "--no-progress",
+        ]
+    )
+    assert code == 0, text
+    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+
+
 @pytest.mark.slow
 def test_npy_three_times_the_memory_limit(tmp_path):
     limit = 400 * 2**20
@@ -38,27 +58,7 @@ def test_npy_three_times_the_memory_limit(tmp_path):
     del x
     assert src.stat().st_size >= 3 * limit
     out = tmp_path / "mask.npy"
-    code, peak, text = _peak_rss(
-        [
-            sys.executable,
-            "-m",
-            "volbin.cli",
-            "binarize",
-            str(src),
-            str(out),
-            "--method",
-            "otsu",
-            "--scope",
-            "volume",
-            "--volume-axis",
-            "0",
-            "--memory-limit",
-            str(limit),
-            "--no-progress",
-        ]
-    )
-    assert code == 0, text
-    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+    _run_under_limit(src, out, limit, "--method", "otsu", "--scope", "volume", "--volume-axis", "0")
     m = np.load(out, mmap_mode="r")
     assert m.shape == shape and m.dtype == np.uint8
     # Spot-check one volume against scikit-image.
@@ -92,24 +92,6 @@ def test_volume_dithering_three_times_the_memory_limit(tmp_path):
     del m
     assert src.stat().st_size >= 3 * limit
     out = tmp_path / "dithered.nii"
-    code, peak, text = _peak_rss(
-        [
-            sys.executable,
-            "-m",
-            "volbin.cli",
-            "binarize",
-            str(src),
-            str(out),
-            "--method",
-            "dither",
-            "--scope",
-            "volume",
-            "--memory-limit",
-            str(limit),
-            "--no-progress",
-        ]
-    )
-    assert code == 0, text
-    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+    _run_under_limit(src, out, limit, "--method", "dither", "--scope", "volume")
     d = np.asanyarray(nib.load(out).dataobj)
     assert d.shape == shape and abs(d.mean() - 0.5) < 1e-3
