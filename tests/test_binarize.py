@@ -21,6 +21,7 @@ from volbin import _kernels as K
 from volbin.errors import VolbinDataError, VolbinWarning
 from volbin.recipe import HISTOGRAM_METHODS, Recipe
 from volbin.volume import Volume
+from volbin.recipe import unused_options
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None)
 METHODS = (*HISTOGRAM_METHODS, "value", "stochastic")
@@ -38,6 +39,13 @@ def quiet(fn, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VolbinWarning)
         return fn(*args, **kwargs)
+
+
+
+def used(kw: dict, method: str = "otsu") -> dict:
+    """`kw` without the options `method` does not use (volbin refuses those)."""
+    drop = {n for n, _ in unused_options({**kw, "method": method})}
+    return {k: v for k, v in kw.items() if k not in drop}
 
 
 RNG = np.random.default_rng(0)
@@ -322,7 +330,7 @@ def recipe_options(method, scope, rescale, curve, seed) -> dict:
     kw = dict(scope=scope[0], axis=scope[1], rescale=rescale, curve=curve, gamma=2.0, seed=seed)
     if method == "value":
         kw["threshold"] = 0.4
-    return kw
+    return used(kw, method)
 
 
 @functools.cache
@@ -367,7 +375,7 @@ def test_higher_threshold_never_adds_voxels(ts, units, curve):
     if units == "rescaled":
         t1, t2 = t1 / 10, t2 / 10
     x = X4
-    kw = dict(units=units, curve=curve, gamma=0.5)
+    kw = used(dict(units=units, curve=curve, gamma=0.5), "value")
     low = quiet(volbin.binarize, x, "value", threshold=t1, **kw)
     high = quiet(volbin.binarize, x, "value", threshold=t2, **kw)
     assert not (high & ~low).any()

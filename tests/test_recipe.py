@@ -9,6 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from volbin.recipe import CURVES, METHODS, RESCALE_METHODS, Recipe
+from volbin.recipe import unused_options
+
+def used(kw: dict, method: str = "otsu") -> dict:
+    """`kw` without the options `method` does not use (volbin refuses those)."""
+    drop = {n for n, _ in unused_options({**kw, "method": method})}
+    return {k: v for k, v in kw.items() if k not in drop}
+
 
 SETTINGS = settings(max_examples=50, deadline=None, database=None)
 
@@ -76,15 +83,11 @@ def test_defaults_and_normalisation():
         "linear",
         256,
     )
-    r = Recipe(percentiles=[2, 98], value_range=[0, 10], upsample=2, gamma=2, method="value", threshold=1)
-    assert r.percentiles == (2.0, 98.0) and r.value_range == (0.0, 10.0)
-    assert r.upsample == (2.0, 2.0, 2.0) and r.gamma == 2.0 and r.threshold == 1.0
-    assert Recipe(axis=1).axis == 1 and Recipe(axis="X").axis == "X"
-
-
-def test_is_linear():
-    assert Recipe().is_linear and Recipe(curve="gamma", gamma=1.0).is_linear
-    assert not Recipe(curve="gamma", gamma=2.0).is_linear and not Recipe(curve="equalize").is_linear
+    r = Recipe(percentiles=[2, 98], rescale="percentile", curve="gamma", gamma=2, method="value", threshold=1)
+    assert r.percentiles == (2.0, 98.0) and r.gamma == 2.0 and r.threshold == 1.0
+    r = Recipe(value_range=[0, 10], rescale="fixed", upsample=2, method="dither")
+    assert r.value_range == (0.0, 10.0) and r.upsample == (2.0, 2.0, 2.0)
+    assert Recipe(axis=1, scope="slice").axis == 1 and Recipe(axis="X", scope="slice").axis == "X"
 
 
 def test_from_dict_rejects_unknown_fields():
@@ -117,6 +120,8 @@ def recipes(draw) -> Recipe:
     )
     up = draw(st.one_of(st.none(), st.tuples(*[st.floats(1, 8)] * 3)))
     return Recipe(
+        **used(
+            dict(
         method=method,
         scope=draw(st.sampled_from(["stack", "volume", "slice"])),
         axis=draw(st.sampled_from(["x", "y", "z", 0, 1, 2])),
@@ -137,6 +142,9 @@ def recipes(draw) -> Recipe:
         matrix=2 ** draw(st.integers(1, 6)),
         pattern=draw(st.sampled_from(["bayer", "blue-noise"])),
         extra=draw(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3)),
+            ),
+            method,
+        )
     )
 
 

@@ -19,6 +19,13 @@ from volbin.recipe import HISTOGRAM_METHODS, Recipe
 from volbin.rescale import fit_transform
 from volbin.threshold import decide
 from volbin.volume import Volume
+from volbin.recipe import unused_options
+
+def used(kw: dict, method: str = "otsu") -> dict:
+    """`kw` without the options `method` does not use (volbin refuses those)."""
+    drop = {n for n, _ in unused_options({**kw, "method": method})}
+    return {k: v for k, v in kw.items() if k not in drop}
+
 
 SETTINGS = settings(max_examples=20, deadline=None, database=None)
 
@@ -126,8 +133,9 @@ def test_units_rescaled_and_raw():
 def test_tone_curve_thresholds_are_skimage_on_the_rescaled_data():
     x = DATA["gamma"]
     for curve in ("gamma", "log", "equalize"):
-        r = volbin.rescale(x, curve=curve, gamma=0.5)
-        t = volbin.threshold(x, "otsu", curve=curve, gamma=0.5, units="rescaled")
+        kw = used({"curve": curve, "gamma": 0.5})
+        r = volbin.rescale(x, **kw)
+        t = volbin.threshold(x, "otsu", units="rescaled", **kw)
         assert t == skimage_threshold(r, "otsu")
 
 
@@ -244,7 +252,7 @@ def test_thresholds_within_data_range(method, scope, dtype, seed, curve):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VolbinWarning)
         try:
-            t = volbin.threshold(x, method, scope=scope, curve=curve, gamma=2.0)
+            t = volbin.threshold(x, method, scope=scope, **used({"curve": curve, "gamma": 2.0}))
         except VolbinDataError:  # `minimum` on a histogram with one peak
             assert method == "minimum"
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,9 @@ import numpy as np
 
 __all__ = [
     "CURVES",
+    "SCOPES",
+    "merge",
+    "unused_options",
     "DITHER_METHODS",
     "HISTOGRAM_METHODS",
     "METHODS",
@@ -32,6 +36,51 @@ DITHER_METHODS = ("dither", "ordered")
 METHODS = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
 SCOPES = ("stack", "volume", "slice")
 UNITS = ("rescaled", "raw")
+
+
+def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """The options among `names` that the recipe `fields` would not use, with the reason.
+
+    `fields` maps Recipe fields to values (missing ones take their defaults); `names` are the
+    fields to check (default: every field whose value differs from its default).  Returns
+    ``[(name, "method='otsu'"), ...]``.  This is the one rule of which option each method
+    and stage uses, applied by `Recipe` to the API and by the CLI to the flags given.
+    """
+    d = {**_DEFAULTS, **fields}
+    method, jitter = d["method"], d["jitter"]
+    m = f"method={method!r}"
+    uses: dict[str, tuple[bool, str]] = {
+        "axis": (d["scope"] == "slice" or method in DITHER_METHODS, f"scope={d['scope']!r} with {m}"),
+        "percentiles": (d["rescale"] == "percentile", f"rescale={d['rescale']!r}"),
+        "value_range": (d["rescale"] == "fixed", f"rescale={d['rescale']!r}"),
+        "gamma": (d["curve"] == "gamma", f"curve={d['curve']!r}"),
+        "log_gain": (d["curve"] == "log", f"curve={d['curve']!r}"),
+        "threshold": (method == "value", m),
+        "units": (method == "value", m),
+        "nbins": (method in HISTOGRAM_METHODS, m),
+        "seed": (
+            method == "stochastic"
+            or (method == "dither" and isinstance(jitter, (int, float)) and jitter > 0)
+            or (method == "ordered" and d["pattern"] == "blue-noise"),
+            f"{m} without jitter or a blue-noise pattern",
+        ),
+        "kernel": (method == "dither", m),
+        "serpentine": (method == "dither", m),
+        "jitter": (method == "dither", m),
+        "upsample": (method in DITHER_METHODS, m),
+        "matrix": (method == "ordered", m),
+        "pattern": (method == "ordered", m),
+    }
+    if names is None:
+        names = [k for k in fields if k in _DEFAULTS and not _same(fields[k], _DEFAULTS[k])]
+    return [(n, uses[n][1]) for n in names if n in uses and not uses[n][0]]
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) if not isinstance(a, (list, tuple)) else list(a) == list(b or ())
+    except (TypeError, ValueError):  # arrays compare element-wise
+        return False
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -171,8 +220,6 @@ class Recipe:
             if t is None or math.isnan(t):
                 raise ValueError(f"`threshold` must be a number; got {self.threshold!r}.")
             object.__setattr__(self, "threshold", t)
-        elif self.threshold is not None:
-            raise ValueError(f"`threshold` is only used with method='value'; got method={self.method!r}.")
         jitter = _check_float("jitter", self.jitter, "a number in [0, 1]")
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"`jitter` must be a number in [0, 1]; got {self.jitter!r}.")
@@ -190,6 +237,12 @@ class Recipe:
         if not (isinstance(self.matrix, int) and self.matrix >= 2 and self.matrix & (self.matrix - 1) == 0):
             raise ValueError(f"`matrix` must be a power of two >= 2; got {self.matrix!r}.")
         _check_choice("pattern", self.pattern, ("bayer", "blue-noise"))
+        if self.seed >= 2**64:
+            raise ValueError(f"`seed` must be below 2**64; got {self.seed!r}.")
+        unused = unused_options({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if unused:
+            name, why = unused[0]
+            raise ValueError(f"`{name}` is not used by {why}; got {name}={getattr(self, name)!r}.")
 
     # --- JSON form -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -221,9 +274,41 @@ class Recipe:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes: Any) -> Recipe:
+        """A copy with `changes`; the result is validated like any Recipe."""
         return dataclasses.replace(self, **changes)
 
-    @property
-    def is_linear(self) -> bool:
-        """Whether raw -> rescaled is linear (thresholds then map exactly to raw units)."""
-        return self.curve == "linear" or (self.curve == "gamma" and float(self.gamma) == 1.0)
+    def with_method(self, method: str, **changes: Any) -> Recipe:
+        """A copy for `method` with `changes`, other fields `method` does not use reset to defaults.
+
+        How a recipe taken from another output (a sidecar) is reused for another method.
+        """
+        d = {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "method": method, **changes}
+        for name, _ in unused_options(d, [n for n in d if n not in changes]):
+            d[name] = _DEFAULTS[name]
+        return Recipe(**d)
+
+
+def merge(recipe: Recipe | None, options: Mapping[str, Any], method: str | None = None) -> Recipe:
+    """`recipe` with `options` (and `method`) over it: how every entry point combines the two.
+
+    Options given override the recipe's fields; the recipe's fields that the final method
+    does not use are reset to their defaults (they belong to another method); an option
+    given that the final method does not use is refused.  Without `recipe`, the options
+    build one (method default ``otsu``).
+    """
+    if recipe is None:
+        return Recipe(**({"method": method} if method else {}), **options)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"`recipe` must be a volbin.Recipe; got {type(recipe).__name__}.")
+    if method is None and not options:
+        return recipe
+    refused = unused_options({**recipe.to_dict(), "method": method or recipe.method, **options}, list(options))
+    if refused:
+        name, why = refused[0]
+        raise ValueError(f"`{name}` is not used by {why}; got {name}={options[name]!r}.")
+    return recipe.with_method(method or recipe.method, **options)
+
+
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING
+}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,16 +22,30 @@ import dask.array as da
 import numpy as np
 
 from .errors import VolbinDataError
+from .recipe import SCOPES
 
-__all__ = ["SCOPES", "Grouping", "Volume", "as_volume", "slab_chunks"]
+__all__ = ["SCOPES", "Grouping", "Volume", "as_volume", "chunk_bytes_for", "slab_chunks"]
 
-SCOPES = ("stack", "volume", "slice")
 Scope = Literal["stack", "volume", "slice"]
 _AXIS_NAMES = {"x": 0, "y": 1, "z": 2, "i": 0, "j": 1, "k": 2}
 
 #: Default size of one chunk of input data, in bytes.  Chunks are slabs that are contiguous
 #: in the file; 32 MiB keeps two threads busy and balanced while bounding memory.
 DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+
+def chunk_bytes_for(memory_limit: int | None, threads: int | None = None) -> int | None:
+    """Input chunk size that keeps a threaded run under `memory_limit` bytes.
+
+    Each thread holds up to about eight chunk-sized buffers at its peak (input, float64 and
+    float32 intermediates, output); the interpreter and its libraries take ~300 MB before any
+    data.  Returns None (the default chunking) when `memory_limit` is None.
+    """
+    if memory_limit is None:
+        return None
+    threads = threads or os.cpu_count() or 1
+    usable = max(memory_limit - 300 * 2**20, 16 * 2**20)
+    return max(2**20, min(64 * 2**20, usable // (threads * 8)))
 
 
 def slab_chunks(

@@ -9,7 +9,6 @@ import errno
 import hashlib
 import math
 import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from isal import igzip
 
 from ..errors import OutputFileError, VolbinError
 from ..volume import Volume, as_volume
+from ._atomic import temp_path
 from ._common import (
     _COPY_BYTES,
     _FORMAT,
@@ -186,8 +186,8 @@ def save(
         data, vaxis = da.moveaxis(data, vaxis, 3), 3
     if data.dtype != out_dtype:
         data = data.astype(out_dtype)
-    stem = f"{final.name}.{secrets.token_hex(4)}"
-    tmp = final.with_name(stem + ".tmp")
+    tmp = temp_path(final)
+    stem = tmp.name[: -len(".tmp")]
     temps = [tmp]
     try:
         if kind == "nii":
@@ -223,7 +223,7 @@ def save(
             record.update(extra or {})
             if isinstance(sidecar, Mapping):
                 record.update(sidecar)
-            side_tmp = side.with_name(f"{side.name}.{secrets.token_hex(4)}.tmp")
+            side_tmp = temp_path(side)
             temps.append(side_tmp)
             _write_json(record, side_tmp)
         _replace(tmp, final)
@@ -464,7 +464,7 @@ def _fsync_dir(folder: Path) -> None:
 def _replace(tmp: Path, final: Path) -> None:
     """Rename `tmp` onto `final`; a directory at `final` (or replacing one) is moved aside."""
     if os.path.lexists(final) and ((final.is_dir() and not final.is_symlink()) or tmp.is_dir()):
-        old = final.with_name(f"{final.name}.{secrets.token_hex(4)}.old")
+        old = temp_path(final, ".old")
         os.replace(final, old)
         try:
             os.replace(tmp, final)

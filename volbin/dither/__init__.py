@@ -30,11 +30,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _dither_kernels as DK
-from ._kernels import seed_key
-from .recipe import Recipe
-from .rescale import apply_transform, fit_transform
-from .volume import Volume, as_volume, like_input
+from .. import _dither_kernels as DK
+from .._kernels import seed_key
+from ..recipe import Recipe
+from ..rescale import apply_transform, fit_transform
+from ..volume import Volume, as_volume, like_input
 
 __all__ = ["dither", "dither_volume", "kernel_record"]
 
@@ -258,7 +258,7 @@ def dither_volume(vol: Volume, recipe: Recipe) -> Volume:
     tr = fit_transform(vol, rgroup, recipe)
     rescaled = vol.derive(apply_transform(vol.data, tr))
     if recipe.upsample is not None and any(f != 1 for f in recipe.upsample):
-        from .resample import upsample
+        from ..resample import upsample
 
         rescaled = upsample(rescaled, recipe.upsample)
     axis = rescaled.axis_index(recipe.axis)
