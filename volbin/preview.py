@@ -454,6 +454,7 @@ def _draw_image(
     classes: Mapping[int, str],
 ) -> tuple[Any, list[Any]]:
     import matplotlib
+    from matplotlib.patheffects import withStroke
 
     ax = fig.add_axes(rect)
     ax.set_facecolor("none")
@@ -517,7 +518,17 @@ def _draw_image(
     texts = []
     for edge, (x, y, ha, va) in spots.items():
         texts.append(
-            ax.text(x, y, edges[edge], ha=ha, va=va, color=_EDGE_COLOUR, fontsize=8, fontweight="bold")
+            ax.text(
+                x,
+                y,
+                edges[edge],
+                ha=ha,
+                va=va,
+                color=_EDGE_COLOUR,
+                fontsize=8,
+                fontweight="bold",
+                path_effects=[withStroke(linewidth=1.5, foreground="black")],
+            )
         )
     return ax, texts
 
