@@ -279,12 +279,13 @@ def _check_volumes(volumes: Any, vol: Volume) -> list[int | None]:
         if volumes not in (None, 0, [0], (0,)):
             raise ValueError(f"`volumes` applies to 4D data; got {volumes!r} for a 3D volume.")
         return [None]
+    out: list[int | None] = []
     if volumes is None:
-        return sorted({0, n // 2, n - 1})
+        out.extend(sorted({0, n // 2, n - 1}))
+        return out
     items = [volumes] if isinstance(volumes, (int, np.integer)) else list(volumes)
     if not items or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in items):
         raise ValueError(f"`volumes` must be a volume index or a sequence of them; got {volumes!r}.")
-    out = []
     for i in items:
         if not -n <= int(i) < n:
             raise ValueError(f"`volumes` must index the {n} volumes (0 to {n - 1}); got {volumes!r}.")
@@ -407,8 +408,8 @@ def _classes(labels: Volume, rows: list[int | None], names: Mapping[int, str] | 
 def _label_colour(value: int) -> tuple[float, float, float]:
     import matplotlib
 
-    colours = matplotlib.colormaps["tab10"].colors
-    return tuple(colours[(int(value) - 1) % len(colours)])  # type: ignore[return-value]
+    colours: Any = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
+    return tuple(colours[(int(value) - 1) % len(colours)])
 
 
 # --- drawing -------------------------------------------------------------------------------------
@@ -810,7 +811,7 @@ def preview(
             index[v.volume_axis] = r
         return v.data[tuple(index)]
 
-    wanted = []
+    wanted: list[da.Array | None] = []
     for r in rows:
         for cut in cuts:
             wanted.append(plane(vol, r, cut))
@@ -889,7 +890,7 @@ def preview(
                 )
                 if kind == "blurred" and len(parts) > 1:
                     _mark_crop(ax, parts[1][2], parts[1][1].shape, (zr, zc))
-                info = {
+                info: dict[str, Any] = {
                     "row": i,
                     "volume": r,
                     "view": cut.view,
