@@ -50,12 +50,14 @@ _LAZY = {
     "export_slices": "volbin.printer",
     "load": "volbin.io",
     "phantom": "volbin.phantom",
+    "preview": "volbin.preview",
     "read_sidecar": "volbin.io",
     "resample_to_grid": "volbin.resample",
     "rescale": "volbin.rescale",
     "save": "volbin.io",
     "threshold": "volbin.threshold",
     "upsample": "volbin.resample",
+    "write_index_html": "volbin.report_html",
 }
 
 if TYPE_CHECKING:
@@ -65,10 +67,12 @@ if TYPE_CHECKING:
     from .dither.quality import dither_error
     from .io import convert, load, read_sidecar, save
     from .phantom import Phantom, phantom
+    from .preview import preview
     from .printer import export_slices
     from .recipe import Recipe
     from .report import describe, dice
     from .resample import resample_to_grid, upsample
+    from .report_html import write_index_html
     from .rescale import rescale
     from .threshold import threshold
     from .volume import Grouping, Volume
@@ -124,10 +128,12 @@ __all__ = [
     "export_slices",
     "load",
     "phantom",
+    "preview",
     "read_sidecar",
     "resample_to_grid",
     "rescale",
     "save",
     "threshold",
     "upsample",
+    "write_index_html",
 ]

@@ -10,10 +10,8 @@ size, not the volume.  Rendering uses matplotlib's Agg canvas directly (no pyplo
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -610,28 +608,12 @@ def _write_atomic(path: Path, data: bytes, force: bool) -> Path:
         raise OutputFileError(f"{folder}: output folder does not exist; create it first.")
     if os.path.lexists(path) and not force:
         raise OutputFileError(f"{path} exists; pass force=True (CLI: --force) to overwrite")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    from .io import write_atomic
+
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        return write_atomic(path, data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise OutputFileError(f"{path}: cannot write ({exc.strerror or exc}).") from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
 
 
 # --- the public function -------------------------------------------------------------------------

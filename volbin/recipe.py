@@ -18,14 +18,14 @@ import numpy as np
 
 __all__ = [
     "CURVES",
-    "SCOPES",
-    "merge",
-    "unused_options",
     "DITHER_METHODS",
     "HISTOGRAM_METHODS",
     "METHODS",
     "RESCALE_METHODS",
+    "SCOPES",
     "Recipe",
+    "merge",
+    "unused_options",
 ]
 
 RESCALE_METHODS = ("minmax", "percentile", "fixed", "dtype", "none")
@@ -302,7 +302,9 @@ def merge(recipe: Recipe | None, options: Mapping[str, Any], method: str | None 
         raise TypeError(f"`recipe` must be a volbin.Recipe; got {type(recipe).__name__}.")
     if method is None and not options:
         return recipe
-    refused = unused_options({**recipe.to_dict(), "method": method or recipe.method, **options}, list(options))
+    refused = unused_options(
+        {**recipe.to_dict(), "method": method or recipe.method, **options}, list(options)
+    )
     if refused:
         name, why = refused[0]
         raise ValueError(f"`{name}` is not used by {why}; got {name}={options[name]!r}.")
