@@ -19,9 +19,8 @@ from skimage import filters
 import volbin
 from volbin import _kernels as K
 from volbin.errors import VolbinDataError, VolbinWarning
-from volbin.recipe import HISTOGRAM_METHODS, Recipe
+from volbin.recipe import HISTOGRAM_METHODS, Recipe, unused_options
 from volbin.volume import Volume
-from volbin.recipe import unused_options
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None)
 METHODS = (*HISTOGRAM_METHODS, "value", "stochastic")
@@ -39,7 +38,6 @@ def quiet(fn, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VolbinWarning)
         return fn(*args, **kwargs)
-
 
 
 def used(kw: dict, method: str = "otsu") -> dict:

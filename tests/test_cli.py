@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -193,17 +193,30 @@ def test_help_has_examples(capsys):
     assert main(["--version"]) == 0
 
 
-def test_demo(tmp_path, capsys):
-    assert (
-        main(["demo", "--out-dir", str(tmp_path / "d"), "--shape", "40", "48", "40", "--volumes", "2"]) == 0
-    )
+def test_demo_prints_the_dice_of_its_masks_against_the_phantoms_truth(tmp_path, capsys):
+    d = tmp_path / "d"
+    assert main(["demo", "--out-dir", str(d), "--shape", "40", "48", "40", "--volumes", "2"]) == 0
     out = capsys.readouterr().out
-    assert "Dice" in out and str(tmp_path / "d") in out
-    m = nib.load(tmp_path / "d" / "phantom4d_mask.nii.gz")
-    assert m.shape == (40, 48, 40, 2)
-    with gzip.open(tmp_path / "d" / "phantom3d_mask.nii.gz") as f:
-        assert len(f.read()) > 0
-    assert (tmp_path / "d" / "phantom3d_mask.json").exists()
+    rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert len(rows) == 3  # one 3D volume and two 4D volumes
+    ph = {"phantom3d": phantom((40, 48, 40), seed=0), "phantom4d": phantom((40, 48, 40), n_volumes=2, seed=0)}
+    got = []
+    for name, p in ph.items():
+        mask = np.asanyarray(nib.load(d / f"{name}_mask.nii.gz").dataobj).astype(bool)
+        x = p.intensity
+        c = p.classes
+        truth = np.isin(p.labels, (c["grey_matter"], c["white_matter"], c["scalp"]))
+        for i in range(1 if mask.ndim == 3 else mask.shape[3]):
+            m = mask if mask.ndim == 3 else mask[..., i]
+            xi = x if x.ndim == 3 else x[..., i]
+            np.testing.assert_array_equal(m, xi > threshold_otsu(xi))  # Otsu per volume, as skimage
+            dice = 2 * np.sum(m & truth) / (m.sum() + truth.sum())
+            got.append((int(m.sum()), int(truth.sum()), dice))
+    for (_, _, fg, tr, dice, _), (fg_ref, tr_ref, dice_ref) in zip(rows, got, strict=True):
+        assert (int(fg), int(tr)) == (fg_ref, tr_ref)
+        assert float(dice) == pytest.approx(dice_ref, abs=5e-5)
+        assert dice_ref > 0.8  # Otsu finds the bright T1 classes of the phantom
+    assert "files in" in out and re.search(r"\(\d+\.\d s\)", out)
 
 
 def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):

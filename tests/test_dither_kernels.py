@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from volbin import _dither_kernels as dk
-from volbin.dither import ordered
 from volbin._kernels import seed_key
+from volbin.dither import ordered
 
 
 def _load_reference():

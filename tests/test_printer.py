@@ -15,9 +15,9 @@ from PIL import Image
 
 import volbin
 from volbin.cli import main
+from volbin.dither.quality import dither_error
 from volbin.errors import OutputFileError, VolbinDataError
 from volbin.printer import export_slices, print_grid
-from volbin.dither.quality import dither_error
 from volbin.resample import resample_to_grid
 from volbin.volume import Volume
 
@@ -191,7 +191,9 @@ def test_3d_resumes_from_a_checkpoint_with_the_same_bytes(tmp_path, head_vol):
     state = tmp_path / "part" / ".volbin-export"
     assert sorted(p.name for p in state.glob("carry_*.npy")) == ["carry_000016.npy"]
     (tmp_path / "part" / "layer_00020.png").unlink()  # as if stopped while writing it
-    rest = export_slices(head_vol, tmp_path / "part", dpi=DPI, layer=LAYER, scope="volume", checkpoint_every=8)
+    rest = export_slices(
+        head_vol, tmp_path / "part", dpi=DPI, layer=LAYER, scope="volume", checkpoint_every=8
+    )
     assert rest.written == list(range(20, 58)) and rest.complete
     assert _bytes(tmp_path / "part") == _bytes(tmp_path / "whole")
     assert not list(state.glob("carry_*.npy"))  # removed once the stack is complete

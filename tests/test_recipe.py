@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from volbin.recipe import CURVES, METHODS, RESCALE_METHODS, Recipe
-from volbin.recipe import unused_options
+from volbin.recipe import CURVES, METHODS, RESCALE_METHODS, Recipe, unused_options
+
 
 def used(kw: dict, method: str = "otsu") -> dict:
     """`kw` without the options `method` does not use (volbin refuses those)."""
@@ -122,26 +122,28 @@ def recipes(draw) -> Recipe:
     return Recipe(
         **used(
             dict(
-        method=method,
-        scope=draw(st.sampled_from(["stack", "volume", "slice"])),
-        axis=draw(st.sampled_from(["x", "y", "z", 0, 1, 2])),
-        rescale=rescale,
-        percentiles=(p_lo, draw(st.floats(p_lo + 0.5, 100))),
-        value_range=value_range,
-        curve=draw(st.sampled_from(CURVES)),
-        gamma=draw(st.floats(1e-3, 1e3)),
-        log_gain=draw(st.floats(1e-3, 1e6)),
-        threshold=draw(finite) if method == "value" else None,
-        units=draw(st.sampled_from(["rescaled", "raw"])),
-        nbins=draw(st.integers(2, 2**16)),
-        seed=draw(st.integers(0, 2**64 - 1)),
-        kernel=kernel,
-        serpentine=draw(st.booleans()),
-        jitter=draw(st.floats(0, 1)),
-        upsample=up,
-        matrix=2 ** draw(st.integers(1, 6)),
-        pattern=draw(st.sampled_from(["bayer", "blue-noise"])),
-        extra=draw(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3)),
+                method=method,
+                scope=draw(st.sampled_from(["stack", "volume", "slice"])),
+                axis=draw(st.sampled_from(["x", "y", "z", 0, 1, 2])),
+                rescale=rescale,
+                percentiles=(p_lo, draw(st.floats(p_lo + 0.5, 100))),
+                value_range=value_range,
+                curve=draw(st.sampled_from(CURVES)),
+                gamma=draw(st.floats(1e-3, 1e3)),
+                log_gain=draw(st.floats(1e-3, 1e6)),
+                threshold=draw(finite) if method == "value" else None,
+                units=draw(st.sampled_from(["rescaled", "raw"])),
+                nbins=draw(st.integers(2, 2**16)),
+                seed=draw(st.integers(0, 2**64 - 1)),
+                kernel=kernel,
+                serpentine=draw(st.booleans()),
+                jitter=draw(st.floats(0, 1)),
+                upsample=up,
+                matrix=2 ** draw(st.integers(1, 6)),
+                pattern=draw(st.sampled_from(["bayer", "blue-noise"])),
+                extra=draw(
+                    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3)
+                ),
             ),
             method,
         )

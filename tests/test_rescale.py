@@ -13,10 +13,10 @@ from skimage import exposure
 
 import volbin
 from volbin.errors import VolbinDataError, VolbinWarning
-from volbin.recipe import CURVES, RESCALE_METHODS, Recipe
+from volbin.recipe import CURVES, RESCALE_METHODS, Recipe, unused_options
 from volbin.rescale import fit_transform
 from volbin.volume import Volume
-from volbin.recipe import unused_options
+
 
 def used(kw: dict, method: str = "otsu") -> dict:
     """`kw` without the options `method` does not use (volbin refuses those)."""
@@ -84,7 +84,11 @@ def test_minmax_per_group_equals_loop(scope, axis, volume_axis):
     x = rng.gamma(2.0, size=shape) * (1 + np.arange(shape[volume_axis])).reshape(
         [-1 if a == volume_axis else 1 for a in range(4)]
     )
-    r = volbin.rescale(x, scope=scope, axis=axis, volume_axis=volume_axis) if scope == "slice" else volbin.rescale(x, scope=scope, volume_axis=volume_axis)
+    r = (
+        volbin.rescale(x, scope=scope, axis=axis, volume_axis=volume_axis)
+        if scope == "slice"
+        else volbin.rescale(x, scope=scope, volume_axis=volume_axis)
+    )
     expected = np.empty(shape, np.float32)
     for idx in loop_groups(x, scope, volume_axis, axis):
         expected[idx] = minmax_ref(x[idx])

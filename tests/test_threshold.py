@@ -15,11 +15,11 @@ from skimage import filters
 
 import volbin
 from volbin.errors import VolbinDataError, VolbinWarning
-from volbin.recipe import HISTOGRAM_METHODS, Recipe
+from volbin.recipe import HISTOGRAM_METHODS, Recipe, unused_options
 from volbin.rescale import fit_transform
 from volbin.threshold import decide
 from volbin.volume import Volume
-from volbin.recipe import unused_options
+
 
 def used(kw: dict, method: str = "otsu") -> dict:
     """`kw` without the options `method` does not use (volbin refuses those)."""

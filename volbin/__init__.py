@@ -71,8 +71,8 @@ if TYPE_CHECKING:
     from .printer import export_slices
     from .recipe import Recipe
     from .report import describe, dice
-    from .resample import resample_to_grid, upsample
     from .report_html import write_index_html
+    from .resample import resample_to_grid, upsample
     from .rescale import rescale
     from .threshold import threshold
     from .volume import Grouping, Volume

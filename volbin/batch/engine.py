@@ -171,7 +171,7 @@ def process_one(
                 # The old image and sidecar (if any) stay until the new ones are renamed
                 # over them, image first: an interrupted overwrite leaves a sidecar that
                 # no longer matches, which the next run redoes.
-                save(mask, output, force=True, extra={"batch": {"volume_axis": volume_axis}})
+                save(mask, output, force=True, sidecar={"batch": {"volume_axis": volume_axis}})
                 del vol, mask  # drops the decompressed copy of a .nii.gz now
             result.status = "done"
             result.note = reason if state == "stale" else None

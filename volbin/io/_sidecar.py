@@ -141,7 +141,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> import os, tempfile
     >>> from volbin.io import save
     >>> tmp = tempfile.TemporaryDirectory()
-    >>> p = save(np.zeros((2, 2, 2), np.uint8), os.path.join(tmp.name, "z.npy"), extra={"seed": 1})
+    >>> p = save(np.zeros((2, 2, 2), np.uint8), os.path.join(tmp.name, "z.npy"), sidecar={"seed": 1})
     >>> read_sidecar(p)["seed"]
     1
     >>> tmp.cleanup()

@@ -103,7 +103,6 @@ def save(
     dtype: str | np.dtype | None = None,
     sidecar: bool | Mapping[str, Any] = True,
     compress_level: int | None = None,
-    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a volume to ``.nii``, ``.nii.gz``, ``.npy`` or zarr, streamed and atomically.
 
@@ -124,11 +123,10 @@ def save(
     sidecar : bool or dict, optional
         Write a JSON sidecar beside the output (see `sidecar_path`) with the volbin version,
         creation time, input identity, output (path, format, shape, dtype, SHA-256 of the
-        file's bytes; no hash for zarr) and the steps applied.  A dict is merged into it.
+        file's bytes; no hash for zarr) and the steps applied.  A dict is written too: its
+        top-level fields are merged into the sidecar (e.g. ``{"batch": {...}}``).
     compress_level : int, optional
         gzip level for ``.nii.gz``: 0-3 (isal's levels; all write standard gzip).  Default 1.
-    extra : dict, optional
-        Merged into the sidecar (e.g. the recipe and the thresholds used).
 
     Returns
     -------
@@ -220,7 +218,6 @@ def save(
                 "output": output,
                 "steps": list(vol.steps),
             }
-            record.update(extra or {})
             if isinstance(sidecar, Mapping):
                 record.update(sidecar)
             side_tmp = temp_path(side)
