@@ -8,13 +8,13 @@ NaN and ±Inf voxels are always 0.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import dask.array as da
 import numpy as np
 
 from . import _kernels as K
-from .recipe import DITHER_METHODS, HISTOGRAM_METHODS, Recipe, merge
+from .recipe import DITHER_METHODS, HISTOGRAM_METHODS, Method, Recipe, merge
 from .rescale import Transform, fit_transform
 from .threshold import decide
 from .volume import Grouping, Volume, as_volume, like_input
@@ -80,9 +80,38 @@ def stochastic_graph(data: da.Array, tr: Transform, seed: int, volume_axis: int 
     return da.map_blocks(run, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
 
 
+@overload
+def binarize(
+    volume: np.ndarray,
+    method: Method | None = ...,
+    *,
+    recipe: Recipe | None = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> np.ndarray: ...
+@overload
+def binarize(
+    volume: da.Array,
+    method: Method | None = ...,
+    *,
+    recipe: Recipe | None = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> da.Array: ...
+@overload
+def binarize(
+    volume: Volume,
+    method: Method | None = ...,
+    *,
+    recipe: Recipe | None = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> Volume: ...
+
+
 def binarize(
     volume: Any,
-    method: str | None = None,
+    method: Method | None = None,
     *,
     recipe: Recipe | None = None,
     volume_axis: int | None = None,

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -23,19 +23,36 @@ __all__ = [
     "METHODS",
     "RESCALE_METHODS",
     "SCOPES",
+    "Curve",
+    "DitherMethod",
+    "HistogramMethod",
+    "Method",
     "Recipe",
+    "RescaleMethod",
+    "Scope",
+    "Units",
     "merge",
     "unused_options",
 ]
 
-RESCALE_METHODS = ("minmax", "percentile", "fixed", "dtype", "none")
-CURVES = ("linear", "gamma", "log", "equalize")
+#: The names each option takes, as `Literal` types for the API's signatures and as tuples
+#: (``get_args``) for validation and the command line's choices.
+RescaleMethod = Literal["minmax", "percentile", "fixed", "dtype", "none"]
+Curve = Literal["linear", "gamma", "log", "equalize"]
 #: Threshold methods computed from per-group histograms (plus `mean`, from exact sums).
-HISTOGRAM_METHODS = ("otsu", "yen", "isodata", "li", "minimum", "triangle", "mean")
-DITHER_METHODS = ("dither", "ordered")
-METHODS = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
-SCOPES = ("stack", "volume", "slice")
-UNITS = ("rescaled", "raw")
+HistogramMethod = Literal["otsu", "yen", "isodata", "li", "minimum", "triangle", "mean"]
+DitherMethod = Literal["dither", "ordered"]
+Method = Literal[HistogramMethod, "value", "stochastic", DitherMethod]
+Scope = Literal["stack", "volume", "slice"]
+Units = Literal["rescaled", "raw"]
+
+RESCALE_METHODS: tuple[str, ...] = get_args(RescaleMethod)
+CURVES: tuple[str, ...] = get_args(Curve)
+HISTOGRAM_METHODS: tuple[str, ...] = get_args(HistogramMethod)
+DITHER_METHODS: tuple[str, ...] = get_args(DitherMethod)
+METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
+SCOPES: tuple[str, ...] = get_args(Scope)
+UNITS: tuple[str, ...] = get_args(Units)
 
 
 def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None) -> list[tuple[str, str]]:
@@ -297,7 +314,8 @@ def merge(recipe: Recipe | None, options: Mapping[str, Any], method: str | None 
     build one (method default ``otsu``).
     """
     if recipe is None:
-        return Recipe(**({"method": method} if method else {}), **options)
+        fields: dict[str, Any] = {"method": method} if method else {}
+        return Recipe(**fields, **options)
     if not isinstance(recipe, Recipe):
         raise TypeError(f"`recipe` must be a volbin.Recipe; got {type(recipe).__name__}.")
     if method is None and not options:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import dask.array as da
 import numpy as np
 
 from .errors import VolbinDataError, VolbinWarning
 from .histogram import fine_nbins, group_histograms, group_range, percentiles_from_hist
-from .recipe import HISTOGRAM_METHODS, Recipe
+from .recipe import HISTOGRAM_METHODS, Curve, Recipe, RescaleMethod, Scope
 from .volume import Grouping, Volume, as_volume, like_input
 
 __all__ = ["Transform", "fit_transform", "rescale"]
@@ -324,16 +324,60 @@ def _equalize_tables(
     return edges, cdf
 
 
+@overload
+def rescale(
+    volume: np.ndarray,
+    method: RescaleMethod = ...,
+    *,
+    percentiles: tuple[float, float] = ...,
+    value_range: tuple[float, float] | None = ...,
+    curve: Curve = ...,
+    gamma: float = ...,
+    log_gain: float = ...,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    volume_axis: int | None = ...,
+) -> np.ndarray: ...
+@overload
+def rescale(
+    volume: da.Array,
+    method: RescaleMethod = ...,
+    *,
+    percentiles: tuple[float, float] = ...,
+    value_range: tuple[float, float] | None = ...,
+    curve: Curve = ...,
+    gamma: float = ...,
+    log_gain: float = ...,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    volume_axis: int | None = ...,
+) -> da.Array: ...
+@overload
+def rescale(
+    volume: Volume,
+    method: RescaleMethod = ...,
+    *,
+    percentiles: tuple[float, float] = ...,
+    value_range: tuple[float, float] | None = ...,
+    curve: Curve = ...,
+    gamma: float = ...,
+    log_gain: float = ...,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    volume_axis: int | None = ...,
+) -> Volume: ...
+
+
 def rescale(
     volume: Any,
-    method: str = "minmax",
+    method: RescaleMethod = "minmax",
     *,
     percentiles: tuple[float, float] = (1.0, 99.0),
     value_range: tuple[float, float] | None = None,
-    curve: str = "linear",
+    curve: Curve = "linear",
     gamma: float = 1.0,
     log_gain: float = 9.0,
-    scope: str = "volume",
+    scope: Scope = "volume",
     axis: str | int = "z",
     volume_axis: int | None = None,
 ) -> Any:

@@ -20,7 +20,7 @@ from skimage import filters
 
 from .errors import VolbinDataError
 from .histogram import group_histograms, group_histograms_with_offsets
-from .recipe import HISTOGRAM_METHODS, Recipe
+from .recipe import HISTOGRAM_METHODS, HistogramMethod, Recipe, RescaleMethod, Scope, Units
 from .rescale import Transform, fit_transform
 from .volume import Grouping, Volume, as_volume
 
@@ -230,13 +230,13 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
 
 def threshold(
     volume: Any,
-    method: str = "otsu",
+    method: HistogramMethod = "otsu",
     *,
-    scope: str = "volume",
+    scope: Scope = "volume",
     axis: str | int = "z",
     nbins: int = 256,
-    rescale: str = "minmax",
-    units: str = "raw",
+    rescale: RescaleMethod = "minmax",
+    units: Units = "raw",
     volume_axis: int | None = None,
     **options: Any,
 ) -> float | np.ndarray:

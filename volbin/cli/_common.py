@@ -277,7 +277,7 @@ def add_recipe_args(
     )
     for name in fields or tuple(RECIPE_FLAGS):
         flag, kw = RECIPE_FLAGS[name]
-        dest = {"dest": name} if flag[2:].replace("-", "_") != name else {}
+        dest: dict[str, Any] = {"dest": name} if flag[2:].replace("-", "_") != name else {}
         g.add_argument(flag, **dest, **kw)
 
 

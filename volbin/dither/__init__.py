@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, overload
 
 import dask
 import dask.array as da
@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import _dither_kernels as DK
 from .._kernels import seed_key
-from ..recipe import Recipe
+from ..recipe import Recipe, Scope
 from ..rescale import apply_transform, fit_transform
 from ..volume import Volume, as_volume, like_input
 
@@ -308,15 +308,59 @@ def dither_volume(vol: Volume, recipe: Recipe) -> Volume:
     if tr.n_nonfinite.any() and rescaled.shape == vol.shape:
         finite = da.isfinite(vol.data)
         out = da.where(finite, out, np.uint8(0))
-    out = out.map_blocks(lambda b: b.view(bool), dtype=bool, meta=np.empty((0,) * out.ndim, bool))
+    out = da.map_blocks(lambda b: b.view(bool), out, dtype=bool, meta=np.empty((0,) * out.ndim, bool))
     return dataclasses.replace(rescaled.derive(out, step), steps=(*vol.steps, step))
+
+
+@overload
+def dither(
+    volume: np.ndarray,
+    kernel: Any = ...,
+    *,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    serpentine: bool = ...,
+    jitter: float = ...,
+    seed: int = ...,
+    upsample: Any = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> np.ndarray: ...
+@overload
+def dither(
+    volume: da.Array,
+    kernel: Any = ...,
+    *,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    serpentine: bool = ...,
+    jitter: float = ...,
+    seed: int = ...,
+    upsample: Any = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> da.Array: ...
+@overload
+def dither(
+    volume: Volume,
+    kernel: Any = ...,
+    *,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    serpentine: bool = ...,
+    jitter: float = ...,
+    seed: int = ...,
+    upsample: Any = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> Volume: ...
 
 
 def dither(
     volume: Any,
     kernel: Any = "floyd-steinberg",
     *,
-    scope: str = "slice",
+    scope: Scope = "slice",
     axis: str | int = "z",
     serpentine: bool = False,
     jitter: float = 0.0,
