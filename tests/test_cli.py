@@ -313,3 +313,78 @@ def test_input_sidecar_is_never_replaced(tmp_path, capsys):
     assert main(["binarize", str(src), str(tmp_path / "sub-01_T1w.npy"), "--force"]) == 1
     assert "sidecar" in capsys.readouterr().err
     assert json.loads(bids.read_text()) == {"RepetitionTime": 2.3}
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--method", "otsu", "--upsample", "2"], "--upsample is not used by --method otsu"),
+        (["--method", "otsu", "--kernel", "stucki"], "--kernel is not used by --method otsu"),
+        (["--method", "otsu", "--kernel", "floyd-steinberg"], "--kernel is not used by --method otsu"),
+        (["--method", "otsu", "--threshold", "0.3"], "--threshold is not used by --method otsu"),
+        (["--percentiles", "2", "98"], "--percentiles is not used by --rescale minmax"),
+        (["--method", "dither", "--seed", "3"], "--seed is not used by --method dither"),
+        (["--method", "li", "--axis", "y"], "--axis is not used by --scope volume"),
+        (["--curve", "gamma"], "--curve gamma needs --gamma"),
+        (["--gamma", "0.5"], "--gamma is not used by --curve linear"),
+    ],
+)
+def test_options_the_method_does_not_use_are_usage_errors(brain, tmp_path, capsys, flags, named):
+    src, _ = brain
+    out = tmp_path / "o.nii"
+    assert main(["binarize", str(src), str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "o.json").exists()
+
+
+def test_a_recipe_file_with_options_of_another_method_is_merged(brain, tmp_path):
+    src, _ = brain
+    a, b = tmp_path / "a.nii", tmp_path / "b.nii"
+    assert (
+        main(
+            [
+                "binarize",
+                str(src),
+                str(a),
+                "--method",
+                "dither",
+                "--jitter",
+                "0.2",
+                "--seed",
+                "3",
+                "--no-quality",
+            ]
+        )
+        == 0
+    )
+    # The sidecar's dither options do not apply to Otsu: they are dropped, not refused.
+    assert main(["binarize", str(src), str(b), "--recipe", str(tmp_path / "a.json"), "--method", "otsu"]) == 0
+    rec = json.loads((tmp_path / "b.json").read_text())["steps"][-1]["recipe"]
+    assert rec["method"] == "otsu" and rec["jitter"] == 0.0 and rec["seed"] == 0
+
+
+def test_a_mistyped_flag_suggests_the_closest(brain, tmp_path, capsys):
+    src, _ = brain
+    assert main(["binarize", str(src), str(tmp_path / "o.nii"), "--methd", "otsu"]) == 2
+    assert "did you mean --method" in capsys.readouterr().err
+
+
+def test_python_dash_m_volbin_runs_the_command_line():
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "volbin", "--version"], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0 and r.stdout.startswith("volbin ")
+
+
+def test_api_refuses_an_option_the_method_does_not_use():
+    import volbin
+
+    x = np.random.default_rng(0).random((8, 9, 10))
+    with pytest.raises(ValueError, match="`kernel` is not used by method='otsu'"):
+        volbin.binarize(x, "otsu", kernel="stucki")
+    with pytest.raises(ValueError, match="`percentiles` is not used by rescale='minmax'"):
+        volbin.rescale(x, percentiles=(2, 98))

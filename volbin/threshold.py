@@ -30,7 +30,9 @@ Hist = tuple[np.ndarray, np.ndarray]
 
 
 def _li(hist: Hist, means: np.ndarray | None = None) -> float:
-    """Li's minimum cross entropy threshold (scikit-image's iteration) on a histogram.
+    """Li's minimum cross entropy threshold (Li & Lee 1993; Li & Tam 1998) on a histogram.
+
+    The iteration is scikit-image's ``threshold_li`` (BSD-3-Clause), on histogram sums.
 
     Like scikit-image, values are shifted so that the minimum (the histogram's left edge) is
     0 and the iteration starts from the mean.  Class means come from the mean value of each
@@ -78,7 +80,11 @@ def _li(hist: Hist, means: np.ndarray | None = None) -> float:
 
 
 def _triangle(hist: Hist) -> float:
-    """The triangle threshold (Zack et al. 1977) on a histogram, as scikit-image does it."""
+    """The triangle threshold (Zack et al. 1977) on a histogram.
+
+    This follows scikit-image's ``threshold_triangle`` line by line (BSD-3-Clause,
+    skimage/filters/thresholding.py), on a histogram instead of an image.
+    """
     counts, centers = hist
     counts = np.asarray(counts, dtype=np.float64)
     nbins = len(counts)
@@ -269,6 +275,25 @@ def threshold(
         An unknown `method` or `units`, or a bad option value (the message names it).
     VolbinDataError
         No finite voxel in a volume (or the stack), or a method that fails on a histogram.
+
+    References
+    ----------
+    .. [1] N. Otsu, "A threshold selection method from gray-level histograms", IEEE Trans.
+       Systems, Man, and Cybernetics 9(1):62-66, 1979 (``otsu``).
+    .. [2] C. H. Li and C. K. Lee, "Minimum cross entropy thresholding", Pattern Recognition
+       26(4):617-625, 1993; C. H. Li and P. K. S. Tam, "An iterative algorithm for minimum
+       cross entropy thresholding", Pattern Recognition Letters 18(8):771-776, 1998 (``li``).
+    .. [3] J. C. Yen, F. J. Chang and S. Chang, "A new criterion for automatic multilevel
+       thresholding", IEEE Trans. Image Processing 4(3):370-378, 1995 (``yen``).
+    .. [4] T. W. Ridler and S. Calvard, "Picture thresholding using an iterative selection
+       method", IEEE Trans. Systems, Man, and Cybernetics 8:630-632, 1978 (``isodata``).
+    .. [5] G. W. Zack, W. E. Rogers and S. A. Latt, "Automatic measurement of sister
+       chromatid exchange frequency", J. Histochemistry and Cytochemistry 25(7):741-753,
+       1977 (``triangle``).
+    .. [6] J. M. S. Prewitt and M. L. Mendelsohn, "The analysis of cell images", Annals of
+       the New York Academy of Sciences 128:1035-1053, 1966 (``minimum``).
+    .. [7] C. A. Glasbey, "An analysis of histogram-based thresholding algorithms", CVGIP:
+       Graphical Models and Image Processing 55:532-537, 1993 (``mean``).
 
     Examples
     --------

@@ -35,11 +35,21 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         raise UsageError(message + self._suggestion(message))
 
+    def _known_flags(self) -> set[str]:
+        """This parser's long flags and its subcommands' (argparse reports unknown flags of a
+        subcommand from the top-level parser)."""
+        flags = {s for a in self._actions for s in a.option_strings if s.startswith("--")}
+        for a in self._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    flags |= sub._known_flags() if isinstance(sub, Parser) else set()
+        return flags
+
     def _suggestion(self, message: str) -> str:
         prefix = "unrecognized arguments: "
         if not message.startswith(prefix):
             return ""
-        known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        known = sorted(self._known_flags())
         hints = []
         for arg in message[len(prefix) :].split():
             flag = arg.split("=", 1)[0]
@@ -324,6 +334,8 @@ def recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Recipe:
     for name, _ in unused_options(merged, tuple(base)):
         if name not in given and name not in fixed:
             del merged[name]  # from the file, for another method
+    if merged.get("curve") == "gamma" and "gamma" not in merged:
+        raise UsageError("--curve gamma needs --gamma G (the exponent; 1 would change nothing)")
     refused = [(n, why) for n, why in unused_options(merged, tuple(given)) if n not in fixed]
     if refused:
         raise UsageError(

@@ -401,6 +401,21 @@ def dither(
     -------
     binary : same kind as `volume`, bool
 
+    References
+    ----------
+    .. [1] R. W. Floyd and L. Steinberg, "An adaptive algorithm for spatial grey scale",
+       Proc. Society for Information Display 17(2):75-77, 1976.
+    .. [2] J. F. Jarvis, C. N. Judice and W. H. Ninke, "A survey of techniques for the
+       display of continuous tone pictures on bilevel displays", Computer Graphics and
+       Image Processing 5(1):13-40, 1976.
+    .. [3] P. Stucki, "MECCA - a multiple-error correcting computation algorithm for bilevel
+       image hardcopy reproduction", IBM Research Report RZ1060, 1981.
+    .. [4] B. Atkinson's kernel, from the Apple Macintosh's HyperScan (1987), as documented
+       by T. Helland, "Image dithering: eleven algorithms and source code", 2012; Burkes'
+       and F. Sierra's kernels from the same source.
+    .. [5] R. Ulichney, "Digital Halftoning", MIT Press, 1987 (serpentine scans, error
+       diffusion's artefacts).
+
     Examples
     --------
     >>> import numpy as np, volbin

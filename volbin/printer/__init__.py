@@ -8,9 +8,8 @@ thread.  A run that stops leaves only whole files; running it again writes only 
 layers, with the same bytes (volumetric diffusion restarts from a saved carry buffer).
 Label maps give one stack per label, every printer voxel holding at most one material.
 
-The layer loop and PNG writer live in `_printer_layers`, the manifest, lock and resume state
-in `_printer_state`, the command in `_printer_cli`; the names they export are importable from
-here too.
+The layer loop and PNG writer live in `layers`, the manifest, lock and resume state in
+`state`; the command is `volbin.cli.export`.
 """
 
 from __future__ import annotations
