@@ -388,3 +388,19 @@ def test_api_refuses_an_option_the_method_does_not_use():
         volbin.binarize(x, "otsu", kernel="stucki")
     with pytest.raises(ValueError, match="`percentiles` is not used by rescale='minmax'"):
         volbin.rescale(x, percentiles=(2, 98))
+
+
+def test_binarize_preview_writes_a_png_named_in_the_sidecar(brain, tmp_path):
+    from PIL import Image
+
+    src, _ = brain
+    out = tmp_path / "m.nii.gz"
+    assert main(["binarize", str(src), str(out), "--method", "otsu", "--preview", "--no-progress"]) == 0
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["preview"] == "m.png"
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.format == "PNG" and img.width > 200
+    assert main(["preview", str(src), "--mask", str(out), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert main(["preview", str(src), "--out", str(tmp_path / "p.png")]) == 1  # exists: refused
+    assert main(["preview", str(src), "--axis", "x"]) == 2  # --axis without --slices

@@ -1,6 +1,6 @@
 """The `volbin` command line: flags -> Recipe -> the Python API.
 
-One module per command (`binarize`, `info`, `demo`, `batch`, `convert`, `export`), each with
+One module per command (`binarize`, `info`, `demo`, `batch`, `convert`, `export`, `preview`), each with
 ``add_parser(subparsers)`` and ``run(args) -> int``; `_common` holds what they share.  No
 logic lives here that the API lacks.  Errors reach the user as one line and an exit code
 (2 for usage, 1 for bad data or files); ``--debug`` shows the traceback.  Nothing heavy is
@@ -14,13 +14,13 @@ import sys
 import textwrap
 from typing import Any
 
-from . import batch, binarize, convert, demo, export, info
+from . import batch, binarize, convert, demo, export, info, preview
 from ._common import EXIT_DATA, EXIT_OK, EXIT_USAGE, Parser, UsageError
 
 __all__ = ["build_parser", "main"]
 
 #: The commands, in the order of ``volbin --help``.
-COMMANDS = (demo, info, binarize, batch, convert, export)
+COMMANDS = (demo, info, binarize, batch, convert, export, preview)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
               volbin batch INPUTS --out-dir DIR   binarize many volumes on a dask cluster, resumably
               volbin convert IN OUT               convert between NIfTI, .npy and zarr
               volbin export-slices IN OUT_DIR     dithered 1-bit PNG layers for a bitmap 3D printer
+              volbin preview IN [--mask M]        a PNG of slices, overlays and the histogram
             'volbin COMMAND --help' shows each command's options and examples."""),
     )
     parser.add_argument("--version", action="version", version=f"volbin {__version__}")

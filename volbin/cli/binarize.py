@@ -49,6 +49,12 @@ def add_parser(sub: Any) -> None:
         help="skip measuring the rendering error of stochastic/dither/ordered outputs "
         "(by default it is printed and stored in the sidecar)",
     )
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write OUT's name with .png: the input's slices with the mask over them and the "
+        "histogram with the thresholds (named in the sidecar)",
+    )
     add_recipe_args(p)
     add_common(p)
     p.set_defaults(func=run)
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         quality = None
         if recipe.method in RENDERING_METHODS and not args.no_quality:
             quality = _record_quality(path, args, cb, recipe)
+        png = _write_preview(path, args, out, recipe) if args.preview else None
     dec = out.steps[-1].get("decision", {})
     t = dec.get("threshold_raw")
     msg = f"wrote {path} ({recipe.method}, scope {recipe.scope}"
@@ -84,12 +91,42 @@ def run(args: argparse.Namespace) -> int:
             msg += f", {len(t)} thresholds {min(finite):.6g}..{max(finite):.6g}"
     msg += f") in {time.perf_counter() - t0:.2f} s"
     print(msg)
+    if png is not None:
+        print(f"wrote {png}")
     if quality is not None:
         print(
             f"quality: blurred RMS error {quality['blurred_rms']:.4f} (sigma {quality['sigma']:g} voxel, "
             f"per {quality['scope']}), mean density error {quality['mean_density_error']:+.2e}"
         )
     return EXIT_OK
+
+
+def _write_preview(path: Path, args: argparse.Namespace, out: Any, recipe: Any) -> Path:
+    """The preview PNG beside the output (``m.nii.gz`` -> ``m.png``), named in its sidecar."""
+    from ..formats import image_ext
+    from ..io import update_sidecar
+    from ..preview import preview
+
+    png = path.with_name(path.name[: len(path.name) - len(image_ext(path.name) or "")] + ".png")
+    if recipe.method in RENDERING_METHODS:
+        preview(path, out=png, force=args.force, dithered=True, volume_axis=args.volume_axis)
+    else:
+        t = out.steps[-1].get("decision", {}).get("threshold_raw")
+        thresholds: Any = None  # per slice: too many lines to draw
+        if isinstance(t, float):
+            thresholds = t
+        elif isinstance(t, list) and recipe.scope == "volume":
+            thresholds = {i: v for i, v in enumerate(t) if isinstance(v, float)}
+        preview(
+            args.input,
+            mask=path,
+            thresholds=thresholds,
+            out=png,
+            force=args.force,
+            volume_axis=args.volume_axis,
+        )
+    update_sidecar(path, preview=png.name)
+    return png
 
 
 def _record_quality(path: Path, args: argparse.Namespace, cb: int | None, recipe: Any) -> dict[str, Any]:
