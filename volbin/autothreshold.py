@@ -94,11 +94,23 @@ def _split_candidates(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float
     return cum, t, total
 
 
+def _first_best(values: np.ndarray, maximize: bool) -> int:
+    """Index of the first value within rounding (1e-12 relative) of the optimum.
+
+    Sparse histograms often give exact ties (mirror-image splits); the lowest bin wins them
+    whatever the rounding of the sums, as in ImageJ's and ITK's loops.
+    """
+    best = values.max() if maximize else values.min()
+    tol = 1e-12 * max(1.0, abs(float(best)))
+    near = values >= best - tol if maximize else values <= best + tol
+    return int(np.argmax(near))
+
+
 def _blocked_argmin(n_rows: int, n_cols: int, row_values: Callable[[slice], np.ndarray]) -> int:
     """First row index minimising `row_values`, computed in blocks of rows (bounded memory)."""
     step = max(1, _BLOCK // max(n_cols, 1))
     values = np.concatenate([row_values(slice(a, min(a + step, n_rows))) for a in range(0, n_rows, step)])
-    return int(np.argmin(values))
+    return _first_best(values, maximize=False)
 
 
 def threshold_huang(image: Any = None, nbins: int = 256, *, hist: Any = None) -> float:
@@ -425,8 +437,9 @@ def threshold_max_entropy(image: Any = None, nbins: int = 256, *, hist: Any = No
 
     Notes
     -----
-    As ImageJ's "MaxEntropy" (the first maximum).  ITK's calculator moves to a later bin
-    only for a gain above 1e-5, so on near-ties it may keep an earlier bin.
+    As ImageJ's "MaxEntropy": the first maximum (ties, common in sparse histograms, go to
+    the lowest bin).  ITK's calculator moves to a later bin only for a gain above 1e-5, so
+    on near-ties it may keep an earlier bin.
 
     References
     ----------
@@ -444,7 +457,7 @@ def threshold_max_entropy(image: Any = None, nbins: int = 256, *, hist: Any = No
     """
     counts, centers = _histogram(image, nbins, hist, "max-entropy")
     t, p, p1, p2 = _entropies(counts)
-    return float(centers[t[np.argmax(_kapur(p, p1, p2, t))]])
+    return float(centers[t[_first_best(_kapur(p, p1, p2, t), maximize=True)]])
 
 
 def threshold_renyi_entropy(image: Any = None, nbins: int = 256, *, hist: Any = None) -> float:
@@ -480,8 +493,10 @@ def threshold_renyi_entropy(image: Any = None, nbins: int = 256, *, hist: Any = 
     As ImageJ's "RenyiEntropy" and ITK's calculator:
     ``t = t1 (P(t1) + w b1 / 4) + t2 w b2 / 4 + t3 (1 - P(t3) + w b3 / 4)`` with
     ``w = P(t3) - P(t1)``, ``P`` the cumulative fraction, and ``(b1, b2, b3)`` ``(1, 2, 1)``,
-    ``(0, 1, 3)`` or ``(3, 1, 0)``; the bin index is truncated.  The 5-bin closeness test
-    is in bins, so the result depends a little on the bin count.
+    ``(0, 1, 3)`` or ``(3, 1, 0)``; the bin index is truncated.  When ``t1 = t2 = t3 = t``
+    this gives ``t``, where rounding of ``t (P + (1 - P))`` makes ITK give ``t - 1`` at
+    times.  Ties among maxima go to the lowest bin.  The 5-bin closeness test is in bins,
+    so the result depends a little on the bin count.
 
     References
     ----------
@@ -502,9 +517,9 @@ def threshold_renyi_entropy(image: Any = None, nbins: int = 256, *, hist: Any = 
     counts, centers = _histogram(image, nbins, hist, "renyi-entropy")
     t, p, p1, p2 = _entropies(counts)
     found = [
-        int(t[np.argmax(_renyi(p, p1, p2, t, 0.5))]),
-        int(t[np.argmax(_kapur(p, p1, p2, t))]),
-        int(t[np.argmax(_renyi(p, p1, p2, t, 2.0))]),
+        int(t[_first_best(_renyi(p, p1, p2, t, 0.5), maximize=True)]),
+        int(t[_first_best(_kapur(p, p1, p2, t), maximize=True)]),
+        int(t[_first_best(_renyi(p, p1, p2, t, 2.0), maximize=True)]),
     ]
     t1, t2, t3 = sorted(found)
     near12, near23 = t2 - t1 <= 5, t3 - t2 <= 5
@@ -518,7 +533,8 @@ def threshold_renyi_entropy(image: Any = None, nbins: int = 256, *, hist: Any = 
         + 0.25 * t2 * omega * beta[1]
         + t3 * (p2[t3] + 0.25 * omega * beta[2])
     )
-    return float(centers[min(int(opt), counts.size - 1)])
+    # Truncated as in ImageJ and ITK; the allowance keeps t1 = t2 = t3 = t at t despite rounding.
+    return float(centers[min(int(opt + 1e-9), counts.size - 1)])
 
 
 def threshold_moments(image: Any = None, nbins: int = 256, *, hist: Any = None) -> float:
@@ -527,7 +543,7 @@ def threshold_moments(image: Any = None, nbins: int = 256, *, hist: Any = None) 
     The threshold splits the histogram so that a two-valued image with the same first three
     moments has the same fraction ``p0`` of voxels at its lower value.  With the skewness
     ``g`` of the histogram, ``p0 = (1 + g / sqrt(g**2 + 4)) / 2``; the threshold is the first
-    bin at which the cumulative fraction exceeds ``p0``.
+    bin at which the cumulative fraction reaches ``p0``.
 
     Parameters
     ----------
@@ -554,7 +570,9 @@ def threshold_moments(image: Any = None, nbins: int = 256, *, hist: Any = None) 
     -----
     ImageJ and ITK solve Tsai's equations with raw moments; the closed form in the
     standardised moments above is the same solution and does not lose precision to large
-    intensities.
+    intensities.  Where ``p0`` equals a cumulative fraction exactly (two equal masses, say)
+    the threshold is the bin that reaches it, between the masses; ImageJ and ITK take the
+    first bin that exceeds it, which rounding makes either.
 
     References
     ----------
@@ -577,8 +595,10 @@ def threshold_moments(image: Any = None, nbins: int = 256, *, hist: Any = None) 
     var = (counts * d * d).sum() / total
     skew = (counts * d**3).sum() / total / var**1.5
     p0 = 0.5 * (1.0 + skew / np.sqrt(skew * skew + 4.0))
+    # The first bin whose cumulative count reaches the p0-tile (ImageJ and ITK: exceeds it;
+    # the same but for an exact tie, where "reaches" splits two equal masses between them).
     cum = np.cumsum(counts)
-    t = int(np.searchsorted(cum, p0 * total, side="right"))
+    t = int(np.searchsorted(cum, p0 * total * (1.0 - 1e-12), side="left"))
     return float(centers[min(t, counts.size - 1)])
 
 
@@ -629,7 +649,7 @@ def threshold_shanbhag(image: Any = None, nbins: int = 256, *, hist: Any = None)
     >>> import numpy as np
     >>> from volbin.autothreshold import threshold_shanbhag
     >>> threshold_shanbhag(hist=np.array([1, 3, 6, 3, 1, 0, 1, 3, 6, 3, 1]))
-    5.0
+    4.0
     """
     counts, centers = _histogram(image, nbins, hist, "shanbhag")
     t, p, p1, p2 = _entropies(counts)
