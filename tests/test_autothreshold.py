@@ -18,6 +18,7 @@ histogram they are the same bin.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -471,6 +472,15 @@ def test_intermodes_refuses_a_unimodal_histogram():
         volbin.threshold(x, "intermodes", nbins=64)
 
 
+def test_mirror_image_splits_tie_to_the_lowest_bin():
+    # Splits 0 and 5 leave the same classes {1} and {29, 12, 14, 1}; the sums round apart.
+    h = [1, 29, 12, 0, 0, 14, 1]
+    assert autothreshold.threshold_max_entropy(hist=np.array(h)) == 0.0
+    assert autothreshold.threshold_renyi_entropy(hist=np.array(h)) == 0.0
+    for method in BRUTE:
+        assert FUNCTIONS[method](hist=np.array(h)) == BRUTE[method](h), method
+
+
 def test_two_equal_masses_are_split_between_them():
     for method in ("huang", "max-entropy", "moments", "renyi-entropy", "shanbhag"):
         assert FUNCTIONS[method](hist=np.array([3, 0, 0, 0, 0, 3])) == 0.0, method
@@ -579,6 +589,11 @@ def options(method: str) -> dict:
     return {"percentile": 70.0} if method == "percentile" else {}
 
 
+@functools.cache
+def unchunked(method: str, scope: str, axis: str, rescale: str):
+    return try_threshold(X4, method, scope=scope, axis=axis, rescale=rescale)
+
+
 def try_threshold(x, method, **kw):
     try:
         return quiet(volbin.threshold, x, method, **kw, **options(method))
@@ -586,7 +601,7 @@ def try_threshold(x, method, **kw):
         return exc
 
 
-@SETTINGS
+@settings(max_examples=15, deadline=None, database=None)
 @given(
     st.sampled_from(NEW_METHODS),
     st.sampled_from([("stack", "z"), ("volume", "z"), ("slice", "x"), ("slice", "y"), ("slice", "z")]),
@@ -595,7 +610,7 @@ def try_threshold(x, method, **kw):
 )
 def test_any_chunking_gives_the_same_thresholds(method, scope, rescale, chunks):
     kw = dict(scope=scope[0], axis=scope[1], rescale=rescale)
-    ref = try_threshold(X4, method, **kw)
+    ref = unchunked(method, *scope, rescale)
     got = try_threshold(da.from_array(X4, chunks=chunks), method, **kw)
     if isinstance(ref, VolbinDataError):  # then it fails whatever the chunking
         assert isinstance(got, VolbinDataError) and str(got) == str(ref)
