@@ -156,7 +156,7 @@ def threshold_huang(image: Any = None, nbins: int = 256, *, hist: Any = None) ->
     ----------
     .. [1] L.-K. Huang and M.-J. J. Wang, "Image thresholding by minimizing the measures of
            fuzziness," Pattern Recognition, vol. 28, no. 1, pp. 41-51, 1995.
-           :doi:`10.1016/0031-3203(94)E0043-K`
+           doi:10.1016/0031-3203(94)E0043-K
 
     Examples
     --------
@@ -245,7 +245,7 @@ def threshold_intermodes(image: Any = None, nbins: int = 256, *, hist: Any = Non
     ----------
     .. [1] J. M. S. Prewitt and M. L. Mendelsohn, "The analysis of cell images," Annals of
            the New York Academy of Sciences, vol. 128, pp. 1035-1053, 1966.
-           :doi:`10.1111/j.1749-6632.1965.tb11715.x`
+           doi:10.1111/j.1749-6632.1965.tb11715.x
 
     Examples
     --------
@@ -310,7 +310,7 @@ def threshold_kittler_illingworth(image: Any = None, nbins: int = 256, *, hist: 
     References
     ----------
     .. [1] J. Kittler and J. Illingworth, "Minimum error thresholding," Pattern Recognition,
-           vol. 19, no. 1, pp. 41-47, 1986. :doi:`10.1016/0031-3203(86)90030-0`
+           vol. 19, no. 1, pp. 41-47, 1986. doi:10.1016/0031-3203(86)90030-0
     .. [2] C. A. Glasbey, "An analysis of histogram-based thresholding algorithms," CVGIP:
            Graphical Models and Image Processing, vol. 55, pp. 532-537, 1993.
 
@@ -446,7 +446,7 @@ def threshold_max_entropy(image: Any = None, nbins: int = 256, *, hist: Any = No
     .. [1] J. N. Kapur, P. K. Sahoo and A. K. C. Wong, "A new method for gray-level picture
            thresholding using the entropy of the histogram," Computer Vision, Graphics, and
            Image Processing, vol. 29, no. 3, pp. 273-285, 1985.
-           :doi:`10.1016/0734-189X(85)90125-2`
+           doi:10.1016/0734-189X(85)90125-2
 
     Examples
     --------
@@ -502,7 +502,7 @@ def threshold_renyi_entropy(image: Any = None, nbins: int = 256, *, hist: Any = 
     ----------
     .. [1] P. K. Sahoo, C. Wilkins and J. Yeager, "Threshold selection using Renyi's
            entropy," Pattern Recognition, vol. 30, no. 1, pp. 71-84, 1997.
-           :doi:`10.1016/S0031-3203(96)00065-9`
+           doi:10.1016/S0031-3203(96)00065-9
     .. [2] J. N. Kapur, P. K. Sahoo and A. K. C. Wong, "A new method for gray-level picture
            thresholding using the entropy of the histogram," Computer Vision, Graphics, and
            Image Processing, vol. 29, no. 3, pp. 273-285, 1985.
@@ -578,7 +578,7 @@ def threshold_moments(image: Any = None, nbins: int = 256, *, hist: Any = None) 
     ----------
     .. [1] W.-H. Tsai, "Moment-preserving thresholding: a new approach," Computer Vision,
            Graphics, and Image Processing, vol. 29, no. 3, pp. 377-393, 1985.
-           :doi:`10.1016/0734-189X(85)90133-1`
+           doi:10.1016/0734-189X(85)90133-1
 
     Examples
     --------
@@ -642,7 +642,7 @@ def threshold_shanbhag(image: Any = None, nbins: int = 256, *, hist: Any = None)
     ----------
     .. [1] A. G. Shanbhag, "Utilization of information measure as a means of image
            thresholding," CVGIP: Graphical Models and Image Processing, vol. 56, no. 5,
-           pp. 414-419, 1994. :doi:`10.1006/cgip.1994.1037`
+           pp. 414-419, 1994. doi:10.1006/cgip.1994.1037
 
     Examples
     --------
