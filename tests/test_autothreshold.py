@@ -553,7 +553,7 @@ def test_percentile_out_of_range_is_named(bad):
 def test_percentile_is_required_and_refused_elsewhere():
     x = np.random.default_rng(0).random((4, 5, 6))
     with pytest.raises(
-        ValueError, match=r"`percentile` is only used with method='percentile'; got method='otsu'"
+        ValueError, match=r"`percentile` is not used by method='otsu'; got percentile=50"
     ):
         volbin.binarize(x, method="otsu", percentile=50)
     with pytest.raises(ValueError, match=r"`method='percentile'` needs `percentile`"):
