@@ -19,11 +19,13 @@ from skimage import filters
 import volbin
 from volbin import _kernels as K
 from volbin.errors import VolbinDataError, VolbinWarning
-from volbin.recipe import HISTOGRAM_METHODS, Recipe, unused_options
+from volbin.recipe import Recipe, unused_options
 from volbin.volume import Volume
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None)
-METHODS = (*HISTOGRAM_METHODS, "value", "stochastic")
+# scikit-image's family; test_autothreshold.py covers the ImageJ/ITK family and percentile.
+SKIMAGE_METHODS = ("otsu", "yen", "isodata", "li", "minimum", "triangle", "mean")
+METHODS = (*SKIMAGE_METHODS, "value", "stochastic")
 
 
 def otsu_ref(x: np.ndarray) -> np.ndarray:
@@ -58,7 +60,7 @@ def test_otsu_mask_equals_skimage(dtype):
     np.testing.assert_array_equal(mask, otsu_ref(x))
 
 
-@pytest.mark.parametrize("method", HISTOGRAM_METHODS)
+@pytest.mark.parametrize("method", SKIMAGE_METHODS)
 def test_mask_is_volume_above_threshold(method):
     x = GAMMA
     np.testing.assert_array_equal(volbin.binarize(x, method), x > volbin.threshold(x, method))
@@ -180,7 +182,7 @@ def test_nonfinite_voxels_are_zero_excluded_counted_and_warned(method):
     assert out.steps[-1]["nonfinite_voxels"] == 4
     if method == "otsu":
         np.testing.assert_array_equal(mask, otsu_ref(x))
-    if method in HISTOGRAM_METHODS:  # statistics of the finite voxels only: skimage's on them
+    if method in SKIMAGE_METHODS:  # statistics of the finite voxels only: skimage's on them
         f = x[np.isfinite(x)]
         fn = getattr(filters, f"threshold_{method}")
         ref = fn(f) if method in ("li", "mean") else fn(f, nbins=256)

@@ -132,6 +132,7 @@ def recipes(draw) -> Recipe:
                 gamma=draw(st.floats(1e-3, 1e3)),
                 log_gain=draw(st.floats(1e-3, 1e6)),
                 threshold=draw(finite) if method == "value" else None,
+                percentile=draw(st.floats(0, 100)) if method == "percentile" else None,
                 units=draw(st.sampled_from(["rescaled", "raw"])),
                 nbins=draw(st.integers(2, 2**16)),
                 seed=draw(st.integers(0, 2**64 - 1)),

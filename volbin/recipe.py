@@ -39,8 +39,25 @@ __all__ = [
 #: (``get_args``) for validation and the command line's choices.
 RescaleMethod = Literal["minmax", "percentile", "fixed", "dtype", "none"]
 Curve = Literal["linear", "gamma", "log", "equalize"]
-#: Threshold methods computed from per-group histograms (plus `mean`, from exact sums).
-HistogramMethod = Literal["otsu", "yen", "isodata", "li", "minimum", "triangle", "mean"]
+#: Threshold methods computed from per-group histograms (plus `mean`, from exact sums):
+#: scikit-image's, the ImageJ/ITK family (`volbin.autothreshold`) and `percentile`.
+HistogramMethod = Literal[
+    "otsu",
+    "yen",
+    "isodata",
+    "li",
+    "minimum",
+    "triangle",
+    "mean",
+    "huang",
+    "intermodes",
+    "kittler-illingworth",
+    "max-entropy",
+    "moments",
+    "renyi-entropy",
+    "shanbhag",
+    "percentile",
+]
 DitherMethod = Literal["dither", "ordered"]
 Method = Literal[HistogramMethod, "value", "stochastic", DitherMethod]
 Scope = Literal["stack", "volume", "slice"]
@@ -73,6 +90,7 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
         "gamma": (d["curve"] == "gamma", f"curve={d['curve']!r}"),
         "log_gain": (d["curve"] == "log", f"curve={d['curve']!r}"),
         "threshold": (method == "value", m),
+        "percentile": (method == "percentile", m),
         "units": (method == "value", m),
         "nbins": (method in HISTOGRAM_METHODS, m),
         "seed": (
@@ -138,9 +156,12 @@ class Recipe:
     Parameters
     ----------
     method : str
-        ``otsu``, ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean`` (histogram
-        methods), ``value`` (a given `threshold`), ``stochastic`` (Bernoulli with probability
-        equal to the rescaled intensity), ``dither`` (error diffusion) or ``ordered``.
+        ``otsu``, ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean``,
+        ``huang``, ``intermodes``, ``kittler-illingworth``, ``max-entropy``, ``moments``,
+        ``renyi-entropy``, ``shanbhag`` (histogram methods), ``percentile`` (the
+        `percentile`-th percentile of each group), ``value`` (a given `threshold`),
+        ``stochastic`` (Bernoulli with probability equal to the rescaled intensity),
+        ``dither`` (error diffusion) or ``ordered``.
     scope : str
         ``stack`` (one decision for a whole 4D stack), ``volume`` (one per 3D volume) or
         ``slice`` (one per 2D slice along `axis`).  Rescaling uses the same groups.
@@ -161,6 +182,9 @@ class Recipe:
         Parameters of the ``gamma`` and ``log`` curves.
     threshold : float or None
         The threshold of ``method="value"``, in `units`.
+    percentile : float or None
+        The percentile (0 to 100) of ``method="percentile"``: the threshold is that
+        percentile of each group's finite raw voxels.
     units : str
         ``rescaled`` (default: the threshold is in [0, 1] after rescaling) or ``raw``.
     nbins : int
@@ -181,6 +205,7 @@ class Recipe:
     gamma: float = 1.0
     log_gain: float = 9.0
     threshold: float | None = None
+    percentile: float | None = None
     units: str = "rescaled"
     nbins: int = 256
     seed: int = 0
@@ -237,6 +262,13 @@ class Recipe:
             if t is None or math.isnan(t):
                 raise ValueError(f"`threshold` must be a number; got {self.threshold!r}.")
             object.__setattr__(self, "threshold", t)
+        if self.method == "percentile":
+            if self.percentile is None:
+                raise ValueError("`method='percentile'` needs `percentile` (CLI: --percentile P).")
+            q = _check_float("percentile", self.percentile, "a number in [0, 100]")
+            if not 0.0 <= q <= 100.0:
+                raise ValueError(f"`percentile` must be a number in [0, 100]; got {self.percentile!r}.")
+            object.__setattr__(self, "percentile", q)
         jitter = _check_float("jitter", self.jitter, "a number in [0, 1]")
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"`jitter` must be a number in [0, 1]; got {self.jitter!r}.")

@@ -5,7 +5,8 @@ minimum) volbin calls it on the histogram it streamed.  Li, triangle and mean, w
 scikit-image computes only from the image, are computed here on the same histogram with
 scikit-image's algorithms (Li and mean also use the mean value of each bin).  They agree
 with scikit-image on the same data and bin count to within one bin width, and exactly for
-Otsu, Yen, isodata, minimum and triangle on float data.
+Otsu, Yen, isodata, minimum and triangle on float data.  The ImageJ/ITK family (Huang,
+intermodes, ...) comes from `volbin.autothreshold`; ``percentile`` reads fine histograms.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 from skimage import filters
 
+from . import autothreshold
 from .errors import VolbinDataError
-from .histogram import group_histograms, group_histograms_with_offsets
+from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, percentiles_from_hist
 from .recipe import HISTOGRAM_METHODS, HistogramMethod, Recipe, RescaleMethod, Scope, Units
 from .rescale import Transform, fit_transform
 from .volume import Grouping, Volume, as_volume
@@ -136,8 +138,15 @@ HISTOGRAM_THRESHOLDS: dict[str, Callable[..., float]] = {
     "li": _li,
     "triangle": _triangle,
     "mean": _mean,
+    "huang": _skimage(autothreshold.threshold_huang),
+    "intermodes": _skimage(autothreshold.threshold_intermodes),
+    "kittler-illingworth": _skimage(autothreshold.threshold_kittler_illingworth),
+    "max-entropy": _skimage(autothreshold.threshold_max_entropy),
+    "moments": _skimage(autothreshold.threshold_moments),
+    "renyi-entropy": _skimage(autothreshold.threshold_renyi_entropy),
+    "shanbhag": _skimage(autothreshold.threshold_shanbhag),
 }
-assert set(HISTOGRAM_THRESHOLDS) == set(HISTOGRAM_METHODS)
+assert set(HISTOGRAM_THRESHOLDS) | {"percentile"} == set(HISTOGRAM_METHODS)
 #: Methods that also take the mean value of each bin (second argument).
 BIN_MEAN_METHODS = ("li", "mean")
 
@@ -194,6 +203,8 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
             return Decision(grouping, "value", raw, tr.from_raw(raw))
         t = np.full(shape, recipe.threshold)
         return Decision(grouping, "value", tr.to_raw(t), t)
+    if recipe.method == "percentile":
+        return _percentile_decision(volume, grouping, tr, recipe)
     fn = HISTOGRAM_THRESHOLDS[recipe.method]
     nbins = recipe.nbins
     const = tr.constant
@@ -234,6 +245,22 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
     return Decision(grouping, recipe.method, raw, rescaled, nbins)
 
 
+def _percentile_decision(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) -> Decision:
+    """The `recipe.percentile`-th percentile of each group's finite raw voxels, from fine
+    histograms over the group's range (within one fine bin of ``np.percentile``).
+
+    Groups that are constant after rescaling select no voxel, as for the other methods.
+    """
+    assert recipe.percentile is not None
+    nbins = fine_nbins(grouping.n_groups, recipe.nbins)
+    counts = group_histograms(volume, grouping, tr.data_min, tr.data_max, nbins)
+    raw = percentiles_from_hist(counts, tr.data_min, tr.data_max, [recipe.percentile])[..., 0]
+    const = tr.constant
+    raw = np.where(const, np.inf, raw)
+    rescaled = np.where(const, np.nan, tr.from_raw(np.where(const, 0.0, raw)))
+    return Decision(grouping, "percentile", raw, rescaled, nbins)
+
+
 def threshold(
     volume: Any,
     method: HistogramMethod = "otsu",
@@ -251,7 +278,13 @@ def threshold(
     Parameters
     ----------
     volume : (X, Y, Z[, T]) ndarray, dask array or Volume
-    method : {'otsu', 'yen', 'isodata', 'li', 'minimum', 'triangle', 'mean'}
+    method : str
+        A histogram method: ``otsu``, ``yen``, ``isodata``, ``li``, ``minimum``,
+        ``triangle``, ``mean`` (scikit-image's algorithms), ``huang``, ``intermodes``,
+        ``kittler-illingworth``, ``max-entropy``, ``moments``, ``renyi-entropy``,
+        ``shanbhag`` (ImageJ's and ITK's, see `volbin.autothreshold`) or ``percentile``
+        (with ``percentile=P``: the P-th percentile of the finite voxels, to within
+        ``(max - min) / fine_nbins``).
     scope : {'stack', 'volume', 'slice'}
     axis : {'x', 'y', 'z'} or int
     nbins : int
@@ -261,7 +294,7 @@ def threshold(
         Units of the returned thresholds.  Foreground is ``volume > threshold`` in raw units.
     volume_axis : int, optional
     **options
-        Other `Recipe` fields (percentiles, curve, ...).
+        Other `Recipe` fields (percentile, percentiles, curve, ...).
 
     Returns
     -------

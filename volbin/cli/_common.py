@@ -227,6 +227,10 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
             {"type": float_in(0, 1e6, open_lo=True), "help": "gain of --curve log (default 9)"},
         ),
         "threshold": ("--threshold", {"type": float, "help": "threshold for --method value, in --units"}),
+        "percentile": (
+            "--percentile",
+            {"type": float_in(0, 100), "metavar": "P", "help": "percentile (0-100) for --method percentile"},
+        ),
         "units": ("--units", {"choices": UNITS, "help": "units of --threshold (default rescaled)"}),
         "nbins": ("--nbins", {"type": int_in(2, 2**24), "help": "histogram bins (default 256)"}),
         "seed": (
