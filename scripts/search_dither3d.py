@@ -100,10 +100,12 @@ MATRICES = {
 SPREADS = {
     "straight": {(0, 0): 1.0},
     "plus": {(0, 0): 0.5, (-1, 0): 0.125, (1, 0): 0.125, (0, -1): 0.125, (0, 1): 0.125},
-    "binomial": {(j - 1, i - 1): float(v) / 16 for (j, i), v in np.ndenumerate(np.outer([1, 2, 1], [1, 2, 1]))},
+    "binomial": {
+        (j - 1, i - 1): float(v) / 16 for (j, i), v in np.ndenumerate(np.outer([1, 2, 1], [1, 2, 1]))
+    },
 }
 
-SHARES = {"1/4": 0.25, "1/3": 1 / 3, "3/8": 0.375, "0.4": 0.4, "1/2": 0.5}
+SHARES = {"1/8": 0.125, "1/6": 1 / 6, "1/4": 0.25, "1/3": 1 / 3, "3/8": 0.375, "0.4": 0.4, "1/2": 0.5}
 
 
 def taps_2d(name: str) -> list[tuple[int, int, int, float]]:
@@ -112,6 +114,13 @@ def taps_2d(name: str) -> list[tuple[int, int, int, float]]:
     m = np.asarray(m, np.float64)
     c = m.shape[1] // 2
     return [(0, int(y), int(x) - c, float(m[y, x]) / div) for y, x in zip(*np.nonzero(m), strict=True)]
+
+
+def share_value(label: str) -> float:
+    if label in SHARES:
+        return SHARES[label]
+    num, den = label.split("/")
+    return float(num) / float(den)
 
 
 def taps_3d(name: str, share: float, spread: str) -> list[tuple[int, int, int, float]]:
@@ -147,6 +156,9 @@ EDGES = {
     "drop-edge-bg": 6,  # shares to out-of-volume and background targets lost, no rescale
     "same-class": 7,  # taps only to voxels of the current voxel's class, renormalised
     "absorb": 8,  # renorm; a background voxel passes no error on
+    "side-renorm": 9,  # renorm error leaving through the sides; drop it past the last row/slice
+    "end-drop": 10,  # renorm; drop only error leaving past the end of the scan (see _diffuse)
+    "end-drop-x": 11,  # end-drop; raster scans also drop error leaving past the end of a row
 }
 
 
@@ -166,6 +178,10 @@ def _diffuse(vol, dz, dy, dx, w, scan, edge, tbg, out):
         wsum += w[k]
     half = np.float32(0.5)
     one = np.float32(1)
+    twod = True
+    for k in range(ntap):
+        if dz[k] > 0:
+            twod = False
     ok = np.empty(ntap, np.bool_)
     tzs = np.empty(ntap, np.int64)
     tys = np.empty(ntap, np.int64)
@@ -193,6 +209,7 @@ def _diffuse(vol, dz, dy, dx, w, scan, edge, tbg, out):
                     e = min(max(e, -half), half)
                 insup = a > tbg
                 insum = np.float32(0)
+                wfar = np.float32(0)
                 allin = True
                 for k in range(ntap):
                     tz = z + dz[k]
@@ -211,12 +228,27 @@ def _diffuse(vol, dz, dy, dx, w, scan, edge, tbg, out):
                         insum += w[k]
                     else:
                         allin = False
+                        past_row = (ysgn > 0 and ty >= rows) or (ysgn < 0 and ty < 0)
+                        if edge == 9 and (tz >= n or past_row):
+                            wfar += w[k]
+                        elif edge == 10 and (tz >= n or (past_row and (twod or z == n - 1))):
+                            wfar += w[k]
+                        elif edge == 11 and (
+                            tz >= n
+                            or (past_row and (twod or scan == 0 or z == n - 1))
+                            or (scan == 0 and tx >= cols)
+                        ):
+                            wfar += w[k]
                 if edge == 1 or edge == 6 or (edge == 3 and not insup):
                     s = e
                 elif (edge == 2 or edge == 8) and not insup:
                     s = np.float32(0)
                 elif allin:
                     s = e
+                elif edge == 9 or edge == 10 or edge == 11:
+                    s = np.float32(0)
+                    if insum > 0:
+                        s = np.float32(np.float64(e) * (np.float64(wsum - wfar) / np.float64(insum)))
                 elif insum > 0:
                     s = np.float32(np.float64(e) * (np.float64(wsum) / np.float64(insum)))
                 else:
@@ -282,7 +314,9 @@ class Scorer:
             r[f"head{s:g}"] = 1e3 * float(np.sqrt(d[self.head].mean(dtype=np.float64)))
             r[f"all{s:g}"] = 1e3 * float(np.sqrt(d.mean(dtype=np.float64)))
         r["dmean"] = 100 * (float(o.mean(dtype=np.float64)) - self.mean_in) / self.mean_in
-        r["dmean_head"] = 100 * (float(o[self.head].mean(dtype=np.float64)) - self.mean_in_head) / self.mean_in_head
+        r["dmean_head"] = (
+            100 * (float(o[self.head].mean(dtype=np.float64)) - self.mean_in_head) / self.mean_in_head
+        )
         r["far_ones"] = int(out[self.far].sum())
         r["far_expect"] = float(vol[self.far].sum(dtype=np.float64))
         r["far_voxels"] = int(self.far.sum())
@@ -330,7 +364,7 @@ def stage1_candidates() -> list[dict]:
 
 def cand_taps(c: dict):
     if c["kind"] == "3d":
-        return taps_3d(c["kernel"], SHARES[c["share"]], c["spread"])
+        return taps_3d(c["kernel"], share_value(c["share"]), c["spread"])
     if c["kind"] == "2d":
         return taps_2d(c["kernel"])
     if c["kind"] == "ls":
@@ -350,7 +384,7 @@ def evaluate(cands, vols, scorers, edges, log=print):
     res = []
     t0 = time.time()
     for i, c in enumerate(cands):
-        for edge, tbg in edges:
+        for edge, tbg in c.get("edges", edges):
             if c["kind"] == "bayer" and edge != edges[0][0]:
                 continue
             row = dict(c, edge=edge, tbg=tbg, vols={})
@@ -386,23 +420,26 @@ def table(rows, names, title, extra=True):
     lines += [hdr, "|" + "---|" * (len(names) + 3)]
     for r in rows:
         cells = [fmt_rms(r["vols"][n]) for n in names]
-        lines.append(f"| {r['id']} | {r['edge']} | " + " | ".join(cells) + f" | {r.get('ratio', float('nan')):.3f} |")
+        lines.append(
+            f"| {r['id']} | {r['edge']} | " + " | ".join(cells) + f" | {r.get('ratio', float('nan')):.3f} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
 
 def detail_table(rows, names, title):
     lines = [f"### {title}", "",
-             "| candidate | edge | tbg | volume | head RMS s=1/1.5/2 | all RMS s=1/1.5/2 | dmean % | dmean head % "
-             "| far ones / expected | face z max | face excess max |",
+             "| candidate | edge | tbg | volume | head RMS s=1/1.5/2 | all RMS s=1/1.5/2 | dmean % "
+             "| dmean head % | far ones / expected | face z max | face excess max |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         for n in names:
             v = r["vols"][n]
             allr = " / ".join(f"{v[f'all{s:g}']:.1f}" for s in SIGMAS)
             lines.append(
-                f"| {r['id']} | {r['edge']} | {r['tbg']:g} | {n} | {fmt_rms(v)} | {allr} | {v['dmean']:+.2f} | "
-                f"{v['dmean_head']:+.2f} | {v['far_ones']} / {v['far_expect']:.0f} | {v['face_zmax']:+.1f} | "
+                f"| {r['id']} | {r['edge']} | {r['tbg']:g} | {n} | {fmt_rms(v)} | {allr} | "
+                f"{v['dmean']:+.2f} | {v['dmean_head']:+.2f} | {v['far_ones']} / {v['far_expect']:.0f} | "
+                f"{v['face_zmax']:+.1f} | "
                 f"{v['face_excess_max']:+.0f} |"
             )
     lines.append("")
@@ -416,7 +453,7 @@ def detail_table(rows, names, title):
 
 def stage1(vols, scorers):
     cands = stage1_candidates()
-    res = evaluate(cands, vols, scorers, [("drop", 0.02)])
+    res = evaluate(cands, vols, scorers, [("end-drop", 0.02)])  # same as end-drop-x for serpentine scans
     names = list(vols)
     base = {r["kernel"]: r for r in res if r["kind"] == "2d" and r["scan"] == "raster"}
     fs2d = base["floyd-steinberg"]
@@ -442,19 +479,69 @@ def shortlist(res1, n_best=6):
     keep = {r["id"]: r for r in ranked[:n_best]}
     rules = extension_rule_scores(res1)
     share, spread, scan = rules[0][1]
-    for k in MATRICES:  # every kernel with the best extension rule
-        cid = f"{k}|{share}|{spread}|{scan}"
+    for k in MATRICES:  # every kernel with the best extension rule, and with a straight spread
+        for sp in (spread, "straight"):
+            cid = f"{k}|{share}|{sp}|{scan}"
+            keep.setdefault(cid, next(r for r in res1 if r["id"] == cid))
+    for cid in ("floyd-steinberg|3/8|binomial|raster", "floyd-steinberg|1/3|straight|raster",
+                "lou-stucki|raster", "lou-stucki|serp-3d", "plain|raster", "plain|serp",
+                "floyd-steinberg|2d|raster", "floyd-steinberg|2d|serp", "bayer3d-8"):  # fmt: skip
         keep.setdefault(cid, next(r for r in res1 if r["id"] == cid))
-    for cid in ("floyd-steinberg|3/8|binomial|raster", "lou-stucki|raster", "plain|raster", "plain|serp",
-                "floyd-steinberg|2d|raster", "bayer3d-8"):  # fmt: skip
-        keep.setdefault(cid, next(r for r in res1 if r["id"] == cid))
-    return [{k: v for k, v in r.items() if k not in ("vols", "edge", "tbg", "ratio", "ratio_own2d")}
-            for r in keep.values()]  # fmt: skip
+    for k in ("floyd-steinberg", "sierra-lite"):  # beyond the grid's smallest share, and mid shares
+        for sh in ("1/16", "1/4", "1/3"):
+            cid = f"{k}|{sh}|straight|serp-3d"
+            keep.setdefault(cid, {"id": cid, "kind": "3d", "kernel": k, "share": sh, "spread": "straight",
+                                  "scan": "serp-3d"})  # fmt: skip
+    out = [{k: v for k, v in r.items() if k not in ("vols", "edge", "tbg", "ratio", "ratio_own2d")}
+           for r in keep.values()]  # fmt: skip
+    full = {ranked[0]["id"], "floyd-steinberg|3/8|binomial|raster", "floyd-steinberg|2d|raster"}
+    for c in out:  # every edge rule for a few; the others with the main two
+        if c["id"] not in full:
+            c["edges"] = [("end-drop-x", 0.02), ("renorm", 0.02)]
+    return out
 
 
-STAGE2_EDGES = [("renorm", 0.02), ("drop", 0.02), ("supp-renorm", 0.02), ("renorm-if-supp", 0.02),
-                ("renorm-if-supp", 0.0), ("drop-into-bg", 0.02), ("clamp", 0.02), ("drop-edge-bg", 0.02),
-                ("same-class", 0.02), ("absorb", 0.02), ("absorb", 0.0)]  # fmt: skip
+STAGE2_EDGES = [("end-drop-x", 0.02), ("end-drop", 0.02), ("renorm", 0.02), ("drop", 0.02),
+                ("side-renorm", 0.02), ("supp-renorm", 0.02), ("renorm-if-supp", 0.02),
+                ("drop-into-bg", 0.02), ("clamp", 0.02), ("same-class", 0.02), ("absorb", 0.0),
+                ("absorb", 0.02)]  # fmt: skip
+
+
+def criteria(res2, names, edge="end-drop-x") -> str:
+    """Pass/fail of the acceptance criteria for each 3D candidate of stage 2 under `edge`."""
+    by = {(r["id"], r["edge"]): r for r in res2}
+    bayer = next(r for r in res2 if r["kind"] == "bayer")
+    lines = [f"### Acceptance criteria (edge rule {edge})", "",
+             "| candidate | beats 2D FS (renorm and same rule) at s=1,1.5,2 | beats own-kernel 2D | "
+             "beats 3D Bayer at s=1,1.5 | worst face z | far ones / plain loop |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    plain = by.get(("plain|raster", edge))
+    for r in res2:
+        if r["edge"] != edge or r["kind"] not in ("3d", "ls", "plain"):
+            continue
+        fails2d, failsown, failsb = [], [], []
+        for n in names:
+            for s in SIGMAS:
+                v = r["vols"][n][f"head{s:g}"]
+                for e2 in ("renorm", edge):
+                    b = by.get(("floyd-steinberg|2d|raster", e2))
+                    if b and v >= b["vols"][n][f"head{s:g}"]:
+                        fails2d.append(f"{n}@{s:g}/{e2}")
+                if r["kind"] == "3d":
+                    own = by.get((f"{r['kernel']}|2d|raster", edge))
+                    if own and v >= own["vols"][n][f"head{s:g}"]:
+                        failsown.append(f"{n}@{s:g}")
+                if s < 2 and v >= bayer["vols"][n][f"head{s:g}"]:
+                    failsb.append(f"{n}@{s:g}")
+        fz = max(r["vols"][n]["face_zmax"] for n in names)
+        far = sum(r["vols"][n]["far_ones"] for n in names)
+        farp = sum(plain["vols"][n]["far_ones"] for n in names) if plain else float("nan")
+        lines.append(f"| {r['id']} | {'yes' if not fails2d else 'no: ' + ', '.join(fails2d)} | "
+                     f"{'yes' if not failsown else 'no: ' + ', '.join(failsown)} | "
+                     f"{'yes' if not failsb else 'no: ' + ', '.join(failsb)} | {fz:+.1f} | "
+                     f"{far} / {farp} |")  # fmt: skip
+    lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -488,8 +575,10 @@ def main() -> None:
         outp.write_text(json.dumps(results))
     res1 = results["stage1"]
     ranked = sorted(res1, key=lambda r: r["ratio"])
-    print(table(ranked[:40], names, "Stage 1: best 40 by mean head-RMS ratio vs 2D Floyd-Steinberg (drop)"))
-    print(table([r for r in res1 if r["kind"] in ("2d", "ls", "plain", "bayer")], names, "Stage 1: references"))
+    print(table(ranked[:40], names, "Stage 1: best 40 by mean head-RMS ratio vs 2D Floyd-Steinberg"))
+    print(
+        table([r for r in res1 if r["kind"] in ("2d", "ls", "plain", "bayer")], names, "Stage 1: references")
+    )
     print("### Extension rules (mean over kernels of RMS ratio vs the kernel's own 2D)\n")
     for s, k in results["extension_rules"][:15]:
         print(f"- {'|'.join(k)}: {s:.3f}")
@@ -505,23 +594,26 @@ def main() -> None:
         outp.write_text(json.dumps(results))
     if "stage2" in results:
         res2 = results["stage2"]
-        base = next(r for r in res2 if r["id"] == "floyd-steinberg|2d|raster" and r["edge"] == "drop")
+        base = next(r for r in res2 if r["id"] == "floyd-steinberg|2d|raster" and r["edge"] == "renorm")
         for r in res2:
             r["ratio"] = baseline_ratio(r, base, [n for n in alln if n in r["vols"]])
         print(table(sorted(res2, key=lambda r: r["ratio"]), alln, "Stage 2: shortlist x edge rules"))
         print(detail_table(res2, alln, "Stage 2 details"))
+        print(criteria(res2 + results.get("stage3", []), alln))
 
     if args.stage in ("3", "all"):
         t = time.time()
         c2 = [{"id": f"{k}|2d|{sc}", "kind": "2d", "kernel": k, "scan": sc} for k in MATRICES
               for sc in ("raster", "serp")]  # fmt: skip
-        edges = [("renorm", 0.02), ("drop", 0.02), ("renorm-if-supp", 0.02), ("renorm-if-supp", 0.0),
-                 ("absorb", 0.02)]  # fmt: skip
+        edges = [("end-drop-x", 0.02), ("end-drop", 0.02), ("renorm", 0.02), ("drop", 0.02),
+                 ("renorm-if-supp", 0.02)]  # fmt: skip
         results["stage3"] = evaluate(c2, allv, scorers, edges)
         print(f"stage 3: {time.time() - t:.0f} s", file=sys.stderr)
         outp.write_text(json.dumps(results))
     if "stage3" in results:
         print(detail_table(results["stage3"], alln, "Stage 3: 2D per slice, all kernels x edge rules"))
+        if "stage2" in results:
+            print(criteria(results["stage2"] + results["stage3"], alln))
 
 
 if __name__ == "__main__":
