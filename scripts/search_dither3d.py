@@ -544,23 +544,52 @@ def criteria(res2, names, edge="end-drop-x") -> str:
     return "\n".join(lines)
 
 
+#: Next-slice shares of the final sweep (stage 4), below the grid of stage 1.
+SWEEP = ("1/64", "1/32", "1/24", "1/16", "1/12", "1/8")
+
+
+def sweep_table(results, names) -> str:
+    """Stage 4: head RMS of each kernel at each share, and its mean ratio vs the kernel's own 2D."""
+    own = {r["kernel"]: r for r in results["stage4"] if r["kind"] == "2d"}
+    ph = {r["id"]: r for r in results.get("stage4_phantom", [])}
+    lines = ["### Stage 4: next-slice share sweep (straight, boustrophedon, end-of-scan drop)", "",
+             "| kernel | share | " + " | ".join(names) + " | phantom | mean ratio vs own 2D raster |",
+             "|" + "---|" * (len(names) + 4)]  # fmt: skip
+    for r in results["stage4"]:
+        if r["kind"] != "3d":
+            continue
+        ratio = baseline_ratio(r, own[r["kernel"]], names)
+        p = fmt_rms(ph[r["id"]]["vols"]["phantom"]) if r["id"] in ph else ""
+        cells = " | ".join(fmt_rms(r["vols"][n]) for n in names)
+        lines.append(f"| {r['kernel']} | {r['share']} | {cells} | {p} | {ratio:.3f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="dither_search.json", help="JSON file for all results")
-    ap.add_argument("--stage", default="all", choices=("1", "2", "3", "all"))
+    ap.add_argument(
+        "--stage",
+        default="all",
+        choices=("1", "2", "3", "4", "all", "report"),
+        help="stage to run; 'report' prints the tables of the JSON file",
+    )
     ap.add_argument("--quick", action="store_true", help="only Floyd-Steinberg in stage 1 (smoke test)")
     ap.add_argument("--no-phantom", action="store_true", help="leave the 181x217x181 phantom out")
     args = ap.parse_args()
 
     paths = real_volumes()
+    if args.stage == "report":
+        paths = {}
     vols = {n: load(n, p) for n, p in paths.items()}
-    big = {} if args.no_phantom else {"phantom": load("phantom", None)}
+    big = {} if args.no_phantom or args.stage == "report" else {"phantom": load("phantom", None)}
     for n, v in {**vols, **big}.items():
         print(f"{n}: (z, y, x) = {v.shape}", file=sys.stderr)
     scorers = {n: Scorer(v) for n, v in {**vols, **big}.items()}
     outp = Path(args.out)
     results = json.loads(outp.read_text()) if outp.exists() else {}
-    names = list(vols)
+    names = list(vols) or list(results["stage1"][0]["vols"])
 
     if args.stage in ("1", "all"):
         if args.quick:
@@ -585,7 +614,7 @@ def main() -> None:
     print()
 
     allv = {**vols, **big}
-    alln = list(allv)
+    alln = list(allv) or list(results.get("stage2", results["stage1"])[0]["vols"])
     if args.stage in ("2", "all"):
         t = time.time()
         short = shortlist(res1)
@@ -610,6 +639,18 @@ def main() -> None:
         results["stage3"] = evaluate(c2, allv, scorers, edges)
         print(f"stage 3: {time.time() - t:.0f} s", file=sys.stderr)
         outp.write_text(json.dumps(results))
+    if args.stage in ("4", "all"):
+        t = time.time()
+        c4 = [{"id": f"{k}|{sh}|straight|serp-3d", "kind": "3d", "kernel": k, "share": sh,
+               "spread": "straight", "scan": "serp-3d"} for k in MATRICES for sh in SWEEP]  # fmt: skip
+        c4 += [{"id": f"{k}|2d|raster", "kind": "2d", "kernel": k, "scan": "raster"} for k in MATRICES]
+        results["stage4"] = evaluate(c4, vols, scorers, [("end-drop-x", 0.02)])
+        sub = [c for c in c4 if c["kernel"] in ("sierra-lite", "floyd-steinberg")]
+        results["stage4_phantom"] = evaluate(sub, big, scorers, [("end-drop-x", 0.02)]) if big else []
+        print(f"stage 4: {time.time() - t:.0f} s", file=sys.stderr)
+        outp.write_text(json.dumps(results))
+    if "stage4" in results:
+        print(sweep_table(results, names))
     if "stage3" in results:
         print(detail_table(results["stage3"], alln, "Stage 3: 2D per slice, all kernels x edge rules"))
         if "stage2" in results:
