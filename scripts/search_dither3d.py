@@ -159,6 +159,7 @@ EDGES = {
     "side-renorm": 9,  # renorm error leaving through the sides; drop it past the last row/slice
     "end-drop": 10,  # renorm; drop only error leaving past the end of the scan (see _diffuse)
     "end-drop-x": 11,  # end-drop; raster scans also drop error leaving past the end of a row
+    "scan-end": 12,  # drop past the last slice, past the last row of every slice, past a raster row's end
 }
 
 
@@ -233,6 +234,8 @@ def _diffuse(vol, dz, dy, dx, w, scan, edge, tbg, out):
                             wfar += w[k]
                         elif edge == 10 and (tz >= n or (past_row and (twod or z == n - 1))):
                             wfar += w[k]
+                        elif edge == 12 and (tz >= n or past_row or (scan == 0 and tx >= cols)):
+                            wfar += w[k]
                         elif edge == 11 and (
                             tz >= n
                             or (past_row and (twod or scan == 0 or z == n - 1))
@@ -245,7 +248,7 @@ def _diffuse(vol, dz, dy, dx, w, scan, edge, tbg, out):
                     s = np.float32(0)
                 elif allin:
                     s = e
-                elif edge == 9 or edge == 10 or edge == 11:
+                elif edge >= 9:
                     s = np.float32(0)
                     if insum > 0:
                         s = np.float32(np.float64(e) * (np.float64(wsum - wfar) / np.float64(insum)))
@@ -572,7 +575,7 @@ def main() -> None:
     ap.add_argument(
         "--stage",
         default="all",
-        choices=("1", "2", "3", "4", "all", "report"),
+        choices=("1", "2", "3", "4", "5", "all", "report"),
         help="stage to run; 'report' prints the tables of the JSON file",
     )
     ap.add_argument("--quick", action="store_true", help="only Floyd-Steinberg in stage 1 (smoke test)")
@@ -651,6 +654,20 @@ def main() -> None:
         outp.write_text(json.dumps(results))
     if "stage4" in results:
         print(sweep_table(results, names))
+    if args.stage in ("5", "all"):
+        t = time.time()
+        c5 = [{"id": f"{k}|1/16|straight|serp-3d", "kind": "3d", "kernel": k, "share": "1/16",
+               "spread": "straight", "scan": "serp-3d"} for k in MATRICES]  # fmt: skip
+        c5 += [{"id": f"{k}|2d|{sc}", "kind": "2d", "kernel": k, "scan": sc} for k in MATRICES
+               for sc in ("raster", "serp")]  # fmt: skip
+        c5 += [{"id": "plain|raster", "kind": "plain", "scan": "raster", "edges": [("drop", 0.02)]},
+               {"id": "bayer3d-8", "kind": "bayer"}]  # fmt: skip
+        results["stage5"] = evaluate(c5, allv, scorers, [("scan-end", 0.02)])
+        print(f"stage 5: {time.time() - t:.0f} s", file=sys.stderr)
+        outp.write_text(json.dumps(results))
+    if "stage5" in results:
+        print(detail_table(results["stage5"], alln, "Stage 5: the chosen rules (scan-end edge rule)"))
+        print(criteria(results["stage5"] + results.get("stage2", []), alln, edge="scan-end"))
     if "stage3" in results:
         print(detail_table(results["stage3"], alln, "Stage 3: 2D per slice, all kernels x edge rules"))
         if "stage2" in results:
