@@ -13,11 +13,13 @@ minus the input's sum on it, in units of the binomial sigma ``sqrt(sum p (1 - p)
 
 Stage 1 scores every 3D extension of every 2D kernel (next-slice share x spread x scan
 order), Lou & Stucki's 3D kernel, a plain 4-tap loop, 2D per slice and 3D Bayer on the five
-small real volumes with the classic "drop" edge rule.  Stage 2 takes a shortlist through
-every edge rule, adding the 181x217x181 phantom.  Stage 3 checks the edge rules for 2D
-per-slice diffusion with all 8 kernels.  The loops are self-contained numba code here (the
-package is not used except for its phantom); they scatter the error voxel by voxel in
-float32, which is statistically, not bitwise, the same as volbin's compiled loops.
+small real volumes.  Stage 2 takes a shortlist through the edge rules (`EDGES`), adding the
+181x217x181 phantom.  Stage 3 checks the edge rules for 2D per-slice diffusion with all 8
+kernels.  Stage 4 sweeps the next-slice share from 1/64 to 1/8.  Stage 5 runs the chosen
+rules (1/16 straight below, boustrophedon scan, "scan-end" edge rule) for every kernel on every
+volume and prints the acceptance checks.  The loops are self-contained numba code here (the
+package is used only for its phantom); they scatter the error voxel by voxel in float32, which
+with the "renorm" rule reproduces volbin's compiled loops bit for bit on the raster scans.
 """
 
 from __future__ import annotations
