@@ -520,7 +520,7 @@ def criteria(res2, names, edge="end-drop-x") -> str:
              "| candidate | beats 2D FS (renorm and same rule) at s=1,1.5,2 | beats own-kernel 2D | "
              "beats 3D Bayer at s=1,1.5 | worst face z | far ones / plain loop |",
              "|---|---|---|---|---|---|"]  # fmt: skip
-    plain = by.get(("plain|raster", edge))
+    plain = by.get(("plain|raster", edge)) or by.get(("plain|raster", "drop"))
     for r in res2:
         if r["edge"] != edge or r["kind"] not in ("3d", "ls", "plain"):
             continue
