@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from .components import label_components, structure
+from .components import as_mask, label_components, structure
 from .volume import Volume, as_volume, like_input
 
 __all__ = ["CleanResult", "ball", "clean"]
@@ -93,20 +93,6 @@ def _check_spacing(spacing: Any) -> tuple[float, float, float] | None:
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"`spacing` must be 3 positive voxel sizes; got {spacing!r}.")
     return values  # type: ignore[return-value]
-
-
-def as_mask(data: da.Array) -> da.Array:
-    """Lazy boolean mask: nonzero voxels (NaN counts as outside)."""
-    if data.dtype == bool:
-        return data
-
-    def run(block: np.ndarray) -> np.ndarray:
-        out = block != 0
-        if block.dtype.kind == "f":
-            out &= ~np.isnan(block)
-        return out
-
-    return da.map_blocks(run, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
 
 
 def _embed(struct3: np.ndarray, vol: Volume) -> np.ndarray:

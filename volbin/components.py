@@ -1,4 +1,6 @@
-"""Connected components of lazy masks, across chunk borders, in bounded memory.
+"""Masks and their connected components, merged across chunk borders in bounded memory.
+
+`as_mask` makes a lazy boolean mask of any array (nonzero voxels; NaN is outside).
 
 `label_components` labels a dask mask in two passes.  The first labels each block on its own
 (``scipy.ndimage.label``) and keeps only small things: per-label voxel counts, first voxels,
@@ -24,9 +26,23 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["Components", "label_components", "structure"]
+__all__ = ["Components", "as_mask", "label_components", "structure"]
 
 Prepare = Callable[..., tuple[np.ndarray, Sequence[np.ndarray]]]
+
+
+def as_mask(data: da.Array) -> da.Array:
+    """Lazy boolean mask: nonzero voxels (NaN counts as outside)."""
+    if data.dtype == bool:
+        return data
+
+    def run(block: np.ndarray) -> np.ndarray:
+        out = block != 0
+        if block.dtype.kind == "f":
+            out &= ~np.isnan(block)
+        return out
+
+    return da.map_blocks(run, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
 
 
 def structure(
