@@ -26,7 +26,7 @@ from . import _classify_kernels as CK
 from . import _kernels as K
 from .components import as_mask
 from .errors import VolbinDataError, VolbinWarning
-from .histogram import group_histograms, group_histograms_with_offsets, group_range
+from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, group_range
 from .threshold import bin_centers
 from .volume import DEFAULT_CHUNK_BYTES, Grouping, Volume, as_volume, like_input, slab_chunks
 
@@ -210,7 +210,8 @@ def _mask_data(mask: Any, vol: Volume, name: str, spatial_only: bool = False) ->
     if spatial_only or vol.ndim == 3:
         return data
     assert vol.volume_axis is not None
-    data = da.expand_dims(data, vol.volume_axis)
+    spatial_chunks = tuple(c for a, c in enumerate(vol.data.chunks) if a != vol.volume_axis)
+    data = da.expand_dims(data.rechunk(spatial_chunks), vol.volume_axis)
     return da.broadcast_to(data, vol.shape, chunks=vol.data.chunks)
 
 
@@ -328,11 +329,15 @@ def _classify_values(
     stats: da.Array | None,
     warm_start: bool,
     seed: int,
-    nbins: int,
+    nbins: int | None,
     max_iter: int,
     tol: float,
 ) -> tuple[da.Array, Grouping, dict[str, Any]]:
     grouping = vol.grouping(scope, axis)
+    if nbins is None:
+        # k-means: fine bins (65536 for up to 128 groups) bring binned Lloyd close to the
+        # voxels' own; multi-Otsu's search is quadratic in the bins.
+        nbins = _DEFAULT_NBINS if method == "multi-otsu" else fine_nbins(grouping.n_groups)
     sdata = vol.data if stats is None else _masked_values(vol.data, stats)
     lo, hi, nonfinite = group_range(vol.derive(sdata), grouping)
     empty = ~(hi >= lo)
@@ -353,7 +358,7 @@ def _classify_values(
         what = _describe_few(grouping, few, nvals)
         msg = (
             f"`classes` is {classes} but {what} {'has' if few.sum() == 1 else 'have'} fewer distinct "
-            f"values{where} (after binning into {nbins} bins)"
+            f"values than that{where} (distinct values in parentheses, after binning into {nbins} bins)"
         )
         if grouping.scope != "slice" or (few | empty).all():
             raise VolbinDataError(f"{msg}; use fewer classes or more `nbins`.")
@@ -391,7 +396,13 @@ def _classify_values(
     return (
         labels,
         grouping,
-        {"thresholds": thresholds, "centres": centres, "initial_centres": init_c, "iterations": iters},
+        {
+            "thresholds": thresholds,
+            "centres": centres,
+            "initial_centres": init_c,
+            "iterations": iters,
+            "nbins": nbins,
+        },
     )
 
 
@@ -608,10 +619,12 @@ def _classify_vectors(
         lacking = ~np.isfinite(best_key) & ~empty
         if lacking.any():
             what = ", ".join(grouping.describe(int(i)) for i in np.flatnonzero(lacking)[:5])
-            raise VolbinDataError(
-                f"`classes` is {classes} but {what} has only {j} distinct voxel vectors{where}; "
-                "use fewer classes."
-            )
+            verb = "has" if lacking.sum() == 1 else "have"
+            msg = f"`classes` is {classes} but {what} {verb} only {j} distinct voxel vectors{where}"
+            if grouping.scope != "slice" or (lacking | empty).all():
+                raise VolbinDataError(f"{msg}; use fewer classes.")
+            warnings.warn(f"{msg}; their voxels get the darkest class.", VolbinWarning, stacklevel=3)
+            empty = empty | lacking
     initial = centres.copy()
     iters = np.zeros(G, dtype=np.int64)
     active = ~empty
@@ -645,6 +658,8 @@ def _classify_vectors(
     raw_init = lo[:, None, :] + initial * span[:, None, :]
     raw[empty] = np.nan
     raw_init[empty] = np.nan
+    # NaN centres: no distance is smaller than infinity, so voxels get the darkest class.
+    centres[empty] = np.nan
     labels = _vector_labels(vec, m, centres, 0 if m is None else 1)
     shape = grouping.group_shape
     return (
@@ -735,7 +750,9 @@ def classify(
     seed : int, optional
         Seed of the k-means++ seeding (default 0).
     nbins : int, optional
-        Histogram bins per group (default 256), whatever the dtype.
+        Histogram bins per group, whatever the dtype: default 256 for multi-Otsu, and for
+        k-means as many as `volbin.histogram.fine_nbins` allows (65536 for up to 128
+        groups, at least 256).
     max_iter : int, optional
         At most this many Lloyd updates per group (default 100).
     tol : float, optional
@@ -773,7 +790,8 @@ def classify(
 
     k-means on intensities runs Lloyd's iterations on the weighted bins (voxel counts and
     mean values, from one pass): exact k-means of the data whenever each bin holds one
-    distinct value (integer data of a range up to `nbins`), otherwise within a bin.
+    distinct value (integer data of a range up to `nbins`); otherwise a fixed point of the
+    binned data, from which one Lloyd step on the voxels moves no centre by a bin.
     Seeding is greedy k-means++ on the histogram with ``numpy.random.default_rng((seed,
     group))``.
 
@@ -816,7 +834,6 @@ def classify(
     vol, kind = as_volume(volume, volume_axis=volume_axis)
     _check(method, classes, vol, channels, warm_start, scope, seed, nbins, max_iter, tol)
     seed_ = 0 if seed is None else int(seed)
-    nbins_ = _DEFAULT_NBINS if nbins is None else int(nbins)
     max_iter_ = _DEFAULT_MAX_ITER if max_iter is None else int(max_iter)
     tol_ = 0.0 if tol is None else float(tol)
     options: dict[str, Any] = {
@@ -845,11 +862,11 @@ def classify(
             _both(m, s),
             bool(warm_start),
             seed_,
-            nbins_,
+            nbins,
             max_iter_,
             tol_,
         )
-        options["nbins"] = nbins_
+        options["nbins"] = found["nbins"]
         if method == "kmeans":
             options.update(seed=seed_, max_iter=max_iter_, tol=tol_, warm_start=bool(warm_start))
         out = vol.derive(labels)
