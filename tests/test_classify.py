@@ -229,10 +229,6 @@ def test_kmeans_seeding_is_deterministic(phantom3d):
     np.testing.assert_array_equal(a.labels, b.labels)
     inits = {tuple(classify(x, "kmeans", 4, seed=s).initial_centres) for s in range(4)}
     assert len(inits) > 1  # the seed matters
-    assert all(
-        np.isin(np.round(c, 6), np.round(classify(x, "kmeans", 4, seed=0).centres, 6)).sum() >= 0
-        for c in inits
-    )
 
 
 def test_kmeans_tol_and_max_iter(phantom3d):
@@ -438,8 +434,6 @@ def test_record_is_json(phantom4d):
     import json
 
     res = classify(phantom4d.intensity, "kmeans", 3, scope="slice", axis="z", mask=phantom4d.brain)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
     rec = json.loads(json.dumps(res.record()))
     assert rec["group_axes"] == ["slice", "volume"]
     assert np.array(rec["thresholds_raw"], dtype=float).shape == (40, 4, 2)
