@@ -92,7 +92,7 @@ def _check_spacing(spacing: Any) -> tuple[float, float, float] | None:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"`spacing` must be 3 positive voxel sizes; got {spacing!r}.")
-    return values  # type: ignore[return-value]
+    return (values[0], values[1], values[2])
 
 
 def _embed(struct3: np.ndarray, vol: Volume) -> np.ndarray:

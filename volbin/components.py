@@ -324,11 +324,12 @@ def _merge(
                     bid.insert(a, bi)
                     k = index[tuple(bid)]
                     plane = summaries[k].planes[(a, side)].astype(np.int64)
-                    where = tuple(
+                    spans = [
                         slice(int(starts[b][j]), int(starts[b][j + 1]))
                         for b, j in zip(other, rest, strict=True)
-                    )
-                    face[(1 - side, *where)] = np.where(plane > 0, plane + offsets[k], 0)
+                    ]
+                    where: tuple[int | slice, ...] = (1 - side, *spans)
+                    face[where] = np.where(plane > 0, plane + offsets[k], 0)
             edges.append(_face_edges(np.moveaxis(face, 0, a), struct))
     e = np.concatenate(edges, axis=1)
     graph = coo_matrix((np.ones(e.shape[1], dtype=np.int8), (e[0], e[1])), shape=(total + 1, total + 1))

@@ -38,7 +38,7 @@ def _float_type(dtype: np.dtype) -> type:
 
 
 def _odd_sizes(name: str, value: Any, n: int) -> tuple[int, ...]:
-    sizes = (value,) * n if np.isscalar(value) else tuple(value)
+    sizes: tuple[Any, ...] = (value,) * n if np.isscalar(value) else tuple(value)
     ok = len(sizes) == n and all(
         isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 and s % 2 == 1 for s in sizes
     )
@@ -88,7 +88,7 @@ def _mean_std(x: np.ndarray, sizes: tuple[int, ...], ft: type) -> tuple[np.ndarr
             s1 = ndimage.correlate1d(s1, w, axis=a, mode="mirror")
             s2 = ndimage.correlate1d(s2, w, axis=a, mode="mirror")
     n = int(np.prod(sizes))
-    m = s1.astype(ft)
+    m: np.ndarray = s1.astype(ft)
     m /= n
     g2 = s2.astype(ft)
     g2 /= n
@@ -129,7 +129,7 @@ def _local_graph(
         if method in ("gaussian", "median"):
             param = sigma if method == "gaussian" else None
             return filters.threshold_local(block, sizes, method, offset, mode, param, cval)
-        b = block.astype(ft, copy=False)
+        b: np.ndarray = block.astype(ft, copy=False)
         if method == "mean":
             return _window_mean(b, sizes, mode, cval, ft) - offset
         m, s = _mean_std(b, sizes, ft)
@@ -191,7 +191,8 @@ def _threshold_graph(
     if param is None:
         sigma3: tuple[float, ...] = tuple((b - 1) / 6.0 for b in sizes3)
     else:
-        sigma3 = (param,) * len(axes) if np.isscalar(param) else tuple(param)
+        values: Any = (param,) * len(axes) if np.isscalar(param) else param
+        sigma3 = tuple(float(s) for s in values)
         if len(sigma3) != len(axes) or not all(np.isfinite(s) and s >= 0 for s in sigma3):
             raise ValueError(
                 f"`param` (Gaussian sigma) must be non-negative, 1 or {len(axes)} values; got {param!r}."
@@ -456,8 +457,8 @@ def apply_hysteresis_threshold(
 
     def prepare(x: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         rest = list(arrays)
-        lo = rest.pop(0) if lo_a is not None else lo_s
-        hi = rest.pop(0) if hi_a is not None else hi_s
+        lo: Any = rest.pop(0) if lo_a is not None else lo_s
+        hi: Any = rest.pop(0) if hi_a is not None else hi_s
         lo = np.clip(lo, a_min=None, a_max=hi)
         return x > lo, [x > hi]
 
