@@ -14,12 +14,23 @@ volume, and produce full-size outputs as numpy arrays:
   ``np.digitize`` to labels.
 
 Prints median times over `--repeat` runs and the ratios to volbin Otsu.
+
+    python scripts/bench_classify.py --components --size 320
+
+runs hysteresis on lazy smoothed noise of (size,)*3 float64 voxels in slabs of 32 planes
+(labels of the low mask, keeping those that hold a high voxel), with
+``dask_image.ndmeasure.label`` and with `volbin.components`, each in a fresh process, and
+prints time and peak memory above the process's start; ``threshold`` only counts the low
+mask (the cost of making the input).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -41,13 +52,55 @@ def skimage_multiotsu(stack: np.ndarray, classes: int) -> np.ndarray:
     return out
 
 
+LOW, HIGH = 0.508, 0.545
+
+
+def _components_run(engine: str, size: int) -> None:
+    import dask.array as da
+    from scipy import ndimage
+
+    noise = da.random.default_rng(0).random((size, size, size), chunks=(size, size, 32))
+    # Smoothed noise: blobs of a few voxels, values 0.5 +- 0.015.
+    x = da.map_overlap(ndimage.gaussian_filter, noise, depth=8, boundary="reflect", sigma=2.0)
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if engine == "threshold":
+        kept = int((x > LOW).sum().compute())
+    elif engine == "dask-image":
+        from dask_image import ndmeasure
+
+        lab, _ = ndmeasure.label(x > LOW)
+        present = da.unique(lab[x > HIGH]).compute()
+        kept = int(da.isin(lab, present[present > 0]).sum().compute())
+    else:
+        from volbin.local import apply_hysteresis_threshold
+
+        kept = int(apply_hysteresis_threshold(x, LOW, HIGH).sum().compute())
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start
+    print(f"{engine:<12} {seconds:>8.2f} s {peak / 1024:>8.0f} MiB above start  ({kept} voxels)")
+
+
+def components(size: int) -> None:
+    print(f"hysteresis of smoothed noise ({size},)*3, low {LOW}, high {HIGH}, slabs of 32 planes")
+    here = __file__.rsplit("/", 1)[0]
+    for engine in ("threshold", "dask-image", "volbin"):
+        code = f"import bench_classify as b; b._components_run({engine!r}, {size})"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=here)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=10)
     parser.add_argument("--shape", type=int, nargs=3, default=(181, 217, 181))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--classes", type=int, default=3)
+    parser.add_argument("--components", action="store_true", help="label components instead")
+    parser.add_argument("--size", type=int, default=320)
     args = parser.parse_args(argv)
+    if args.components:
+        components(args.size)
+        return 0
 
     import volbin
     from volbin.classify import classify
