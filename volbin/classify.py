@@ -413,7 +413,6 @@ class _Vectors:
 
     data: da.Array  # 4D, one chunk along the channel axis
     caxis: int
-    mask: da.Array | None  # statistics mask, spatial
     grouping: Grouping  # on the spatial axes
     lo: np.ndarray  # (G, C)
     inv: np.ndarray  # (G, C)
@@ -600,7 +599,7 @@ def _classify_vectors(
     span = np.where(hi > lo, hi - lo, 0.0)
     with np.errstate(divide="ignore"):
         inv = np.where(span > 0, 1.0 / np.where(span > 0, span, 1.0), 0.0)
-    vec = _Vectors(data, caxis, stats, grouping, lo, inv)
+    vec = _Vectors(data, caxis, grouping, lo, inv)
     G, nc = lo.shape
     blocks = vec.blocks(stats)
     # k-means++ seeding, one streamed draw per centre (exponential races keyed by voxel index).
