@@ -106,7 +106,9 @@ def _rescaled(vol: Volume, rescale: str | None, scope: str, axis: Any, options: 
     if rescale is None:
         ft = _float_type(vol.dtype)
         return vol.data.astype(ft)
-    recipe = Recipe(rescale=rescale, scope=scope, axis=axis, **options)
+    if scope == "slice":
+        options = {"axis": axis, **options}
+    recipe = Recipe(rescale=rescale, scope=scope, **options)
     grouping = vol.grouping(recipe.scope, recipe.axis)
     tr = fit_transform(vol, grouping, recipe)
     return apply_transform(vol.data, tr)
