@@ -126,8 +126,9 @@ def test_units_rescaled_and_raw():
 def test_tone_curve_thresholds_are_skimage_on_the_rescaled_data():
     x = DATA["gamma"]
     for curve in ("gamma", "log", "equalize"):
-        r = volbin.rescale(x, curve=curve, gamma=0.5)
-        t = volbin.threshold(x, "otsu", curve=curve, gamma=0.5, units="rescaled")
+        kw = {"gamma": 0.5} if curve == "gamma" else {}
+        r = volbin.rescale(x, curve=curve, **kw)
+        t = volbin.threshold(x, "otsu", curve=curve, units="rescaled", **kw)
         assert t == skimage_threshold(r, "otsu")
 
 
@@ -244,7 +245,8 @@ def test_thresholds_within_data_range(method, scope, dtype, seed, curve):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VolbinWarning)
         try:
-            t = volbin.threshold(x, method, scope=scope, curve=curve, gamma=2.0)
+            kw = {"gamma": 2.0} if curve == "gamma" else {}
+            t = volbin.threshold(x, method, scope=scope, curve=curve, **kw)
         except VolbinDataError:  # `minimum` on a histogram with one peak
             assert method == "minimum"
             return

@@ -17,15 +17,36 @@ import numpy as np
 
 __all__ = [
     "CURVES",
+    "CURVE_OPTIONS",
     "DITHER_METHODS",
     "HISTOGRAM_METHODS",
     "METHODS",
+    "MONOTONE_CURVES",
     "RESCALE_METHODS",
     "Recipe",
 ]
 
 RESCALE_METHODS = ("minmax", "percentile", "fixed", "dtype", "none")
-CURVES = ("linear", "gamma", "log", "equalize")
+CURVES = ("linear", "gamma", "log", "equalize", "auto-gamma", "sigmoid", "clahe")
+#: Curves with ``f(x) > t  <=>  x > f⁻¹(t)``: thresholds of these map back to raw units.
+MONOTONE_CURVES = tuple(c for c in CURVES if c != "clahe")
+#: The options of each tone curve; the others are refused with it.  Each option's "not given"
+#: value is its default (`_CURVE_OPTION_DEFAULTS`).
+CURVE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "gamma": ("gamma",),
+    "log": ("log_gain",),
+    "sigmoid": ("gain", "cutoff"),
+    "clahe": ("clip_limit", "kernel_size", "kernel_mm"),
+}
+_CURVE_OPTION_DEFAULTS: dict[str, Any] = {
+    "gamma": 1.0,
+    "log_gain": 9.0,
+    "gain": None,
+    "cutoff": None,
+    "clip_limit": None,
+    "kernel_size": None,
+    "kernel_mm": None,
+}
 #: Threshold methods computed from per-group histograms (plus `mean`, from exact sums).
 HISTOGRAM_METHODS = ("otsu", "yen", "isodata", "li", "minimum", "triangle", "mean")
 DITHER_METHODS = ("dither", "ordered")
@@ -50,6 +71,15 @@ def _check_pair(name: str, value: Any) -> tuple[float, float]:
     if not lo < hi:
         raise ValueError(f"`{name}` must have lo < hi; got {value!r}.")
     return lo, hi
+
+
+def _triple(value: Any) -> tuple[Any, ...] | None:
+    """One value or three as a 3-tuple (None if it is neither)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return (value, value, value)
+    return tuple(value) if len(value) == 3 else None
 
 
 def _check_float(name: str, value: Any, condition: str = "a finite number") -> float:
@@ -90,9 +120,22 @@ class Recipe:
         Raw intensities mapped to 0 and 1 for ``rescale="fixed"``.
     curve : str
         Tone curve after rescaling: ``linear``, ``gamma`` (``r**gamma``), ``log``
-        (``log1p(log_gain * r) / log1p(log_gain)``) or ``equalize`` (histogram equalisation).
+        (``log1p(log_gain * r) / log1p(log_gain)``), ``equalize`` (histogram equalisation),
+        ``auto-gamma`` (``r**g`` with ``g = log(0.5) / log(mean r)`` per group), ``sigmoid``
+        (``1 / (1 + exp(gain * (cutoff - r)))``) or ``clahe`` (contrast-limited adaptive
+        equalisation of each 3D volume; not monotone, so thresholds are in rescaled units
+        only and ``units='raw'`` is refused).  See `volbin.rescale.rescale`.
     gamma, log_gain : float
         Parameters of the ``gamma`` and ``log`` curves.
+    gain, cutoff : float or None
+        Parameters of the ``sigmoid`` curve (default 10 and 0.5, as scikit-image).
+    clip_limit : float or None
+        Clip limit of ``clahe``, in (0, 1] (default 0.01, as scikit-image).
+    kernel_size : int, (int, int, int) or None
+        Contextual region of ``clahe`` in voxels along x, y, z (default 1/8 of each size).
+    kernel_mm : float, (float, float, float) or None
+        Contextual region of ``clahe`` in millimetres, converted with the voxel sizes
+        (so anisotropic voxels get regions of the same physical size); not with `kernel_size`.
     threshold : float or None
         The threshold of ``method="value"``, in `units`.
     units : str
@@ -114,6 +157,11 @@ class Recipe:
     curve: str = "linear"
     gamma: float = 1.0
     log_gain: float = 9.0
+    gain: float | None = None
+    cutoff: float | None = None
+    clip_limit: float | None = None
+    kernel_size: int | tuple[int, int, int] | None = None
+    kernel_mm: float | tuple[float, float, float] | None = None
     threshold: float | None = None
     units: str = "rescaled"
     nbins: int = 256
@@ -160,6 +208,7 @@ class Recipe:
             if not _check_float(name, value, "a finite number > 0") > 0:
                 raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}.")
             object.__setattr__(self, name, float(value))
+        self._check_curve_options()
         if self.method == "value":
             if self.threshold is None:
                 raise ValueError("`method='value'` needs `threshold` (CLI: --threshold T).")
@@ -191,6 +240,66 @@ class Recipe:
             raise ValueError(f"`matrix` must be a power of two >= 2; got {self.matrix!r}.")
         _check_choice("pattern", self.pattern, ("bayer", "blue-noise"))
 
+    def _check_curve_options(self) -> None:
+        """Refuse options of other curves; validate those of the chosen one."""
+        own = CURVE_OPTIONS.get(self.curve, ())
+        for name, default in _CURVE_OPTION_DEFAULTS.items():
+            value = getattr(self, name)
+            if name in own or value is None or (default is not None and value == default):
+                continue
+            users = [c for c, opts in CURVE_OPTIONS.items() if name in opts]
+            raise ValueError(
+                f"`{name}` is an option of curve={users[0]!r}, not of curve={self.curve!r}; "
+                f"got {name}={value!r}. Remove it or choose curve={users[0]!r}."
+            )
+        if self.gain is not None:
+            if not _check_float("gain", self.gain, "a finite number > 0") > 0:
+                raise ValueError(f"`gain` must be a finite number > 0; got {self.gain!r}.")
+            object.__setattr__(self, "gain", float(self.gain))
+        if self.cutoff is not None:
+            object.__setattr__(self, "cutoff", _check_float("cutoff", self.cutoff))
+        if self.clip_limit is not None:
+            c = _check_float("clip_limit", self.clip_limit, "a number in (0, 1]")
+            if not 0.0 < c <= 1.0:
+                raise ValueError(f"`clip_limit` must be a number in (0, 1]; got {self.clip_limit!r}.")
+            object.__setattr__(self, "clip_limit", c)
+        if self.kernel_size is not None and self.kernel_mm is not None:
+            raise ValueError(
+                f"`kernel_size` and `kernel_mm` are two ways to give the CLAHE region; give one; "
+                f"got kernel_size={self.kernel_size!r}, kernel_mm={self.kernel_mm!r}."
+            )
+        if self.kernel_size is not None:
+            ks = _triple(self.kernel_size)
+            if ks is None or not all(
+                isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks
+            ):
+                raise ValueError(
+                    f"`kernel_size` must be an int >= 1 or three of them (voxels); got {self.kernel_size!r}."
+                )
+            object.__setattr__(self, "kernel_size", tuple(int(k) for k in ks))
+        if self.kernel_mm is not None:
+            km = _triple(self.kernel_mm)
+            try:
+                kmf = tuple(float(k) for k in km) if km is not None else None
+            except (TypeError, ValueError):
+                kmf = None
+            if kmf is None or not all(0 < k < math.inf for k in kmf):
+                raise ValueError(
+                    f"`kernel_mm` must be a positive size in mm or three of them; got {self.kernel_mm!r}."
+                )
+            object.__setattr__(self, "kernel_mm", kmf)
+        if self.curve == "clahe":
+            if self.units == "raw":
+                raise ValueError(
+                    "`units='raw'` cannot be used with curve='clahe': CLAHE is not monotone, so a "
+                    "threshold has no raw-intensity equivalent; give it in rescaled units."
+                )
+            if self.scope == "slice":
+                raise ValueError(
+                    "`scope='slice'` cannot be used with curve='clahe', which equalises whole 3D "
+                    "volumes; use scope='volume' or 'stack'."
+                )
+
     # --- JSON form -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -211,7 +320,7 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}.")
         kw = dict(d)
-        for k in ("percentiles", "value_range", "upsample"):
+        for k in ("percentiles", "value_range", "upsample", "kernel_size", "kernel_mm"):
             if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
         return cls(**kw)
@@ -227,3 +336,8 @@ class Recipe:
     def is_linear(self) -> bool:
         """Whether raw -> rescaled is linear (thresholds then map exactly to raw units)."""
         return self.curve == "linear" or (self.curve == "gamma" and float(self.gamma) == 1.0)
+
+    @property
+    def is_monotone(self) -> bool:
+        """Whether the tone curve is monotone, so that thresholds map back to raw units."""
+        return self.curve in MONOTONE_CURVES
