@@ -69,11 +69,15 @@ def _parts(data: da.Array, grouping: Grouping, centre: np.ndarray, half: np.ndar
             out[:, j + 1] = (q - hi * split).astype(np.int64).sum(axis=1)
         shape = tuple(block.shape[a] if a in grouping.group_axes else 1 for a in range(block.ndim))
         # Rows are in C order over the group axes, which is this shape's order too.
-        return out.reshape(shape + (5,))
+        return out.reshape((*shape, 5))
 
-    chunks = tuple(
-        data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a]) for a in range(data.ndim)
-    ) + ((5,),)
+    chunks = (
+        *tuple(
+            data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a])
+            for a in range(data.ndim)
+        ),
+        (5,),
+    )
     return da.map_blocks(
         run,
         data,
@@ -107,7 +111,7 @@ def group_moments(data: da.Array, grouping: Grouping, lo: np.ndarray, hi: np.nda
     parts = _parts(data, grouping, centre, half).compute()
     axes = tuple(a for a in range(len(grouping.shape)) if a not in grouping.group_axes)
     # Python integers: the sums over blocks cannot overflow.
-    total = parts.astype(object).sum(axis=axes, keepdims=True).reshape(grouping.group_shape + (5,))
+    total = parts.astype(object).sum(axis=axes, keepdims=True).reshape((*grouping.group_shape, 5))
     count = np.zeros(grouping.group_shape, np.int64)
     mean = np.full(grouping.group_shape, np.nan)
     std = np.full(grouping.group_shape, np.nan)

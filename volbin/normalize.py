@@ -11,6 +11,7 @@ volume as a whole (one volume in memory per running task).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -34,8 +35,8 @@ from .volume import Grouping, Volume, as_volume, like_input
 
 __all__ = [
     "NORMALIZE_METHODS",
-    "NyulLandmarks",
     "Normalization",
+    "NyulLandmarks",
     "fit_normalize",
     "fit_nyul",
     "normalize",
@@ -187,7 +188,8 @@ class Normalization:
         """Lazy float32 normalised `data` (of the shape the parameters were fitted on)."""
         if tuple(data.shape) != tuple(self.grouping.shape):
             raise ValueError(
-                f"this normalisation was fitted on shape {self.grouping.shape}; got data of shape {data.shape}."
+                f"this normalisation was fitted on shape {self.grouping.shape}; "
+                f"got data of shape {data.shape}."
             )
         if self.graph_fn is not None:
             return self.graph_fn(data)
@@ -352,7 +354,11 @@ def _check_percentiles(p: Sequence[float]) -> tuple[float, ...]:
         ps = tuple(float(v) for v in p)
     except (TypeError, ValueError):
         raise ValueError(f"`percentiles` must be increasing numbers in [0, 100]; got {p!r}.") from None
-    if len(ps) < 2 or not all(0.0 <= v <= 100.0 for v in ps) or not all(a < b for a, b in zip(ps, ps[1:])):
+    if (
+        len(ps) < 2
+        or not all(0.0 <= v <= 100.0 for v in ps)
+        or not all(a < b for a, b in itertools.pairwise(ps))
+    ):
         raise ValueError(f"`percentiles` must be at least two increasing numbers in [0, 100]; got {p!r}.")
     return ps
 
@@ -552,7 +558,7 @@ def _fit_whitestripe(
     coarse_nb = min(WHITESTRIPE_BINS, nb)
     shape = grouping.group_shape
     mode, mode_q, bw = np.empty(shape), np.empty(shape), np.empty(shape)
-    qs = np.empty(shape + (2,))
+    qs = np.empty((*shape, 2))
     for idx in np.ndindex(*shape):
         f = fine[idx]
         a, b = float(lo[idx]), float(hi[idx])
@@ -568,7 +574,7 @@ def _fit_whitestripe(
         below = f[: k * ratio + ratio // 2].sum() if ratio > 1 else f[:k].sum() + f[k] / 2
         mode_q[idx] = below / f.sum()
         qs[idx] = (max(mode_q[idx] - tau, 0.0), min(mode_q[idx] + tau, 1.0))
-    bounds = np.empty(shape + (2,))
+    bounds = np.empty((*shape, 2))
     for idx in np.ndindex(*shape):
         bounds[idx] = percentiles_from_hist(fine[idx][None], lo[idx][None], hi[idx][None], 100 * qs[idx])[0]
     lower, upper = bounds[..., 0], bounds[..., 1]
@@ -648,7 +654,8 @@ def _n4_settings(opts: dict[str, Any]) -> dict[str, Any]:
     }
     if out["n_control_points"] <= out["spline_order"]:
         raise ValueError(
-            f"`n_control_points` must exceed `spline_order` ({out['spline_order']}); got {out['n_control_points']}."
+            f"`n_control_points` must exceed `spline_order` ({out['spline_order']}); "
+            f"got {out['n_control_points']}."
         )
     return out
 
