@@ -128,7 +128,7 @@ def test_clahe_refuses_a_volume_above_the_memory_limit(head):
 
 
 def test_clahe_thresholds_exist_in_rescaled_units_only(head):
-    with pytest.raises(ValueError, match="units='raw'.*clahe"):
+    with pytest.raises(ValueError, match=r"units='raw'.*clahe"):
         Recipe(curve="clahe", units="raw", method="value", threshold=1.0)
     vol = Volume(head)
     tr = fit_transform(vol, vol.grouping("volume"), Recipe(curve="clahe"))
