@@ -188,7 +188,7 @@ def test_nyul_standardises_tissue_classes_across_distortions():
 
 
 def test_nyul_landmarks_json_round_trip_and_streaming():
-    base, cohort = distorted_cohort()
+    _, cohort = distorted_cohort()
     # A generator of lazy dask arrays: fit_nyul reads one at a time.
     lm = fit_nyul(da.from_array(x, chunks=(48, 56, 8)) for x in cohort)
     again = NyulLandmarks.from_json(lm.to_json())
