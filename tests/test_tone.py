@@ -244,3 +244,36 @@ def test_any_chunking_gives_the_same_bytes(spec, scope, chunks):
         ref = volbin.rescale(X4, curve=curve, scope=scope, **kw)
         out = volbin.rescale(da.from_array(X4, chunks=chunks), curve=curve, scope=scope, **kw).compute()
     assert out.tobytes() == ref.tobytes()
+
+
+def equalize_map_reference(x, e0, scale, values):
+    """Plain numpy version of `_tone_kernels.equalize_map`."""
+    last = len(values) - 2
+    s = (x.astype(np.float64) - e0) * scale
+    s = np.where(np.isnan(s), 0.0, s)
+    k = np.floor(np.clip(s, 0.0, last))
+    frac = np.clip(s - k, 0.0, 1.0)
+    ki = k.astype(np.intp)
+    r = values[ki] + frac * (values[ki + 1] - values[ki])
+    return np.where(np.isnan(x), np.nan, r).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int16"])
+def test_equalize_kernel_equals_its_reference_and_np_interp(dtype):
+    from volbin._tone_kernels import equalize_map
+
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=5000) * 300).astype(dtype)
+    if dtype.startswith("float"):
+        x[:3] = [np.nan, np.inf, -np.inf]
+    values = np.concatenate([[0.0], np.sort(rng.random(1023)), [1.0]])
+    e0, scale = -700.0, 1024 / 1400.0
+    out = np.empty(x.size, np.float32)
+    equalize_map(x, e0, scale, values, out)
+    ref = equalize_map_reference(x, e0, scale, values)
+    assert out.tobytes() == ref.tobytes()
+    edges = e0 + np.arange(1025) / scale
+    finite = np.isfinite(x.astype(np.float64))
+    np.testing.assert_allclose(out[finite], np.interp(x[finite].astype(np.float64), edges, values), atol=1e-7)
+    if dtype.startswith("float"):
+        assert np.isnan(out[0]) and out[1] == 1.0 and out[2] == 0.0
