@@ -277,3 +277,10 @@ def test_equalize_kernel_equals_its_reference_and_np_interp(dtype):
     np.testing.assert_allclose(out[finite], np.interp(x[finite].astype(np.float64), edges, values), atol=1e-7)
     if dtype.startswith("float"):
         assert np.isnan(out[0]) and out[1] == 1.0 and out[2] == 0.0
+
+
+def test_clahe_output_thresholds_in_rescaled_units(head):
+    r = volbin.rescale(head, curve="clahe")
+    t = volbin.threshold(r, "otsu", rescale="none")
+    assert t == filters.threshold_otsu(r)
+    np.testing.assert_array_equal(volbin.binarize(r, "otsu", rescale="none"), r > t)

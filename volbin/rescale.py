@@ -132,7 +132,7 @@ class Transform:
         return ValueError(
             f"{what} needs a monotone tone curve; curve='clahe' equalises whole volumes and has "
             "no inverse, so its thresholds exist in rescaled units only: threshold the output "
-            "of `volbin.rescale(..., curve='clahe')` (see volbin.clahe)."
+            "of `volbin.rescale(..., curve='clahe')` with rescale='none'."
         )
 
     def apply(self, block: np.ndarray, location: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
@@ -585,7 +585,10 @@ def rescale(
     `CLAHE_BYTES_PER_VOXEL` bytes per voxel, and refuses a volume above
     `clahe_memory_limit`.  Its output is rescaled to [0, 1] per volume, as scikit-image
     does.  CLAHE is not monotone, so thresholds on its output exist in rescaled units only:
-    ``units='raw'`` is refused, and `Transform.to_raw` raises.
+    ``units='raw'`` is refused, `Transform.to_raw` raises, and so do `volbin.threshold` and
+    `volbin.binarize` with ``curve='clahe'``; threshold the rescaled output instead,
+    ``volbin.binarize(volbin.rescale(x, curve='clahe'), 'otsu', rescale='none')``, whose
+    thresholds are in rescaled units (scikit-image's on the CLAHE volume).
 
     References
     ----------
