@@ -78,7 +78,8 @@ def _mask_data(vol: Volume, mask: Any) -> da.Array:
     if mask is None:
         return data != 0
     m = mask.data if isinstance(mask, Volume) else mask
-    m = m if isinstance(m, da.Array) else da.from_array(np.asarray(m), chunks=-1)
+    # numpy masks are wrapped without a copy or a hash of their data.
+    m = m if isinstance(m, da.Array) else as_volume(np.asarray(m))[0].data
     if m.ndim == 3 and vol.ndim == 4:
         if m.shape != vol.spatial_shape:
             raise ValueError(
@@ -567,16 +568,17 @@ def _fit_whitestripe(
         # Equal bins over the same range, 2048 of them: the counts np.histogram would give.
         coarse = f.reshape(coarse_nb, -1).sum(axis=1)
         bw[idx] = (b - a) / 80 if bandwidth is None else float(bandwidth)
-        mode[idx], k = _smoothed_peak(coarse, a, b, contrast, bw[idx], peak_fraction)
+        mode[idx], k = _smoothed_peak(coarse, a, b, contrast, float(bw[idx]), peak_fraction)
         # The mode is the centre of coarse bin k, an edge of the fine bins: the fraction of
         # voxels below it is a sum of fine counts.
         ratio = nb // coarse_nb
         below = f[: k * ratio + ratio // 2].sum() if ratio > 1 else f[:k].sum() + f[k] / 2
         mode_q[idx] = below / f.sum()
-        qs[idx] = (max(mode_q[idx] - tau, 0.0), min(mode_q[idx] + tau, 1.0))
+        qs[idx] = [max(float(mode_q[idx]) - tau, 0.0), min(float(mode_q[idx]) + tau, 1.0)]
     bounds = np.empty((*shape, 2))
     for idx in np.ndindex(*shape):
-        bounds[idx] = percentiles_from_hist(fine[idx][None], lo[idx][None], hi[idx][None], 100 * qs[idx])[0]
+        q100 = [100 * float(q) for q in qs[idx]]
+        bounds[idx] = percentiles_from_hist(fine[idx][None], lo[idx][None], hi[idx][None], q100)[0]
     lower, upper = bounds[..., 0], bounds[..., 1]
     stripe_mask = _mask_data(vol, mask)
     lo_b = grouping.expand(lower)
@@ -642,7 +644,7 @@ def _n4_settings(opts: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"`n_iterations` must be iterations per fitting level, ints >= 1; got {opts['n_iterations']!r}."
         )
-    out = {
+    out: dict[str, Any] = {
         "shrink_factor": pos_int("shrink_factor"),
         "n_iterations": its,
         "convergence_threshold": float(opts["convergence_threshold"]),

@@ -116,7 +116,9 @@ class Transform:
         if self.curve == "log":
             return np.log1p(self.log_gain * r) / np.log1p(self.log_gain)
         if self.curve == "auto-gamma":
-            return np.power(r, self.gammas if gammas is None else gammas)
+            g = self.gammas if gammas is None else gammas
+            assert g is not None
+            return np.power(r, g)
         if self.curve == "sigmoid":
             # scikit-image's adjust_sigmoid on [0, 1] data (its scale is 1 for floats).
             with np.errstate(over="ignore"):
@@ -215,6 +217,7 @@ class Transform:
         elif self.curve == "log":
             r = np.expm1(np.clip(t, 0.0, 1.0) * np.log1p(self.log_gain)) / self.log_gain
         elif self.curve == "auto-gamma":
+            assert self.gammas is not None
             r = np.power(np.clip(t, 0.0, 1.0), 1.0 / self.gammas)
         elif self.curve == "sigmoid":
             # The sigmoid maps [0, 1] onto [f0, f1] inside (0, 1): thresholds below f0 keep
@@ -456,14 +459,17 @@ def _mean_rescaled(volume: Volume, tr: Transform) -> np.ndarray:
 
 def _clahe_kernel(volume: Volume, recipe: Recipe) -> tuple[int, int, int]:
     """CLAHE region in voxels along x, y, z: given, from millimetres, or 1/8 of each size."""
-    if recipe.kernel_size is not None:
-        return tuple(int(k) for k in recipe.kernel_size)  # type: ignore[return-value]
-    if recipe.kernel_mm is not None:
-        zooms = volume.zooms
-        return tuple(  # type: ignore[return-value]
-            max(1, round(float(mm) / float(z))) for mm, z in zip(recipe.kernel_mm, zooms, strict=True)
+    # Recipe validation makes both options 3-tuples.
+    if isinstance(recipe.kernel_size, tuple):
+        a, b, c = (int(k) for k in recipe.kernel_size)
+        return a, b, c
+    if isinstance(recipe.kernel_mm, tuple):
+        a, b, c = (
+            max(1, round(float(mm) / float(z))) for mm, z in zip(recipe.kernel_mm, volume.zooms, strict=True)
         )
-    return tuple(max(s // 8, 1) for s in volume.spatial_shape)  # type: ignore[return-value]
+        return a, b, c
+    a, b, c = (max(s // 8, 1) for s in volume.spatial_shape)
+    return a, b, c
 
 
 def _check_clahe_memory(volume: Volume) -> None:
