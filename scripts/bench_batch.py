@@ -246,7 +246,7 @@ def main() -> None:
         rows.append(
             ("plain loop: nibabel + skimage, 1 process", measure(lambda: run_plain(paths, fresh("plain")), r))
         )
-        # volbin's default layout for `c` cores (see volbin._batch_engine._layout), and the alternatives.
+        # volbin's default layout for `c` cores (see volbin.batch.engine._layout), and the alternatives.
         w0 = max(1, c // 2)
         t0 = c // w0
         rows.append(
@@ -265,7 +265,7 @@ def main() -> None:
             )
             layouts += [(w0, t0, True, True), (c, 1, True, False), (w0, t0, False, False)]
         for w, th, procs, trim in layouts:
-            # As volbin.batch starts its own LocalCluster (see volbin._batch_engine._engine), unless `trim`:
+            # As volbin.batch starts its own LocalCluster (see volbin.batch.engine._engine), unless `trim`:
             # then with distributed's default MALLOC_TRIM_THRESHOLD_ for worker processes.
             unset = {} if trim else {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
             with dask.config.set(unset):

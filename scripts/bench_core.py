@@ -125,7 +125,7 @@ def bench_disk(stack: np.ndarray, limit: int, workdir: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "volbin.cli",
+        "volbin",
         "binarize",
         str(src),
         str(dst),
@@ -165,7 +165,7 @@ def main() -> None:
     stack = make_stack(args.volumes, tuple(args.shape))
     bench_memory(stack, args.repeat)
     if args.disk:
-        from volbin.cli import _parse_memory
+        from volbin.cli._common import parse_memory as _parse_memory
 
         limit = _parse_memory(args.memory_limit)
         reps = int(np.ceil(3 * limit / stack.nbytes))

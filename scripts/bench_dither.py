@@ -36,7 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from volbin import _dither_kernels as dk
-from volbin import ordered
+from volbin.dither import ordered
 
 
 def head_phantom(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

@@ -192,7 +192,7 @@ def bayer_ranks(n: int, ndim: int = 2) -> np.ndarray:
     """Bayer ranks of side 2**n by the block recursion.
 
     2D: M(2k) = [[4M, 4M + 2], [4M + 3, 4M + 1]].  3D: M(2k) is 8M + D[i, j, l] in the octant
-    (i, j, l), with D the 2x2x2 base matrix of `volbin.ordered`.
+    (i, j, l), with D the 2x2x2 base matrix of `volbin.dither.ordered`.
     """
     if ndim == 2:
         m = np.zeros((1, 1), np.int64)

@@ -148,7 +148,7 @@ def test_killed_batch_resumes_without_redoing_or_leaving_temporaries(
     cmd = [
         sys.executable,
         "-m",
-        "volbin.cli",
+        "volbin",
         "batch",
         str(data / "sub-*/anat/*.nii.gz"),
         "--out-dir",

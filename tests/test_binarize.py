@@ -19,11 +19,13 @@ from skimage import filters
 import volbin
 from volbin import _kernels as K
 from volbin.errors import VolbinDataError, VolbinWarning
-from volbin.recipe import HISTOGRAM_METHODS, Recipe
+from volbin.recipe import Recipe, unused_options
 from volbin.volume import Volume
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None)
-METHODS = (*HISTOGRAM_METHODS, "value", "stochastic")
+# scikit-image's family; test_autothreshold.py covers the ImageJ/ITK family and percentile.
+SKIMAGE_METHODS = ("otsu", "yen", "isodata", "li", "minimum", "triangle", "mean")
+METHODS = (*SKIMAGE_METHODS, "value", "stochastic")
 
 
 def otsu_ref(x: np.ndarray) -> np.ndarray:
@@ -40,6 +42,12 @@ def quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def used(kw: dict, method: str = "otsu") -> dict:
+    """`kw` without the options `method` does not use (volbin refuses those)."""
+    drop = {n for n, _ in unused_options({**kw, "method": method})}
+    return {k: v for k, v in kw.items() if k not in drop}
+
+
 RNG = np.random.default_rng(0)
 GAMMA = RNG.gamma(2.0, size=(18, 19, 20))
 
@@ -52,7 +60,7 @@ def test_otsu_mask_equals_skimage(dtype):
     np.testing.assert_array_equal(mask, otsu_ref(x))
 
 
-@pytest.mark.parametrize("method", HISTOGRAM_METHODS)
+@pytest.mark.parametrize("method", SKIMAGE_METHODS)
 def test_mask_is_volume_above_threshold(method):
     x = GAMMA
     np.testing.assert_array_equal(volbin.binarize(x, method), x > volbin.threshold(x, method))
@@ -174,7 +182,7 @@ def test_nonfinite_voxels_are_zero_excluded_counted_and_warned(method):
     assert out.steps[-1]["nonfinite_voxels"] == 4
     if method == "otsu":
         np.testing.assert_array_equal(mask, otsu_ref(x))
-    if method in HISTOGRAM_METHODS:  # statistics of the finite voxels only: skimage's on them
+    if method in SKIMAGE_METHODS:  # statistics of the finite voxels only: skimage's on them
         f = x[np.isfinite(x)]
         fn = getattr(filters, f"threshold_{method}")
         ref = fn(f) if method in ("li", "mean") else fn(f, nbins=256)
@@ -319,12 +327,10 @@ X4[1, 1, 1, 0] = np.nan
 
 
 def recipe_options(method, scope, rescale, curve, seed) -> dict:
-    kw = dict(scope=scope[0], axis=scope[1], rescale=rescale, curve=curve, seed=seed)
-    if curve == "gamma":
-        kw["gamma"] = 2.0
+    kw = dict(scope=scope[0], axis=scope[1], rescale=rescale, curve=curve, gamma=2.0, seed=seed)
     if method == "value":
         kw["threshold"] = 0.4
-    return kw
+    return used(kw, method)
 
 
 @functools.cache
@@ -369,7 +375,7 @@ def test_higher_threshold_never_adds_voxels(ts, units, curve):
     if units == "rescaled":
         t1, t2 = t1 / 10, t2 / 10
     x = X4
-    kw = dict(units=units, curve=curve, **({"gamma": 0.5} if curve == "gamma" else {}))
+    kw = used(dict(units=units, curve=curve, gamma=0.5), "value")
     low = quiet(volbin.binarize, x, "value", threshold=t1, **kw)
     high = quiet(volbin.binarize, x, "value", threshold=t2, **kw)
     assert not (high & ~low).any()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -127,7 +127,7 @@ def test_usage_errors_exit_2(brain, tmp_path, capsys):
     assert main(["binarize", str(src), str(tmp_path / "o.nii"), "--method", "value"]) == 2
     assert "threshold" in capsys.readouterr().err
     assert main(["binarize", str(src), str(tmp_path / "o.nii"), "--nbins", "1"]) == 2
-    assert "`nbins`" in capsys.readouterr().err
+    assert "--nbins" in capsys.readouterr().err
     assert main([]) == 2
 
 
@@ -193,17 +193,30 @@ def test_help_has_examples(capsys):
     assert main(["--version"]) == 0
 
 
-def test_demo(tmp_path, capsys):
-    assert (
-        main(["demo", "--out-dir", str(tmp_path / "d"), "--shape", "40", "48", "40", "--volumes", "2"]) == 0
-    )
+def test_demo_prints_the_dice_of_its_masks_against_the_phantoms_truth(tmp_path, capsys):
+    d = tmp_path / "d"
+    assert main(["demo", "--out-dir", str(d), "--shape", "40", "48", "40", "--volumes", "2"]) == 0
     out = capsys.readouterr().out
-    assert "Dice" in out and str(tmp_path / "d") in out
-    m = nib.load(tmp_path / "d" / "phantom4d_mask.nii.gz")
-    assert m.shape == (40, 48, 40, 2)
-    with gzip.open(tmp_path / "d" / "phantom3d_mask.nii.gz") as f:
-        assert len(f.read()) > 0
-    assert (tmp_path / "d" / "phantom3d_mask.json").exists()
+    rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert len(rows) == 3  # one 3D volume and two 4D volumes
+    ph = {"phantom3d": phantom((40, 48, 40), seed=0), "phantom4d": phantom((40, 48, 40), n_volumes=2, seed=0)}
+    got = []
+    for name, p in ph.items():
+        mask = np.asanyarray(nib.load(d / f"{name}_mask.nii.gz").dataobj).astype(bool)
+        x = p.intensity
+        c = p.classes
+        truth = np.isin(p.labels, (c["grey_matter"], c["white_matter"], c["scalp"]))
+        for i in range(1 if mask.ndim == 3 else mask.shape[3]):
+            m = mask if mask.ndim == 3 else mask[..., i]
+            xi = x if x.ndim == 3 else x[..., i]
+            np.testing.assert_array_equal(m, xi > threshold_otsu(xi))  # Otsu per volume, as skimage
+            dice = 2 * np.sum(m & truth) / (m.sum() + truth.sum())
+            got.append((int(m.sum()), int(truth.sum()), dice))
+    for (_, _, fg, tr, dice, _), (fg_ref, tr_ref, dice_ref) in zip(rows, got, strict=True):
+        assert (int(fg), int(tr)) == (fg_ref, tr_ref)
+        assert float(dice) == pytest.approx(dice_ref, abs=5e-5)
+        assert dice_ref > 0.8  # Otsu finds the bright T1 classes of the phantom
+    assert "files in" in out and re.search(r"\(\d+\.\d s\)", out)
 
 
 def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):
@@ -235,7 +248,7 @@ def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):
     assert "quality: blurred RMS error" in capsys.readouterr().out
     side = json.loads((tmp_path / "d.json").read_text())
     q = side["quality"]
-    assert q["ndim"] == 3 and abs(q["mean_density_error"]) < 0.005
+    assert q["scope"] == "volume" and abs(q["mean_density_error"]) < 0.005
     a, b = nib.load(src), nib.load(out)
     assert b.shape[:3] == tuple(2 * s for s in a.shape[:3])
     assert int(b.header["qform_code"]) == int(a.header["qform_code"])
@@ -300,3 +313,94 @@ def test_input_sidecar_is_never_replaced(tmp_path, capsys):
     assert main(["binarize", str(src), str(tmp_path / "sub-01_T1w.npy"), "--force"]) == 1
     assert "sidecar" in capsys.readouterr().err
     assert json.loads(bids.read_text()) == {"RepetitionTime": 2.3}
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--method", "otsu", "--upsample", "2"], "--upsample is not used by --method otsu"),
+        (["--method", "otsu", "--kernel", "stucki"], "--kernel is not used by --method otsu"),
+        (["--method", "otsu", "--kernel", "floyd-steinberg"], "--kernel is not used by --method otsu"),
+        (["--method", "otsu", "--threshold", "0.3"], "--threshold is not used by --method otsu"),
+        (["--percentiles", "2", "98"], "--percentiles is not used by --rescale minmax"),
+        (["--method", "dither", "--seed", "3"], "--seed is not used by --method dither"),
+        (["--method", "li", "--axis", "y"], "--axis is not used by --scope volume"),
+        (["--curve", "gamma"], "--curve gamma needs --gamma"),
+        (["--gamma", "0.5"], "--gamma is not used by --curve linear"),
+    ],
+)
+def test_options_the_method_does_not_use_are_usage_errors(brain, tmp_path, capsys, flags, named):
+    src, _ = brain
+    out = tmp_path / "o.nii"
+    assert main(["binarize", str(src), str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "o.json").exists()
+
+
+def test_a_recipe_file_with_options_of_another_method_is_merged(brain, tmp_path):
+    src, _ = brain
+    a, b = tmp_path / "a.nii", tmp_path / "b.nii"
+    assert (
+        main(
+            [
+                "binarize",
+                str(src),
+                str(a),
+                "--method",
+                "dither",
+                "--jitter",
+                "0.2",
+                "--seed",
+                "3",
+                "--no-quality",
+            ]
+        )
+        == 0
+    )
+    # The sidecar's dither options do not apply to Otsu: they are dropped, not refused.
+    assert main(["binarize", str(src), str(b), "--recipe", str(tmp_path / "a.json"), "--method", "otsu"]) == 0
+    rec = json.loads((tmp_path / "b.json").read_text())["steps"][-1]["recipe"]
+    assert rec["method"] == "otsu" and rec["jitter"] == 0.0 and rec["seed"] == 0
+
+
+def test_a_mistyped_flag_suggests_the_closest(brain, tmp_path, capsys):
+    src, _ = brain
+    assert main(["binarize", str(src), str(tmp_path / "o.nii"), "--methd", "otsu"]) == 2
+    assert "did you mean --method" in capsys.readouterr().err
+
+
+def test_python_dash_m_volbin_runs_the_command_line():
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "volbin", "--version"], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0 and r.stdout.startswith("volbin ")
+
+
+def test_api_refuses_an_option_the_method_does_not_use():
+    import volbin
+
+    x = np.random.default_rng(0).random((8, 9, 10))
+    with pytest.raises(ValueError, match="`kernel` is not used by method='otsu'"):
+        volbin.binarize(x, "otsu", kernel="stucki")
+    with pytest.raises(ValueError, match="`percentiles` is not used by rescale='minmax'"):
+        volbin.rescale(x, percentiles=(2, 98))
+
+
+def test_binarize_preview_writes_a_png_named_in_the_sidecar(brain, tmp_path):
+    from PIL import Image
+
+    src, _ = brain
+    out = tmp_path / "m.nii.gz"
+    assert main(["binarize", str(src), str(out), "--method", "otsu", "--preview", "--no-progress"]) == 0
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["preview"] == "m.png"
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.format == "PNG" and img.width > 200
+    assert main(["preview", str(src), "--mask", str(out), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert main(["preview", str(src), "--out", str(tmp_path / "p.png")]) == 1  # exists: refused
+    assert main(["preview", str(src), "--axis", "x"]) == 2  # --axis without --slices

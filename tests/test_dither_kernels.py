@@ -1,4 +1,4 @@
-"""Tests of the compiled dithering core (volbin._dither_kernels) and volbin.ordered.
+"""Tests of the compiled dithering core (volbin._dither_kernels) and volbin.dither.ordered.
 
 The compiled loops are compared bit for bit with the plain versions in tests/reference.py.
 """
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from volbin import _dither_kernels as dk
-from volbin import ordered
 from volbin._kernels import seed_key
+from volbin.dither import ordered
 
 
 def _load_reference():

@@ -704,8 +704,8 @@ def test_sidecar_contents(tmp_path: Path) -> None:
     src = _write_nifti(tmp_path / "in.nii.gz", np.arange(60, dtype=np.int16).reshape(3, 4, 5))
     vol = load(src)
     vol = vol.derive(vol.data > 10, {"step": "binarize", "threshold": np.float32(10.0)})
-    extra = {"recipe": {"method": "value"}, "thresholds": np.array([10.0, np.nan])}
-    out = save(vol, tmp_path / "mask.nii.gz", extra=extra, sidecar={"note": "hi"})
+    extra = {"recipe": {"method": "value"}, "thresholds": np.array([10.0, np.nan]), "note": "hi"}
+    out = save(vol, tmp_path / "mask.nii.gz", sidecar=extra)
     side = sidecar_path(out)
     assert side == tmp_path / "mask.json"
     rec = json.loads(side.read_text())

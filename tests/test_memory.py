@@ -31,7 +31,7 @@ def _run_under_limit(src, out, limit: int, *options: str) -> None:
         [
             sys.executable,
             "-m",
-            "volbin.cli",
+            "volbin",
             "binarize",
             str(src),
             str(out),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -303,49 +301,11 @@ def test_any_small_phantom_is_well_formed(shape, n_volumes, seed, noise, bias):
     assert set(np.unique(p.labels)) <= set(CLASSES.values())
 
 
-def test_default_phantom_is_fast():
-    phantom()
-    best = min(_timed(phantom) for _ in range(3))
-    # About 0.2 s on two cores; the bound only catches gross regressions.
-    assert best < 1.0
-
-
-def _timed(func) -> float:
-    start = time.perf_counter()
-    func()
-    return time.perf_counter() - start
-
-
-# --- shared fixtures ----------------------------------------------------------------------
-
-
 def test_session_phantoms_are_read_only(phantom3d, phantom4d):
     assert phantom3d.intensity.shape == (48, 56, 48)
     for p in (phantom3d, phantom4d):
         with pytest.raises(ValueError, match="read-only"):
             p.intensity[0, 0, 0] = 1
-
-
-def test_real_t1_path(real_t1_path):
-    img = nib.load(real_t1_path)
-    assert img.shape == (33, 41, 25)
-    assert img.get_data_dtype() == np.dtype(">i2")
-
-
-def test_real_4d_path(real_4d_path):
-    img = nib.load(real_4d_path)
-    assert img.shape == (128, 96, 24, 2)
-
-
-def test_dipy_paths(dipy_b0_path, dipy_aniso_path):
-    assert nib.load(dipy_b0_path).shape == (128, 128, 10, 1)
-    assert nib.load(dipy_aniso_path).shape == (58, 58, 24)
-
-
-def test_real_mri_files_load(real_mri_path):
-    img = nib.load(real_mri_path)
-    data = np.asarray(img.dataobj[..., 0] if img.ndim == 4 else img.dataobj)
-    assert data.ndim == 3 and data.std() > 0
 
 
 @pytest.mark.parametrize("name", ["scaled.nii", "scaled.nii.gz", "sub/scaled.nii.gz"])

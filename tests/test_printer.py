@@ -15,9 +15,9 @@ from PIL import Image
 
 import volbin
 from volbin.cli import main
+from volbin.dither.quality import dither_error
 from volbin.errors import OutputFileError, VolbinDataError
 from volbin.printer import export_slices, print_grid
-from volbin.quality import dither_error
 from volbin.resample import resample_to_grid
 from volbin.volume import Volume
 
@@ -155,19 +155,19 @@ def test_densities_follow_the_resampled_grey_levels(export_2d, head_vol):
     # Seen from a little distance, the stack renders those grey levels.
     stack = _stack(export_2d.out_dir, m["layer_count"])
     ref_up = ref[:, ::-1]  # (column, row-from-top) -> (x, y up), as `_stack`
-    err = dither_error(stack, ref_up, sigma=2.0, ndim=2)
+    err = dither_error(stack, ref_up, sigma=2.0, scope="slice")
     assert abs(err["mean_density_error"]) < 0.005 and err["perceptual_rms"] < 0.1
 
 
-@pytest.mark.parametrize("mode", ["2d", "3d"])
+@pytest.mark.parametrize("mode", ["slice", "volume"])
 def test_resume_rewrites_only_missing_layers(tmp_path, head_vol, mode):
     out = tmp_path / mode
-    first = export_slices(head_vol, out, dpi=DPI, layer=LAYER, mode=mode, checkpoint_every=8)
+    first = export_slices(head_vol, out, dpi=DPI, layer=LAYER, scope=mode, checkpoint_every=8)
     assert len(first.written) == 58
     original, mtimes = _bytes(out), _mtimes(out)
     for k in (3, 30, 57):
         (out / f"layer_{k:05d}.png").unlink()
-    again = export_slices(head_vol, out, dpi=DPI, layer=LAYER, mode=mode, checkpoint_every=8)
+    again = export_slices(head_vol, out, dpi=DPI, layer=LAYER, scope=mode, checkpoint_every=8)
     assert again.written == [3, 30, 57]
     assert _bytes(out) == original
     after = _mtimes(out)
@@ -177,21 +177,23 @@ def test_resume_rewrites_only_missing_layers(tmp_path, head_vol, mode):
     }
     assert all(after[n] != mtimes[n] for n in redone)
     assert again.manifest["layers"] == first.manifest["layers"]
-    none = export_slices(head_vol, out, dpi=DPI, layer=LAYER, mode=mode, checkpoint_every=8)
+    none = export_slices(head_vol, out, dpi=DPI, layer=LAYER, scope=mode, checkpoint_every=8)
     assert none.written == [] and _mtimes(out) == after
 
 
 def test_3d_resumes_from_a_checkpoint_with_the_same_bytes(tmp_path, head_vol):
-    whole = export_slices(head_vol, tmp_path / "whole", dpi=DPI, layer=LAYER, mode="3d")
+    whole = export_slices(head_vol, tmp_path / "whole", dpi=DPI, layer=LAYER, scope="volume")
     # A run stopped after 21 layers leaves them and the carry saved at layer 16.
     part = export_slices(
-        head_vol, tmp_path / "part", dpi=DPI, layer=LAYER, mode="3d", layers=(0, 21), checkpoint_every=8
+        head_vol, tmp_path / "part", dpi=DPI, layer=LAYER, scope="volume", layers=(0, 21), checkpoint_every=8
     )
     assert part.manifest["status"] == "partial" and part.manifest["written"] == 21
     state = tmp_path / "part" / ".volbin-export"
     assert sorted(p.name for p in state.glob("carry_*.npy")) == ["carry_000016.npy"]
     (tmp_path / "part" / "layer_00020.png").unlink()  # as if stopped while writing it
-    rest = export_slices(head_vol, tmp_path / "part", dpi=DPI, layer=LAYER, mode="3d", checkpoint_every=8)
+    rest = export_slices(
+        head_vol, tmp_path / "part", dpi=DPI, layer=LAYER, scope="volume", checkpoint_every=8
+    )
     assert rest.written == list(range(20, 58)) and rest.complete
     assert _bytes(tmp_path / "part") == _bytes(tmp_path / "whole")
     assert not list(state.glob("carry_*.npy"))  # removed once the stack is complete
@@ -240,11 +242,11 @@ def test_memory_does_not_grow_with_layers(tmp_path):
     opts = {"dpi": 762, "layer": 1 / 30}
     layer_bytes = 600 * 600 * 4
     peaks = {}
-    for mode in ("2d", "3d"):
-        export_slices(vol, tmp_path / f"warm{mode}", layers=(0, 2), mode=mode, **opts)
+    for mode in ("slice", "volume"):
+        export_slices(vol, tmp_path / f"warm{mode}", layers=(0, 2), scope=mode, **opts)
         for n in (6, 12):
             tracemalloc.start()
-            export_slices(vol, tmp_path / f"{mode}{n}", layers=(0, n), mode=mode, **opts)
+            export_slices(vol, tmp_path / f"{mode}{n}", layers=(0, n), scope=mode, **opts)
             peaks[mode, n] = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         assert peaks[mode, 12] <= 1.1 * peaks[mode, 6], peaks
@@ -260,8 +262,8 @@ def test_4d_needs_a_volume_index(tmp_path):
 
 
 def test_bad_arguments(tmp_path, head_vol):
-    with pytest.raises(ValueError, match="`mode`"):
-        export_slices(head_vol, tmp_path, mode="4d")
+    with pytest.raises(ValueError, match="`scope`"):
+        export_slices(head_vol, tmp_path, scope="4d")
     with pytest.raises(ValueError, match="`dpi`"):
         export_slices(head_vol, tmp_path, dpi=(600, -1))
     with pytest.raises(ValueError, match="`layer`"):
@@ -279,12 +281,12 @@ def test_cli_export_slices(tmp_path, head, capsys):
     src = volbin.save(Volume(head.intensity, affine=head.affine), tmp_path / "head.nii.gz")
     out = tmp_path / "stack"
     args = ["export-slices", str(src), str(out), *"--dpi 50.8x25.4 --layer 350um".split()]
-    args += "--mode 3d --layers 0:6 --no-progress".split()
+    args += "--scope volume --layers 0:6 --no-progress".split()
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "wrote 6 layer(s)" in text and "partial" in text
     m = json.loads((out / "manifest.json").read_text())
-    assert m["settings"]["mode"] == "3d" and m["layer_count"] == 58 and m["written"] == 6
+    assert m["settings"]["scope"] == "volume" and m["layer_count"] == 58 and m["written"] == 6
     assert main(args) == 0
     assert "wrote 0 layer(s)" in capsys.readouterr().out
     assert main([*args[:5], "--layer", "0.4mm", "--no-progress"]) == 1

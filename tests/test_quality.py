@@ -11,7 +11,7 @@ from scipy import ndimage
 
 import volbin
 from volbin.cli import main
-from volbin.quality import blur, dither_error
+from volbin.dither.quality import blur, dither_error
 
 RNG = np.random.default_rng(0)
 GREY = RNG.random((30, 31, 29)).astype(np.float32)
@@ -29,11 +29,11 @@ def _direct(b, r, sigmas):
 
 
 @pytest.mark.parametrize("sigma", [0.5, 2.5])
-@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("scope", ["slice", "volume"])
 @pytest.mark.parametrize("chunks", [(7, 9, 8), (30, 31, 3)])
-def test_blur_equals_gaussian_filter_on_the_whole_array(sigma, ndim, chunks):
-    out = blur(da.from_array(GREY, chunks=chunks), sigma, ndim=ndim)
-    ref = ndimage.gaussian_filter(GREY, (sigma, sigma, sigma) if ndim == 3 else (sigma, sigma, 0))
+def test_blur_equals_gaussian_filter_on_the_whole_array(sigma, scope, chunks):
+    out = blur(da.from_array(GREY, chunks=chunks), sigma, scope=scope)
+    ref = ndimage.gaussian_filter(GREY, (sigma, sigma, sigma) if scope == "volume" else (sigma, sigma, 0))
     np.testing.assert_array_equal(out.compute(), ref)
 
 
@@ -47,19 +47,19 @@ def test_blur_of_4d_never_mixes_volumes():
     x = RNG.random((12, 13, 11, 3)).astype(np.float32)
     out = blur(da.from_array(x, chunks=(5, 5, 5, 1)), 1.0)
     np.testing.assert_array_equal(out.compute(), ndimage.gaussian_filter(x, (1, 1, 1, 0)))
-    out0 = blur(np.moveaxis(x, 3, 0), 1.0, volume_axis=0, ndim=2, axis="x")
+    out0 = blur(np.moveaxis(x, 3, 0), 1.0, volume_axis=0, scope="slice", axis="x")
     np.testing.assert_array_equal(out0, ndimage.gaussian_filter(np.moveaxis(x, 3, 0), (0, 0, 1, 1)))
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_dither_error_matches_direct_computation(ndim):
+@pytest.mark.parametrize("scope", ["slice", "volume"])
+def test_dither_error_matches_direct_computation(scope):
     sigma = 1.3
-    got = dither_error(da.from_array(BINARY, chunks=(6, 7, 8)), GREY, sigma=sigma, ndim=ndim)
-    ref = _direct(BINARY, GREY, (sigma, sigma, sigma) if ndim == 3 else (sigma, sigma, 0))
+    got = dither_error(da.from_array(BINARY, chunks=(6, 7, 8)), GREY, sigma=sigma, scope=scope)
+    ref = _direct(BINARY, GREY, (sigma, sigma, sigma) if scope == "volume" else (sigma, sigma, 0))
     for key, value in ref.items():
         assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9)
     assert got["mean_density"] == pytest.approx(BINARY.mean())
-    assert got["n_voxels"] == GREY.size and got["sigma"] == sigma and got["ndim"] == ndim
+    assert got["n_voxels"] == GREY.size and got["sigma"] == sigma and got["scope"] == scope
 
 
 def test_perfect_and_bad_renderings():
@@ -89,8 +89,8 @@ def test_bad_arguments():
         dither_error(BINARY, GREY[:-1])
     with pytest.raises(ValueError, match="`sigma`"):
         dither_error(BINARY, GREY, sigma=-1)
-    with pytest.raises(ValueError, match="`ndim`"):
-        dither_error(BINARY, GREY, ndim=4)
+    with pytest.raises(ValueError, match="`scope`"):
+        dither_error(BINARY, GREY, scope="plane")
 
 
 # --- volbin info --compare -----------------------------------------------------------------------

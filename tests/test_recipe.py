@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from volbin.recipe import CURVES, METHODS, RESCALE_METHODS, Recipe
+from volbin.recipe import CURVES, METHODS, RESCALE_METHODS, Recipe, unused_options
+
+
+def used(kw: dict, method: str = "otsu") -> dict:
+    """`kw` without the options `method` does not use (volbin refuses those)."""
+    drop = {n for n, _ in unused_options({**kw, "method": method})}
+    return {k: v for k, v in kw.items() if k not in drop}
+
 
 SETTINGS = settings(max_examples=50, deadline=None, database=None)
 
@@ -17,7 +24,6 @@ BAD = [
     ({"scope": "voxel"}, "scope", "'voxel'"),
     ({"rescale": "zscore"}, "rescale", "'zscore'"),
     ({"curve": "s-curve"}, "curve", "'s-curve'"),
-    ({"curve": "log", "gamma": 2.0}, "gamma", "curve='log'"),
     ({"curve": "gamma", "gain": 3.0}, "gain", "curve='gamma'"),
     ({"curve": "sigmoid", "gamma": 2.0}, "gamma", "curve='sigmoid'"),
     ({"curve": "sigmoid", "clip_limit": 0.1}, "clip_limit", "curve='sigmoid'"),
@@ -29,7 +35,7 @@ BAD = [
     ({"curve": "clahe", "kernel_size": 0}, "kernel_size", "0"),
     ({"curve": "clahe", "kernel_mm": -1.0}, "kernel_mm", "-1.0"),
     ({"curve": "clahe", "kernel_mm": 5.0, "kernel_size": 3}, "kernel_mm", "5.0"),
-    ({"curve": "clahe", "units": "raw"}, "units", "'raw'"),
+    ({"curve": "clahe", "method": "value", "threshold": 0.5, "units": "raw"}, "units", "'raw'"),
     ({"curve": "clahe", "scope": "slice"}, "scope", "'slice'"),
     ({"units": "hu"}, "units", "'hu'"),
     ({"axis": "w"}, "axis", "'w'"),
@@ -90,23 +96,11 @@ def test_defaults_and_normalisation():
         "linear",
         256,
     )
-    r = Recipe(
-        percentiles=[2, 98],
-        value_range=[0, 10],
-        upsample=2,
-        curve="gamma",
-        gamma=2,
-        method="value",
-        threshold=1,
-    )
-    assert r.percentiles == (2.0, 98.0) and r.value_range == (0.0, 10.0)
-    assert r.upsample == (2.0, 2.0, 2.0) and r.gamma == 2.0 and r.threshold == 1.0
-    assert Recipe(axis=1).axis == 1 and Recipe(axis="X").axis == "X"
-
-
-def test_is_linear():
-    assert Recipe().is_linear and Recipe(curve="gamma", gamma=1.0).is_linear
-    assert not Recipe(curve="gamma", gamma=2.0).is_linear and not Recipe(curve="equalize").is_linear
+    r = Recipe(percentiles=[2, 98], rescale="percentile", curve="gamma", gamma=2, method="value", threshold=1)
+    assert r.percentiles == (2.0, 98.0) and r.gamma == 2.0 and r.threshold == 1.0
+    r = Recipe(value_range=[0, 10], rescale="fixed", upsample=2, method="dither")
+    assert r.value_range == (0.0, 10.0) and r.upsample == (2.0, 2.0, 2.0)
+    assert Recipe(axis=1, scope="slice").axis == 1 and Recipe(axis="X", scope="slice").axis == "X"
 
 
 def test_from_dict_rejects_unknown_fields():
@@ -139,35 +133,41 @@ def recipes(draw) -> Recipe:
     )
     up = draw(st.one_of(st.none(), st.tuples(*[st.floats(1, 8)] * 3)))
     curve = draw(st.sampled_from(CURVES))
-    # Only the chosen curve's options (the others are refused).
-    curve_options = {
-        "gamma": {"gamma": draw(st.floats(1e-3, 1e3))},
-        "log": {"log_gain": draw(st.floats(1e-3, 1e6))},
-        "sigmoid": {"gain": draw(st.floats(1e-3, 1e3)), "cutoff": draw(finite)},
-        "clahe": {"clip_limit": draw(st.floats(1e-3, 1)), "kernel_size": draw(st.integers(1, 64))},
-    }.get(curve, {})
     return Recipe(
-        method=method,
-        scope=draw(
-            st.sampled_from(["stack", "volume"] if curve == "clahe" else ["stack", "volume", "slice"])
-        ),
-        axis=draw(st.sampled_from(["x", "y", "z", 0, 1, 2])),
-        rescale=rescale,
-        percentiles=(p_lo, draw(st.floats(p_lo + 0.5, 100))),
-        value_range=value_range,
-        curve=curve,
-        **curve_options,
-        threshold=draw(finite) if method == "value" else None,
-        units=draw(st.sampled_from(["rescaled"] if curve == "clahe" else ["rescaled", "raw"])),
-        nbins=draw(st.integers(2, 2**16)),
-        seed=draw(st.integers(0, 2**64 - 1)),
-        kernel=kernel,
-        serpentine=draw(st.booleans()),
-        jitter=draw(st.floats(0, 1)),
-        upsample=up,
-        matrix=2 ** draw(st.integers(1, 6)),
-        pattern=draw(st.sampled_from(["bayer", "blue-noise"])),
-        extra=draw(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3)),
+        **used(
+            dict(
+                method=method,
+                scope=draw(
+                    st.sampled_from(["stack", "volume"] if curve == "clahe" else ["stack", "volume", "slice"])
+                ),
+                axis=draw(st.sampled_from(["x", "y", "z", 0, 1, 2])),
+                rescale=rescale,
+                percentiles=(p_lo, draw(st.floats(p_lo + 0.5, 100))),
+                value_range=value_range,
+                curve=curve,
+                gamma=draw(st.floats(1e-3, 1e3)),
+                log_gain=draw(st.floats(1e-3, 1e6)),
+                gain=draw(st.floats(1e-3, 1e3)),
+                cutoff=draw(finite),
+                clip_limit=draw(st.floats(1e-3, 1)),
+                kernel_size=draw(st.one_of(st.none(), st.integers(1, 64))),
+                threshold=draw(finite) if method == "value" else None,
+                percentile=draw(st.floats(0, 100)) if method == "percentile" else None,
+                units=draw(st.sampled_from(["rescaled"] if curve == "clahe" else ["rescaled", "raw"])),
+                nbins=draw(st.integers(2, 2**16)),
+                seed=draw(st.integers(0, 2**64 - 1)),
+                kernel=kernel,
+                serpentine=draw(st.booleans()),
+                jitter=draw(st.floats(0, 1)),
+                upsample=up,
+                matrix=2 ** draw(st.integers(1, 6)),
+                pattern=draw(st.sampled_from(["bayer", "blue-noise"])),
+                extra=draw(
+                    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3)
+                ),
+            ),
+            method,
+        )
     )
 
 

@@ -15,16 +15,25 @@ from skimage import filters
 
 import volbin
 from volbin.errors import VolbinDataError, VolbinWarning
-from volbin.recipe import HISTOGRAM_METHODS, Recipe
+from volbin.recipe import Recipe, unused_options
 from volbin.rescale import fit_transform
 from volbin.threshold import decide
 from volbin.volume import Volume
+
+
+def used(kw: dict, method: str = "otsu") -> dict:
+    """`kw` without the options `method` does not use (volbin refuses those)."""
+    drop = {n for n, _ in unused_options({**kw, "method": method})}
+    return {k: v for k, v in kw.items() if k not in drop}
+
 
 SETTINGS = settings(max_examples=20, deadline=None, database=None)
 
 NIBABEL_DATA = os.path.join(os.path.dirname(nibabel.__file__), "tests", "data")
 EXACT = ("otsu", "yen", "isodata", "minimum", "triangle")  # skimage bins as volbin does
 NEAR = ("li", "mean")  # skimage works on the voxels; volbin on the histogram
+# The ImageJ/ITK family and percentile are tested in test_autothreshold.py.
+SKIMAGE_METHODS = EXACT + NEAR
 
 
 def skimage_threshold(x: np.ndarray, method: str, nbins: int = 256) -> float:
@@ -63,7 +72,7 @@ def datasets() -> dict[str, np.ndarray]:
 DATA = datasets()
 
 
-@pytest.mark.parametrize("method", HISTOGRAM_METHODS)
+@pytest.mark.parametrize("method", SKIMAGE_METHODS)
 @pytest.mark.parametrize("name", list(DATA))
 def test_matches_skimage(name, method):
     x = DATA[name]
@@ -126,9 +135,9 @@ def test_units_rescaled_and_raw():
 def test_tone_curve_thresholds_are_skimage_on_the_rescaled_data():
     x = DATA["gamma"]
     for curve in ("gamma", "log", "equalize"):
-        kw = {"gamma": 0.5} if curve == "gamma" else {}
-        r = volbin.rescale(x, curve=curve, **kw)
-        t = volbin.threshold(x, "otsu", curve=curve, units="rescaled", **kw)
+        kw = used({"curve": curve, "gamma": 0.5})
+        r = volbin.rescale(x, **kw)
+        t = volbin.threshold(x, "otsu", units="rescaled", **kw)
         assert t == skimage_threshold(r, "otsu")
 
 
@@ -154,7 +163,7 @@ def test_dask_and_volume_inputs_give_the_same_thresholds():
 # --- real MRI ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", HISTOGRAM_METHODS)
+@pytest.mark.parametrize("method", SKIMAGE_METHODS)
 def test_real_t1_matches_skimage(method):
     path = os.path.join(NIBABEL_DATA, "anatomical.nii")
     if not os.path.exists(path):
@@ -163,7 +172,7 @@ def test_real_t1_matches_skimage(method):
     assert_matches_skimage(volbin.threshold(x, method), x, method)
 
 
-@pytest.mark.parametrize("method", HISTOGRAM_METHODS)
+@pytest.mark.parametrize("method", SKIMAGE_METHODS)
 def test_real_4d_matches_skimage_per_volume(method):
     path = os.path.join(NIBABEL_DATA, "example4d.nii.gz")
     if not os.path.exists(path):
@@ -232,7 +241,7 @@ def test_decide_value_method_in_both_units():
 
 @SETTINGS
 @given(
-    st.sampled_from(HISTOGRAM_METHODS),
+    st.sampled_from(SKIMAGE_METHODS),
     st.sampled_from(["stack", "volume", "slice"]),
     st.sampled_from(["float64", "float32", "int16", "uint8"]),
     st.integers(0, 2**32 - 1),
@@ -245,8 +254,7 @@ def test_thresholds_within_data_range(method, scope, dtype, seed, curve):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VolbinWarning)
         try:
-            kw = {"gamma": 2.0} if curve == "gamma" else {}
-            t = volbin.threshold(x, method, scope=scope, curve=curve, **kw)
+            t = volbin.threshold(x, method, scope=scope, **used({"curve": curve, "gamma": 2.0}))
         except VolbinDataError:  # `minimum` on a histogram with one peak
             assert method == "minimum"
             return
@@ -267,7 +275,7 @@ def test_thresholds_within_data_range(method, scope, dtype, seed, curve):
 
 @SETTINGS
 @given(
-    st.sampled_from(HISTOGRAM_METHODS),
+    st.sampled_from(SKIMAGE_METHODS),
     st.sampled_from(["stack", "volume", "slice"]),
     st.sampled_from(["float64", "int16", "uint8", "bool"]),
     st.floats(-1e6, 1e6),

@@ -8,13 +8,13 @@ NaN and ±Inf voxels are always 0.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import dask.array as da
 import numpy as np
 
 from . import _kernels as K
-from .recipe import DITHER_METHODS, HISTOGRAM_METHODS, Recipe
+from .recipe import DITHER_METHODS, HISTOGRAM_METHODS, Method, Recipe, merge
 from .rescale import Transform, fit_transform
 from .threshold import decide
 from .volume import Grouping, Volume, as_volume, like_input
@@ -80,9 +80,38 @@ def stochastic_graph(data: da.Array, tr: Transform, seed: int, volume_axis: int 
     return da.map_blocks(run, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
 
 
+@overload
+def binarize(
+    volume: np.ndarray,
+    method: Method | None = ...,
+    *,
+    recipe: Recipe | None = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> np.ndarray: ...
+@overload
+def binarize(
+    volume: da.Array,
+    method: Method | None = ...,
+    *,
+    recipe: Recipe | None = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> da.Array: ...
+@overload
+def binarize(
+    volume: Volume,
+    method: Method | None = ...,
+    *,
+    recipe: Recipe | None = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> Volume: ...
+
+
 def binarize(
     volume: Any,
-    method: str = "otsu",
+    method: Method | None = None,
     *,
     recipe: Recipe | None = None,
     volume_axis: int | None = None,
@@ -95,11 +124,13 @@ def binarize(
     volume : (X, Y, Z[, T]) ndarray, dask array or Volume
         numpy in gives numpy out, dask gives dask, Volume gives a Volume whose `steps`
         record the recipe and the thresholds used per group.
-    method : str
-        ``otsu``, ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean``,
+    method : str, optional
+        ``otsu`` (default), ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean``,
         ``value`` (with `threshold`), ``stochastic``, ``dither`` or ``ordered``.
     recipe : Recipe, optional
-        The whole recipe; if given, `method` and `options` are ignored.
+        A whole recipe; `method` and `options` given too override its fields (see
+        `volbin.recipe.merge`: fields of the recipe the final method does not use are reset,
+        options it does not use are refused).
     volume_axis : int, optional
         Volume axis of 4D numpy/dask input (default 3, NIfTI order).
     **options
@@ -128,7 +159,7 @@ def binarize(
     >>> bool((mask == (x > threshold_otsu(x))).all())
     True
     """
-    recipe = recipe if recipe is not None else Recipe(method=method, **options)
+    recipe = merge(recipe, options, method)
     vol, kind = as_volume(volume, volume_axis=volume_axis)
     result = binarize_volume(vol, recipe)
     return like_input(result, kind)

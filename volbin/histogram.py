@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -381,8 +380,3 @@ def fine_nbins(n_groups: int, nbins: int = 256) -> int:
     while fine > nbins and fine * n_groups > _FINE_BUDGET:
         fine //= 2
     return max(fine, nbins)
-
-
-def compute_many(*graphs: da.Array) -> tuple[np.ndarray, ...]:
-    """Compute several reductions over the same data in one pass."""
-    return tuple(np.asarray(r) for r in dask.compute(*graphs))

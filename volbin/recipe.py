@@ -10,49 +10,120 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 __all__ = [
     "CURVES",
-    "CURVE_OPTIONS",
     "DITHER_METHODS",
     "HISTOGRAM_METHODS",
     "METHODS",
     "MONOTONE_CURVES",
     "RESCALE_METHODS",
+    "SCOPES",
+    "Curve",
+    "DitherMethod",
+    "HistogramMethod",
+    "Method",
     "Recipe",
+    "RescaleMethod",
+    "Scope",
+    "Units",
+    "merge",
+    "unused_options",
 ]
 
-RESCALE_METHODS = ("minmax", "percentile", "fixed", "dtype", "none")
-CURVES = ("linear", "gamma", "log", "equalize", "auto-gamma", "sigmoid", "clahe")
+#: The names each option takes, as `Literal` types for the API's signatures and as tuples
+#: (``get_args``) for validation and the command line's choices.
+RescaleMethod = Literal["minmax", "percentile", "fixed", "dtype", "none"]
+Curve = Literal["linear", "gamma", "log", "equalize", "auto-gamma", "sigmoid", "clahe"]
+#: Threshold methods computed from per-group histograms (plus `mean`, from exact sums):
+#: scikit-image's, the ImageJ/ITK family (`volbin.autothreshold`) and `percentile`.
+HistogramMethod = Literal[
+    "otsu",
+    "yen",
+    "isodata",
+    "li",
+    "minimum",
+    "triangle",
+    "mean",
+    "huang",
+    "intermodes",
+    "kittler-illingworth",
+    "max-entropy",
+    "moments",
+    "renyi-entropy",
+    "shanbhag",
+    "percentile",
+]
+DitherMethod = Literal["dither", "ordered"]
+Method = Literal[HistogramMethod, "value", "stochastic", DitherMethod]
+Scope = Literal["stack", "volume", "slice"]
+Units = Literal["rescaled", "raw"]
+
+RESCALE_METHODS: tuple[str, ...] = get_args(RescaleMethod)
+CURVES: tuple[str, ...] = get_args(Curve)
 #: Curves with ``f(x) > t  <=>  x > f⁻¹(t)``: thresholds of these map back to raw units.
-MONOTONE_CURVES = tuple(c for c in CURVES if c != "clahe")
-#: The options of each tone curve; the others are refused with it.  Each option's "not given"
-#: value is its default (`_CURVE_OPTION_DEFAULTS`).
-CURVE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "gamma": ("gamma",),
-    "log": ("log_gain",),
-    "sigmoid": ("gain", "cutoff"),
-    "clahe": ("clip_limit", "kernel_size", "kernel_mm"),
-}
-_CURVE_OPTION_DEFAULTS: dict[str, Any] = {
-    "gamma": 1.0,
-    "log_gain": 9.0,
-    "gain": None,
-    "cutoff": None,
-    "clip_limit": None,
-    "kernel_size": None,
-    "kernel_mm": None,
-}
-#: Threshold methods computed from per-group histograms (plus `mean`, from exact sums).
-HISTOGRAM_METHODS = ("otsu", "yen", "isodata", "li", "minimum", "triangle", "mean")
-DITHER_METHODS = ("dither", "ordered")
-METHODS = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
-SCOPES = ("stack", "volume", "slice")
-UNITS = ("rescaled", "raw")
+MONOTONE_CURVES: tuple[str, ...] = tuple(c for c in CURVES if c != "clahe")
+HISTOGRAM_METHODS: tuple[str, ...] = get_args(HistogramMethod)
+DITHER_METHODS: tuple[str, ...] = get_args(DitherMethod)
+METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
+SCOPES: tuple[str, ...] = get_args(Scope)
+UNITS: tuple[str, ...] = get_args(Units)
+
+
+def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """The options among `names` that the recipe `fields` would not use, with the reason.
+
+    `fields` maps Recipe fields to values (missing ones take their defaults); `names` are the
+    fields to check (default: every field whose value differs from its default).  Returns
+    ``[(name, "method='otsu'"), ...]``.  This is the one rule of which option each method
+    and stage uses, applied by `Recipe` to the API and by the CLI to the flags given.
+    """
+    d = {**_DEFAULTS, **fields}
+    method, jitter = d["method"], d["jitter"]
+    m = f"method={method!r}"
+    uses: dict[str, tuple[bool, str]] = {
+        "axis": (d["scope"] == "slice" or method in DITHER_METHODS, f"scope={d['scope']!r} with {m}"),
+        "percentiles": (d["rescale"] == "percentile", f"rescale={d['rescale']!r}"),
+        "value_range": (d["rescale"] == "fixed", f"rescale={d['rescale']!r}"),
+        "gamma": (d["curve"] == "gamma", f"curve={d['curve']!r}"),
+        "log_gain": (d["curve"] == "log", f"curve={d['curve']!r}"),
+        "gain": (d["curve"] == "sigmoid", f"curve={d['curve']!r}"),
+        "cutoff": (d["curve"] == "sigmoid", f"curve={d['curve']!r}"),
+        "clip_limit": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
+        "kernel_size": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
+        "kernel_mm": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
+        "threshold": (method == "value", m),
+        "percentile": (method == "percentile", m),
+        "units": (method == "value", m),
+        "nbins": (method in HISTOGRAM_METHODS, m),
+        "seed": (
+            method == "stochastic"
+            or (method == "dither" and isinstance(jitter, (int, float)) and jitter > 0)
+            or (method == "ordered" and d["pattern"] == "blue-noise"),
+            f"{m} without jitter or a blue-noise pattern",
+        ),
+        "kernel": (method == "dither", m),
+        "serpentine": (method == "dither", m),
+        "jitter": (method == "dither", m),
+        "upsample": (method in DITHER_METHODS, m),
+        "matrix": (method == "ordered", m),
+        "pattern": (method == "ordered", m),
+    }
+    if names is None:
+        names = [k for k in fields if k in _DEFAULTS and not _same(fields[k], _DEFAULTS[k])]
+    return [(n, uses[n][1]) for n in names if n in uses and not uses[n][0]]
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) if not isinstance(a, (list, tuple)) else list(a) == list(b or ())
+    except (TypeError, ValueError):  # arrays compare element-wise
+        return False
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -102,9 +173,12 @@ class Recipe:
     Parameters
     ----------
     method : str
-        ``otsu``, ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean`` (histogram
-        methods), ``value`` (a given `threshold`), ``stochastic`` (Bernoulli with probability
-        equal to the rescaled intensity), ``dither`` (error diffusion) or ``ordered``.
+        ``otsu``, ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean``,
+        ``huang``, ``intermodes``, ``kittler-illingworth``, ``max-entropy``, ``moments``,
+        ``renyi-entropy``, ``shanbhag`` (histogram methods), ``percentile`` (the
+        `percentile`-th percentile of each group), ``value`` (a given `threshold`),
+        ``stochastic`` (Bernoulli with probability equal to the rescaled intensity),
+        ``dither`` (error diffusion) or ``ordered``.
     scope : str
         ``stack`` (one decision for a whole 4D stack), ``volume`` (one per 3D volume) or
         ``slice`` (one per 2D slice along `axis`).  Rescaling uses the same groups.
@@ -138,6 +212,9 @@ class Recipe:
         (so anisotropic voxels get regions of the same physical size); not with `kernel_size`.
     threshold : float or None
         The threshold of ``method="value"``, in `units`.
+    percentile : float or None
+        The percentile (0 to 100) of ``method="percentile"``: the threshold is that
+        percentile of each group's finite raw voxels.
     units : str
         ``rescaled`` (default: the threshold is in [0, 1] after rescaling) or ``raw``.
     nbins : int
@@ -163,6 +240,7 @@ class Recipe:
     kernel_size: int | tuple[int, int, int] | None = None
     kernel_mm: float | tuple[float, float, float] | None = None
     threshold: float | None = None
+    percentile: float | None = None
     units: str = "rescaled"
     nbins: int = 256
     seed: int = 0
@@ -220,8 +298,13 @@ class Recipe:
             if t is None or math.isnan(t):
                 raise ValueError(f"`threshold` must be a number; got {self.threshold!r}.")
             object.__setattr__(self, "threshold", t)
-        elif self.threshold is not None:
-            raise ValueError(f"`threshold` is only used with method='value'; got method={self.method!r}.")
+        if self.method == "percentile":
+            if self.percentile is None:
+                raise ValueError("`method='percentile'` needs `percentile` (CLI: --percentile P).")
+            q = _check_float("percentile", self.percentile, "a number in [0, 100]")
+            if not 0.0 <= q <= 100.0:
+                raise ValueError(f"`percentile` must be a number in [0, 100]; got {self.percentile!r}.")
+            object.__setattr__(self, "percentile", q)
         jitter = _check_float("jitter", self.jitter, "a number in [0, 1]")
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"`jitter` must be a number in [0, 1]; got {self.jitter!r}.")
@@ -239,25 +322,23 @@ class Recipe:
         if not (isinstance(self.matrix, int) and self.matrix >= 2 and self.matrix & (self.matrix - 1) == 0):
             raise ValueError(f"`matrix` must be a power of two >= 2; got {self.matrix!r}.")
         _check_choice("pattern", self.pattern, ("bayer", "blue-noise"))
+        if self.seed >= 2**64:
+            raise ValueError(f"`seed` must be below 2**64; got {self.seed!r}.")
+        unused = unused_options({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if unused:
+            name, why = unused[0]
+            raise ValueError(f"`{name}` is not used by {why}; got {name}={getattr(self, name)!r}.")
 
     def _check_curve_options(self) -> None:
-        """Refuse options of other curves; validate those of the chosen one."""
-        own = CURVE_OPTIONS.get(self.curve, ())
-        for name, default in _CURVE_OPTION_DEFAULTS.items():
-            value = getattr(self, name)
-            if name in own or value is None or (default is not None and value == default):
-                continue
-            users = [c for c, opts in CURVE_OPTIONS.items() if name in opts]
-            raise ValueError(
-                f"`{name}` is an option of curve={users[0]!r}, not of curve={self.curve!r}; "
-                f"got {name}={value!r}. Remove it or choose curve={users[0]!r}."
-            )
-        if self.gain is not None:
+        """Validate the options of the chosen curve (`unused_options` refuses the others)."""
+        if self.gain is not None and self.curve == "sigmoid":
             if not _check_float("gain", self.gain, "a finite number > 0") > 0:
                 raise ValueError(f"`gain` must be a finite number > 0; got {self.gain!r}.")
             object.__setattr__(self, "gain", float(self.gain))
-        if self.cutoff is not None:
+        if self.cutoff is not None and self.curve == "sigmoid":
             object.__setattr__(self, "cutoff", _check_float("cutoff", self.cutoff))
+        if self.curve != "clahe":
+            return
         if self.clip_limit is not None:
             c = _check_float("clip_limit", self.clip_limit, "a number in (0, 1]")
             if not 0.0 < c <= 1.0:
@@ -288,17 +369,16 @@ class Recipe:
                     f"`kernel_mm` must be a positive size in mm or three of them; got {self.kernel_mm!r}."
                 )
             object.__setattr__(self, "kernel_mm", kmf)
-        if self.curve == "clahe":
-            if self.units == "raw":
-                raise ValueError(
-                    "`units='raw'` cannot be used with curve='clahe': CLAHE is not monotone, so a "
-                    "threshold has no raw-intensity equivalent; give it in rescaled units."
-                )
-            if self.scope == "slice":
-                raise ValueError(
-                    "`scope='slice'` cannot be used with curve='clahe', which equalises whole 3D "
-                    "volumes; use scope='volume' or 'stack'."
-                )
+        if self.units == "raw" and self.method == "value":
+            raise ValueError(
+                "`units='raw'` cannot be used with curve='clahe': CLAHE is not monotone, so a "
+                "threshold has no raw-intensity equivalent; give it in rescaled units."
+            )
+        if self.scope == "slice":
+            raise ValueError(
+                "`scope='slice'` cannot be used with curve='clahe', which equalises whole 3D "
+                "volumes; use scope='volume' or 'stack'."
+            )
 
     # --- JSON form -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -330,14 +410,44 @@ class Recipe:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes: Any) -> Recipe:
+        """A copy with `changes`; the result is validated like any Recipe."""
         return dataclasses.replace(self, **changes)
 
-    @property
-    def is_linear(self) -> bool:
-        """Whether raw -> rescaled is linear (thresholds then map exactly to raw units)."""
-        return self.curve == "linear" or (self.curve == "gamma" and float(self.gamma) == 1.0)
+    def with_method(self, method: str, **changes: Any) -> Recipe:
+        """A copy for `method` with `changes`, other fields `method` does not use reset to defaults.
 
-    @property
-    def is_monotone(self) -> bool:
-        """Whether the tone curve is monotone, so that thresholds map back to raw units."""
-        return self.curve in MONOTONE_CURVES
+        How a recipe taken from another output (a sidecar) is reused for another method.
+        """
+        d = {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "method": method, **changes}
+        for name, _ in unused_options(d, [n for n in d if n not in changes]):
+            d[name] = _DEFAULTS[name]
+        return Recipe(**d)
+
+
+def merge(recipe: Recipe | None, options: Mapping[str, Any], method: str | None = None) -> Recipe:
+    """`recipe` with `options` (and `method`) over it: how every entry point combines the two.
+
+    Options given override the recipe's fields; the recipe's fields that the final method
+    does not use are reset to their defaults (they belong to another method); an option
+    given that the final method does not use is refused.  Without `recipe`, the options
+    build one (method default ``otsu``).
+    """
+    if recipe is None:
+        fields: dict[str, Any] = {"method": method} if method else {}
+        return Recipe(**fields, **options)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"`recipe` must be a volbin.Recipe; got {type(recipe).__name__}.")
+    if method is None and not options:
+        return recipe
+    refused = unused_options(
+        {**recipe.to_dict(), "method": method or recipe.method, **options}, list(options)
+    )
+    if refused:
+        name, why = refused[0]
+        raise ValueError(f"`{name}` is not used by {why}; got {name}={options[name]!r}.")
+    return recipe.with_method(method or recipe.method, **options)
+
+
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING
+}

@@ -1,4 +1,4 @@
-"""Inspecting volumes: header facts, per-volume statistics, overlap scores, PNG previews.
+"""Inspecting volumes: header facts, per-volume statistics and overlap scores.
 
 `describe` gives what `volbin info` prints: geometry from the header and, per 3D volume,
 min, max, mean, RMS, standard deviation, percentiles and NaN/Inf counts, all from two
@@ -7,7 +7,6 @@ streamed passes (moments, then fine histograms for the percentiles).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ import numpy as np
 from .histogram import fine_nbins, group_histograms, group_stats, percentiles_from_hist
 from .volume import Volume, as_volume
 
-__all__ = ["PERCENTILES", "describe", "dice", "format_description", "preview_png"]
+__all__ = ["PERCENTILES", "describe", "dice", "format_description"]
 
 PERCENTILES = (1.0, 5.0, 50.0, 95.0, 99.0)
 
@@ -157,22 +156,3 @@ def dice(a: Any, b: Any) -> float:
         raise ValueError(f"`a` and `b` must have the same shape; got {a.shape} and {b.shape}.")
     denom = int(a.sum()) + int(b.sum())
     return 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
-
-
-def preview_png(volume: Any, path: str | Path, *, axis: int = 2, index: int | None = None) -> Path:
-    """Write the middle slice (or slice `index`) along array `axis` of a 3D volume as PNG."""
-    from PIL import Image
-
-    arr = np.asarray(volume)
-    if arr.ndim == 4:
-        arr = arr[..., 0]
-    index = arr.shape[axis] // 2 if index is None else index
-    sl = np.take(arr, index, axis=axis).astype(np.float64)
-    finite = np.isfinite(sl)
-    lo, hi = (sl[finite].min(), sl[finite].max()) if finite.any() else (0.0, 1.0)
-    img = np.zeros(sl.shape, np.uint8)
-    if hi > lo:
-        img = np.clip((np.where(finite, sl, lo) - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
-    # Radiological display convention aside, show x to the right and y up.
-    Image.fromarray(np.flipud(img.T)).save(path)
-    return Path(path)

@@ -16,7 +16,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import dask
 import dask.array as da
@@ -31,7 +31,7 @@ from .histogram import (
     group_range,
     percentiles_from_hist,
 )
-from .recipe import HISTOGRAM_METHODS, Recipe
+from .recipe import HISTOGRAM_METHODS, Curve, Recipe, RescaleMethod, Scope
 from .volume import Grouping, Volume, as_volume, like_input
 
 __all__ = ["CLAHE_BYTES_PER_VOXEL", "Transform", "clahe_memory_limit", "fit_transform", "rescale"]
@@ -504,13 +504,72 @@ def _equalize_tables(
     return edges, cdf
 
 
+@overload
+def rescale(
+    volume: np.ndarray,
+    method: RescaleMethod = ...,
+    *,
+    percentiles: tuple[float, float] = ...,
+    value_range: tuple[float, float] | None = ...,
+    curve: Curve = ...,
+    gamma: float = ...,
+    log_gain: float = ...,
+    gain: float | None = ...,
+    cutoff: float | None = ...,
+    clip_limit: float | None = ...,
+    kernel_size: int | tuple[int, int, int] | None = ...,
+    kernel_mm: float | tuple[float, float, float] | None = ...,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    volume_axis: int | None = ...,
+) -> np.ndarray: ...
+@overload
+def rescale(
+    volume: da.Array,
+    method: RescaleMethod = ...,
+    *,
+    percentiles: tuple[float, float] = ...,
+    value_range: tuple[float, float] | None = ...,
+    curve: Curve = ...,
+    gamma: float = ...,
+    log_gain: float = ...,
+    gain: float | None = ...,
+    cutoff: float | None = ...,
+    clip_limit: float | None = ...,
+    kernel_size: int | tuple[int, int, int] | None = ...,
+    kernel_mm: float | tuple[float, float, float] | None = ...,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    volume_axis: int | None = ...,
+) -> da.Array: ...
+@overload
+def rescale(
+    volume: Volume,
+    method: RescaleMethod = ...,
+    *,
+    percentiles: tuple[float, float] = ...,
+    value_range: tuple[float, float] | None = ...,
+    curve: Curve = ...,
+    gamma: float = ...,
+    log_gain: float = ...,
+    gain: float | None = ...,
+    cutoff: float | None = ...,
+    clip_limit: float | None = ...,
+    kernel_size: int | tuple[int, int, int] | None = ...,
+    kernel_mm: float | tuple[float, float, float] | None = ...,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    volume_axis: int | None = ...,
+) -> Volume: ...
+
+
 def rescale(
     volume: Any,
-    method: str = "minmax",
+    method: RescaleMethod = "minmax",
     *,
     percentiles: tuple[float, float] = (1.0, 99.0),
     value_range: tuple[float, float] | None = None,
-    curve: str = "linear",
+    curve: Curve = "linear",
     gamma: float = 1.0,
     log_gain: float = 9.0,
     gain: float | None = None,
@@ -518,7 +577,7 @@ def rescale(
     clip_limit: float | None = None,
     kernel_size: int | tuple[int, int, int] | None = None,
     kernel_mm: float | tuple[float, float, float] | None = None,
-    scope: str = "volume",
+    scope: Scope = "volume",
     axis: str | int = "z",
     volume_axis: int | None = None,
 ) -> Any:

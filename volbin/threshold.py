@@ -5,7 +5,8 @@ minimum) volbin calls it on the histogram it streamed.  Li, triangle and mean, w
 scikit-image computes only from the image, are computed here on the same histogram with
 scikit-image's algorithms (Li and mean also use the mean value of each bin).  They agree
 with scikit-image on the same data and bin count to within one bin width, and exactly for
-Otsu, Yen, isodata, minimum and triangle on float data.
+Otsu, Yen, isodata, minimum and triangle on float data.  The ImageJ/ITK family (Huang,
+intermodes, ...) comes from `volbin.autothreshold`; ``percentile`` reads fine histograms.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 from skimage import filters
 
+from . import autothreshold
 from .errors import VolbinDataError
-from .histogram import group_histograms, group_histograms_with_offsets
-from .recipe import HISTOGRAM_METHODS, Recipe
+from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, percentiles_from_hist
+from .recipe import HISTOGRAM_METHODS, HistogramMethod, Recipe, RescaleMethod, Scope, Units
 from .rescale import Transform, fit_transform
 from .volume import Grouping, Volume, as_volume
 
@@ -30,7 +32,9 @@ Hist = tuple[np.ndarray, np.ndarray]
 
 
 def _li(hist: Hist, means: np.ndarray | None = None) -> float:
-    """Li's minimum cross entropy threshold (scikit-image's iteration) on a histogram.
+    """Li's minimum cross entropy threshold (Li & Lee 1993; Li & Tam 1998) on a histogram.
+
+    The iteration is scikit-image's ``threshold_li`` (BSD-3-Clause), on histogram sums.
 
     Like scikit-image, values are shifted so that the minimum (the histogram's left edge) is
     0 and the iteration starts from the mean.  Class means come from the mean value of each
@@ -78,7 +82,11 @@ def _li(hist: Hist, means: np.ndarray | None = None) -> float:
 
 
 def _triangle(hist: Hist) -> float:
-    """The triangle threshold (Zack et al. 1977) on a histogram, as scikit-image does it."""
+    """The triangle threshold (Zack et al. 1977) on a histogram.
+
+    This follows scikit-image's ``threshold_triangle`` line by line (BSD-3-Clause,
+    skimage/filters/thresholding.py), on a histogram instead of an image.
+    """
     counts, centers = hist
     counts = np.asarray(counts, dtype=np.float64)
     nbins = len(counts)
@@ -130,8 +138,15 @@ HISTOGRAM_THRESHOLDS: dict[str, Callable[..., float]] = {
     "li": _li,
     "triangle": _triangle,
     "mean": _mean,
+    "huang": _skimage(autothreshold.threshold_huang),
+    "intermodes": _skimage(autothreshold.threshold_intermodes),
+    "kittler-illingworth": _skimage(autothreshold.threshold_kittler_illingworth),
+    "max-entropy": _skimage(autothreshold.threshold_max_entropy),
+    "moments": _skimage(autothreshold.threshold_moments),
+    "renyi-entropy": _skimage(autothreshold.threshold_renyi_entropy),
+    "shanbhag": _skimage(autothreshold.threshold_shanbhag),
 }
-assert set(HISTOGRAM_THRESHOLDS) == set(HISTOGRAM_METHODS)
+assert set(HISTOGRAM_THRESHOLDS) | {"percentile"} == set(HISTOGRAM_METHODS)
 #: Methods that also take the mean value of each bin (second argument).
 BIN_MEAN_METHODS = ("li", "mean")
 
@@ -188,6 +203,8 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
             return Decision(grouping, "value", raw, tr.from_raw(raw))
         t = np.full(shape, recipe.threshold)
         return Decision(grouping, "value", tr.to_raw(t), t)
+    if recipe.method == "percentile":
+        return _percentile_decision(volume, grouping, tr, recipe)
     fn = HISTOGRAM_THRESHOLDS[recipe.method]
     nbins = recipe.nbins
     const = tr.constant
@@ -228,15 +245,31 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
     return Decision(grouping, recipe.method, raw, rescaled, nbins)
 
 
+def _percentile_decision(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) -> Decision:
+    """The `recipe.percentile`-th percentile of each group's finite raw voxels, from fine
+    histograms over the group's range (within one fine bin of ``np.percentile``).
+
+    Groups that are constant after rescaling select no voxel, as for the other methods.
+    """
+    assert recipe.percentile is not None
+    nbins = fine_nbins(grouping.n_groups, recipe.nbins)
+    counts = group_histograms(volume, grouping, tr.data_min, tr.data_max, nbins)
+    raw = percentiles_from_hist(counts, tr.data_min, tr.data_max, [recipe.percentile])[..., 0]
+    const = tr.constant
+    raw = np.where(const, np.inf, raw)
+    rescaled = np.where(const, np.nan, tr.from_raw(np.where(const, 0.0, raw)))
+    return Decision(grouping, "percentile", raw, rescaled, nbins)
+
+
 def threshold(
     volume: Any,
-    method: str = "otsu",
+    method: HistogramMethod = "otsu",
     *,
-    scope: str = "volume",
+    scope: Scope = "volume",
     axis: str | int = "z",
     nbins: int = 256,
-    rescale: str = "minmax",
-    units: str = "raw",
+    rescale: RescaleMethod = "minmax",
+    units: Units = "raw",
     volume_axis: int | None = None,
     **options: Any,
 ) -> float | np.ndarray:
@@ -245,7 +278,13 @@ def threshold(
     Parameters
     ----------
     volume : (X, Y, Z[, T]) ndarray, dask array or Volume
-    method : {'otsu', 'yen', 'isodata', 'li', 'minimum', 'triangle', 'mean'}
+    method : str
+        A histogram method: ``otsu``, ``yen``, ``isodata``, ``li``, ``minimum``,
+        ``triangle``, ``mean`` (scikit-image's algorithms), ``huang``, ``intermodes``,
+        ``kittler-illingworth``, ``max-entropy``, ``moments``, ``renyi-entropy``,
+        ``shanbhag`` (ImageJ's and ITK's, see `volbin.autothreshold`) or ``percentile``
+        (with ``percentile=P``: the P-th percentile of the finite voxels, to within
+        ``(max - min) / fine_nbins``).
     scope : {'stack', 'volume', 'slice'}
     axis : {'x', 'y', 'z'} or int
     nbins : int
@@ -255,7 +294,7 @@ def threshold(
         Units of the returned thresholds.  Foreground is ``volume > threshold`` in raw units.
     volume_axis : int, optional
     **options
-        Other `Recipe` fields (percentiles, curve, ...).
+        Other `Recipe` fields (percentile, percentiles, curve, ...).
 
     Returns
     -------
@@ -269,6 +308,25 @@ def threshold(
         An unknown `method` or `units`, or a bad option value (the message names it).
     VolbinDataError
         No finite voxel in a volume (or the stack), or a method that fails on a histogram.
+
+    References
+    ----------
+    .. [1] N. Otsu, "A threshold selection method from gray-level histograms", IEEE Trans.
+       Systems, Man, and Cybernetics 9(1):62-66, 1979 (``otsu``).
+    .. [2] C. H. Li and C. K. Lee, "Minimum cross entropy thresholding", Pattern Recognition
+       26(4):617-625, 1993; C. H. Li and P. K. S. Tam, "An iterative algorithm for minimum
+       cross entropy thresholding", Pattern Recognition Letters 18(8):771-776, 1998 (``li``).
+    .. [3] J. C. Yen, F. J. Chang and S. Chang, "A new criterion for automatic multilevel
+       thresholding", IEEE Trans. Image Processing 4(3):370-378, 1995 (``yen``).
+    .. [4] T. W. Ridler and S. Calvard, "Picture thresholding using an iterative selection
+       method", IEEE Trans. Systems, Man, and Cybernetics 8:630-632, 1978 (``isodata``).
+    .. [5] G. W. Zack, W. E. Rogers and S. A. Latt, "Automatic measurement of sister
+       chromatid exchange frequency", J. Histochemistry and Cytochemistry 25(7):741-753,
+       1977 (``triangle``).
+    .. [6] J. M. S. Prewitt and M. L. Mendelsohn, "The analysis of cell images", Annals of
+       the New York Academy of Sciences 128:1035-1053, 1966 (``minimum``).
+    .. [7] C. A. Glasbey, "An analysis of histogram-based thresholding algorithms", CVGIP:
+       Graphical Models and Image Processing 55:532-537, 1993 (``mean``).
 
     Examples
     --------

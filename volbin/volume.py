@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,16 +22,33 @@ import dask.array as da
 import numpy as np
 
 from .errors import VolbinDataError
+from .recipe import SCOPES
 
-__all__ = ["SCOPES", "Grouping", "Volume", "as_volume", "slab_chunks"]
+__all__ = ["SCOPES", "Grouping", "Volume", "as_volume", "chunk_bytes_for", "slab_chunks"]
 
-SCOPES = ("stack", "volume", "slice")
 Scope = Literal["stack", "volume", "slice"]
 _AXIS_NAMES = {"x": 0, "y": 1, "z": 2, "i": 0, "j": 1, "k": 2}
 
 #: Default size of one chunk of input data, in bytes.  Chunks are slabs that are contiguous
 #: in the file; 32 MiB keeps two threads busy and balanced while bounding memory.
 DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+#: `repr` computes the value range of volumes of at most this many voxels.
+REPR_RANGE_VOXELS = 2**20
+
+
+def chunk_bytes_for(memory_limit: int | None, threads: int | None = None) -> int | None:
+    """Input chunk size that keeps a threaded run under `memory_limit` bytes.
+
+    Each thread holds up to about eight chunk-sized buffers at its peak (input, float64 and
+    float32 intermediates, output); the interpreter and its libraries take ~300 MB before any
+    data.  Returns None (the default chunking) when `memory_limit` is None.
+    """
+    if memory_limit is None:
+        return None
+    threads = threads or os.cpu_count() or 1
+    usable = max(memory_limit - 300 * 2**20, 16 * 2**20)
+    return max(2**20, min(64 * 2**20, usable // (threads * 8)))
 
 
 def slab_chunks(
@@ -150,12 +168,133 @@ class Volume:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __repr__(self) -> str:
-        return (
-            f"Volume(shape={self.shape}, dtype={self.dtype}, "
-            f"zooms={tuple(round(z, 4) for z in self.zooms)}, volume_axis={self.volume_axis}, "
-            f"chunks={tuple(c[0] if len(c) else 0 for c in self.chunks)}, "
-            f"steps={[s.get('step') for s in self.steps]})"
-        )
+        """Shape, voxel size, orientation codes, dtype and, for small volumes, the value range.
+
+        The range is computed only for at most `REPR_RANGE_VOXELS` voxels; larger volumes say
+        "range not computed" (nothing is read).
+        """
+        parts = [
+            f"shape={self.shape}",
+            f"voxel size={tuple(round(z, 4) for z in self.zooms)} mm",
+            f"orientation={self.axcodes}",
+            f"dtype={self.dtype}",
+        ]
+        if self.volume_axis is not None:
+            parts.append(f"volume_axis={self.volume_axis}")
+        parts.append(self._repr_range())
+        if self.steps:
+            parts.append(f"steps={[s.get('step') for s in self.steps]}")
+        return f"Volume({', '.join(parts)})"
+
+    def _repr_range(self) -> str:
+        if self.data.size > REPR_RANGE_VOXELS:
+            return "range not computed"
+        try:
+            values = np.asarray(self.data.compute())
+            finite = values[np.isfinite(values)] if values.dtype.kind in "fc" else values
+        except Exception:  # a repr must not raise whatever the data's graph does
+            return "range not computed"
+        if finite.size == 0:
+            return "range=(no finite voxel)"
+        lo, hi = finite.min(), finite.max()
+        if values.dtype == np.bool_:
+            lo, hi = int(lo), int(hi)
+        return f"range=[{lo:.6g}, {hi:.6g}]"
+
+    def _repr_html_(self) -> str:
+        """The repr and a small PNG of the middle slices (of the first volume of 4D data).
+
+        The thumbnail shows the three middle array slices, each windowed between the 1st and
+        99th percentiles of the slices shown, in array order (``volbin.preview.preview``
+        draws them in anatomical orientation with labels).  Only those slices are read.
+        """
+        import html
+
+        text = f"<code>{html.escape(repr(self))}</code>"
+        try:
+            src = "data:image/png;base64," + self._thumbnail()
+        except Exception:  # a display hook must not raise; the text alone is shown
+            return f"<div>{text}</div>"
+        return f'<div>{text}<br><img alt="middle slices" src="{src}"></div>'
+
+    def _thumbnail(self, size: int = 96) -> str:
+        """Base64 PNG of the three middle slices, each scaled to `size` pixels high."""
+        import base64
+        import io
+
+        from PIL import Image
+
+        data = self.data
+        if self.volume_axis is not None:
+            data = da.take(data, 0, axis=self.volume_axis)
+        mid = [n // 2 for n in data.shape]
+        planes = [data[mid[0], :, :], data[:, mid[1], :], data[:, :, mid[2]]]
+        arrays = [np.asarray(p, dtype=np.float64) for p in da.compute(*planes)]
+        finite = np.concatenate([a[np.isfinite(a)] for a in arrays])
+        lo, hi = np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0)
+        tiles = []
+        for a in arrays:
+            g = np.nan_to_num((a - lo) / (hi - lo if hi > lo else 1.0), nan=0.0).clip(0, 1)
+            img = Image.fromarray(np.rot90(g * 255).astype(np.uint8))
+            w = max(1, round(img.width * size / max(img.height, 1)))
+            tiles.append(img.resize((w, size)))
+        sheet = Image.new("L", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), size))
+        x = 0
+        for t in tiles:
+            sheet.paste(t, (x, 0))
+            x += t.width + 4
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode("ascii")
+
+    @property
+    def axcodes(self) -> str:
+        """Closest anatomical axis codes of the spatial axes (``nibabel.aff2axcodes``), e.g.
+        ``"RAS"``; ``?`` for an axis the affine leaves undetermined."""
+        from nibabel.orientations import aff2axcodes
+
+        return "".join(c or "?" for c in aff2axcodes(self.affine))
+
+    def to_nibabel(self) -> Any:
+        """This volume as a nibabel image, with its affine and header.
+
+        Returns
+        -------
+        img : nibabel.Nifti1Image or nibabel.Nifti2Image
+            NIfTI-2 when an axis is longer than NIfTI-1 allows (32767).  Its ``dataobj`` is a
+            proxy of the dask array: nothing is computed until nibabel reads it.
+            ``img.dataobj[index]`` computes only that part; ``get_fdata()``,
+            ``np.asarray(img.dataobj)`` and ``nibabel.save`` compute the whole volume in memory.
+            4D data are given in NIfTI order ``(X, Y, Z, T)`` (a volume axis elsewhere is moved
+            last); boolean data are given as uint8 and float16 as float32, which NIfTI stores.
+            The header keeps the spatial fields of `header` (units, codes, descriptions) with
+            the data shape and dtype of this volume and no scaling.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> img = Volume(np.arange(24.0).reshape(2, 3, 4), affine=np.diag([2.0, 2, 3, 1])).to_nibabel()
+        >>> img.shape, img.header.get_zooms(), img.get_fdata()[1, 2, 3]
+        ((2, 3, 4), (np.float32(2.0), np.float32(2.0), np.float32(3.0)), np.float64(23.0))
+        """
+        import nibabel as nib
+
+        data = self.data
+        if self.volume_axis is not None and self.volume_axis != 3:
+            data = da.moveaxis(data, self.volume_axis, 3)
+        dtype = np.dtype(data.dtype)
+        if dtype == np.bool_:
+            dtype = np.dtype(np.uint8)
+        elif dtype == np.float16:
+            dtype = np.dtype(np.float32)
+        dtype = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+        klass = nib.Nifti2Image if max(data.shape) > 32767 else nib.Nifti1Image
+        header = None
+        if isinstance(self.header, nib.Nifti1Header):
+            header = klass.header_class.from_header(self.header, check=False)
+        img = klass(_DaskProxy(data, dtype), self.affine, header=header, dtype=dtype)
+        img.header.set_slope_inter(None, None)
+        return img
 
     # --- axis roles ----------------------------------------------------------------------
     @property
@@ -305,6 +444,25 @@ class _NoCopy:
 
     def __getitem__(self, index: Any) -> np.ndarray:
         return self.arr[index]
+
+
+class _DaskProxy:
+    """A dask array seen by nibabel as an array proxy: computed only when read."""
+
+    is_proxy = True
+
+    def __init__(self, data: da.Array, dtype: np.dtype) -> None:
+        self._data = data
+        self.dtype = dtype
+        self.shape = tuple(int(s) for s in data.shape)
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.asarray(self._data.compute()).astype(self.dtype, copy=False)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self._data[index].compute()).astype(self.dtype, copy=False)
 
 
 def as_volume(

@@ -12,17 +12,39 @@ The submodules are private; this module is the public API.
 - ``_write``: `save`, the streamed NIfTI/``.npy``/zarr writers and the atomic-write helpers
   (preallocation, fsync, rename into place).
 - ``_sidecar``: `sidecar_path`, `to_jsonable`, `read_sidecar`, `update_sidecar`.
+- ``_atomic``: the one atomic-write helper (temporary name, fsync, rename, clean-up) and the
+  folder lock, used by every writer in volbin (images, sidecars, manifests, layers, reports).
+- ``_convert``: `convert` between the formats (`load` + `save` without a sidecar).
 - ``_common``: what they share (format of a path, file identity, time stamps, version,
   removal and creation of files).
 """
 
 from __future__ import annotations
 
+from ._atomic import TEMP_NAME, atomic_file, folder_lock, temp_path, write_atomic
 from ._common import _version as _version
+from ._common import input_identity
+from ._convert import convert
 from ._read import _NpyReader as _NpyReader
 from ._read import load
-from ._sidecar import read_sidecar, sidecar_path, to_jsonable, update_sidecar
+from ._sidecar import last_recipe, read_sidecar, sidecar_path, to_jsonable, update_sidecar, write_json
 from ._write import DEFAULT_COMPRESS_LEVEL as DEFAULT_COMPRESS_LEVEL
 from ._write import save
 
-__all__ = ["load", "read_sidecar", "save", "sidecar_path", "to_jsonable", "update_sidecar"]
+__all__ = [
+    "TEMP_NAME",
+    "atomic_file",
+    "convert",
+    "folder_lock",
+    "input_identity",
+    "last_recipe",
+    "load",
+    "read_sidecar",
+    "save",
+    "sidecar_path",
+    "temp_path",
+    "to_jsonable",
+    "update_sidecar",
+    "write_atomic",
+    "write_json",
+]

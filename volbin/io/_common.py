@@ -35,8 +35,13 @@ def _abspath(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    """(size in bytes, mtime in ns) of a file, or of all files under a directory."""
+def input_identity(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(size in bytes, mtime in ns) of a file, or of all files under a directory (a zarr).
+
+    The identity `load` records in `Volume.source` and batch compares to decide whether an
+    output is up to date.
+    """
+    path = Path(path)
     st = path.stat()
     if not path.is_dir():
         return st.st_size, st.st_mtime_ns

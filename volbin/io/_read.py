@@ -32,12 +32,12 @@ from ._common import (
     _FORMAT,
     _NIFTI1_MAX_DIM,
     _abspath,
-    _identity,
     _iso,
     _kind,
     _native,
     _remove,
     _temp_dir,
+    input_identity,
 )
 
 _SUPPORTED = "NIfTI-1/2 (.nii, .nii.gz), NumPy (.npy) and zarr (.zarr)"
@@ -241,7 +241,7 @@ def load(
     if kind is None:
         raise InputFileError(f"{path}: unknown file format; volbin reads {_SUPPORTED}.")
     try:
-        size, mtime_ns = _identity(p)
+        size, mtime_ns = input_identity(p)
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc}).") from exc
     reader: Any

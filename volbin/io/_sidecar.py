@@ -7,7 +7,6 @@ import datetime as _dt
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputFileError
-from ._common import _create, _kind, _remove
+from ._atomic import write_atomic
+from ._common import _create, _kind
 
 
 # --- sidecars --------------------------------------------------------------------------------
@@ -73,12 +73,28 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _write_json(record: Mapping[str, Any], path: Path) -> None:
+    """Write `record` to the new file `path` (a temporary name; the caller renames it)."""
     text = json.dumps(to_jsonable(record), indent=2, allow_nan=False) + "\n"
     fd = _create(path)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_json(record: Mapping[str, Any], path: str | os.PathLike[str], *, indent: int = 2) -> Path:
+    """Write `record` as JSON to `path` atomically (numpy values converted, no NaN)."""
+    text = json.dumps(to_jsonable(record), indent=indent, allow_nan=False) + "\n"
+    return write_atomic(path, text)
+
+
+def last_recipe(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The recipe of the last step of a sidecar `record` that has one, or None."""
+    steps = record.get("steps")
+    if not isinstance(steps, list):
+        return None
+    recipes = [s["recipe"] for s in steps if isinstance(s, dict) and isinstance(s.get("recipe"), dict)]
+    return recipes[-1] if recipes else None
 
 
 def update_sidecar(path: str | os.PathLike[str], **fields: Any) -> Path:
@@ -99,14 +115,7 @@ def update_sidecar(path: str | os.PathLike[str], **fields: Any) -> Path:
     side = Path(path) if str(path).endswith(".json") else sidecar_path(path)
     record = read_sidecar(side)
     record.update(fields)
-    tmp = side.with_name(f"{side.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        _write_json(record, tmp)
-        os.replace(tmp, side)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return side
+    return write_json(record, side)
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -132,7 +141,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> import os, tempfile
     >>> from volbin.io import save
     >>> tmp = tempfile.TemporaryDirectory()
-    >>> p = save(np.zeros((2, 2, 2), np.uint8), os.path.join(tmp.name, "z.npy"), extra={"seed": 1})
+    >>> p = save(np.zeros((2, 2, 2), np.uint8), os.path.join(tmp.name, "z.npy"), sidecar={"seed": 1})
     >>> read_sidecar(p)["seed"]
     1
     >>> tmp.cleanup()

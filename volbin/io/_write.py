@@ -9,7 +9,6 @@ import errno
 import hashlib
 import math
 import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from isal import igzip
 
 from ..errors import OutputFileError, VolbinError
 from ..volume import Volume, as_volume
+from ._atomic import temp_path
 from ._common import (
     _COPY_BYTES,
     _FORMAT,
@@ -103,7 +103,6 @@ def save(
     dtype: str | np.dtype | None = None,
     sidecar: bool | Mapping[str, Any] = True,
     compress_level: int | None = None,
-    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a volume to ``.nii``, ``.nii.gz``, ``.npy`` or zarr, streamed and atomically.
 
@@ -124,11 +123,10 @@ def save(
     sidecar : bool or dict, optional
         Write a JSON sidecar beside the output (see `sidecar_path`) with the volbin version,
         creation time, input identity, output (path, format, shape, dtype, SHA-256 of the
-        file's bytes; no hash for zarr) and the steps applied.  A dict is merged into it.
+        file's bytes; no hash for zarr) and the steps applied.  A dict is written too: its
+        top-level fields are merged into the sidecar (e.g. ``{"batch": {...}}``).
     compress_level : int, optional
         gzip level for ``.nii.gz``: 0-3 (isal's levels; all write standard gzip).  Default 1.
-    extra : dict, optional
-        Merged into the sidecar (e.g. the recipe and the thresholds used).
 
     Returns
     -------
@@ -186,8 +184,8 @@ def save(
         data, vaxis = da.moveaxis(data, vaxis, 3), 3
     if data.dtype != out_dtype:
         data = data.astype(out_dtype)
-    stem = f"{final.name}.{secrets.token_hex(4)}"
-    tmp = final.with_name(stem + ".tmp")
+    tmp = temp_path(final)
+    stem = tmp.name[: -len(".tmp")]
     temps = [tmp]
     try:
         if kind == "nii":
@@ -220,10 +218,9 @@ def save(
                 "output": output,
                 "steps": list(vol.steps),
             }
-            record.update(extra or {})
             if isinstance(sidecar, Mapping):
                 record.update(sidecar)
-            side_tmp = side.with_name(f"{side.name}.{secrets.token_hex(4)}.tmp")
+            side_tmp = temp_path(side)
             temps.append(side_tmp)
             _write_json(record, side_tmp)
         _replace(tmp, final)
@@ -464,7 +461,7 @@ def _fsync_dir(folder: Path) -> None:
 def _replace(tmp: Path, final: Path) -> None:
     """Rename `tmp` onto `final`; a directory at `final` (or replacing one) is moved aside."""
     if os.path.lexists(final) and ((final.is_dir() and not final.is_symlink()) or tmp.is_dir()):
-        old = final.with_name(f"{final.name}.{secrets.token_hex(4)}.old")
+        old = temp_path(final, ".old")
         os.replace(final, old)
         try:
             os.replace(tmp, final)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import secrets
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import OutputFileError
+from ..errors import OutputFileError
 
 
 # --- results -------------------------------------------------------------------------------
@@ -158,8 +155,8 @@ def _now() -> str:
 
 
 def _write_report(res: BatchResult, path: str, started: str, recipe: dict[str, Any]) -> None:
-    from . import __version__
-    from .io import to_jsonable
+    from .. import __version__
+    from ..io import write_json
 
     doc = {
         "volbin_version": __version__,
@@ -168,13 +165,7 @@ def _write_report(res: BatchResult, path: str, started: str, recipe: dict[str, A
         "recipe": recipe,
         **res.to_dict(),
     }
-    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(doc), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json(doc, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise OutputFileError(f"{path}: cannot write the batch report ({exc}).") from exc

@@ -1,4 +1,4 @@
-"""`convert`: copy a volume between NIfTI (``.nii``, ``.nii.gz``), NumPy ``.npy`` and zarr.
+"""Copy a volume between NIfTI (``.nii``, ``.nii.gz``), NumPy ``.npy`` and zarr.
 
 A thin layer over `volbin.io.load` and `volbin.io.save`: the data stream through in chunks and
 are written atomically; the affine and NIfTI header go with them where the format holds them.
@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .errors import VolbinWarning
+from ..errors import VolbinWarning
+from ._read import load
+from ._write import save
 
 __all__ = ["convert"]
 
@@ -75,7 +76,7 @@ def convert(
     --------
     >>> import os, tempfile
     >>> import numpy as np
-    >>> from volbin.io import load, save
+    >>> from volbin.io import convert, load, save
     >>> tmp = tempfile.TemporaryDirectory()
     >>> nii = save(np.arange(24, dtype=np.int16).reshape(2, 3, 4), f"{tmp.name}/a.nii.gz")
     >>> z = convert(nii, f"{tmp.name}/a.zarr")
@@ -84,8 +85,6 @@ def convert(
     True
     >>> tmp.cleanup()
     """
-    from .io import load, save
-
     vol = load(src, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
     if str(dst).lower().endswith(".npy") and (
         vol.header is not None or not np.array_equal(vol.affine, np.eye(4))
@@ -97,48 +96,3 @@ def convert(
             stacklevel=2,
         )
     return save(vol, dst, force=force, sidecar=False)
-
-
-EPILOG_CONVERT = """\
-examples:
-  volbin convert brain.nii.gz brain.zarr
-  volbin convert brains.npy brains.nii.gz --volume-axis 0     # (T, X, Y, Z) stack to NIfTI
-  volbin convert big.zarr big.nii --chunk-mb 64 --force
-"""
-
-
-def add_convert_command(subparsers: Any) -> None:
-    """Add ``volbin convert`` to the CLI's subparsers."""
-    import argparse
-
-    from .cli import _add_common
-
-    p = subparsers.add_parser(
-        "convert",
-        help="convert a volume between NIfTI, .npy and zarr",
-        epilog=EPILOG_CONVERT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Copy IN to OUT (.nii, .nii.gz, .npy, .zarr), streamed in chunks, keeping the "
-        "affine and NIfTI header where OUT's format holds them.",
-    )
-    p.add_argument("input", help="input volume")
-    p.add_argument("output", help="output path (.nii, .nii.gz, .npy, .zarr)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    _add_common(p)
-    p.set_defaults(func=cmd_convert)
-
-
-def cmd_convert(args: Any) -> int:
-    from .cli import EXIT_OK, _configure
-    from .progress import progress
-
-    with progress("convert", enabled=False if args.no_progress else None):
-        path = convert(
-            args.input,
-            args.output,
-            force=args.force,
-            chunk_bytes=_configure(args),
-            volume_axis=args.volume_axis,
-        )
-    print(f"wrote {path}")
-    return EXIT_OK

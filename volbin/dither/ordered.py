@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._dither_kernels import void_and_cluster_ranks
+from .._dither_kernels import void_and_cluster_ranks
 
 __all__ = ["bayer_matrix", "blue_noise", "ordered_dither_block"]
 

@@ -13,19 +13,16 @@ import itertools
 import json
 import os
 import re
-import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
 
-from .errors import OutputFileError
-
 if TYPE_CHECKING:
-    from .printer import PrintGrid
+    from . import PrintGrid
 
 MANIFEST = "manifest.json"
 STATE_DIR = ".volbin-export"
@@ -43,43 +40,19 @@ def _png_density(path: Path) -> float:
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    from .io import to_jsonable
+    from ..io import write_json
 
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(obj), f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json(obj, path, indent=1)
 
 
-@contextlib.contextmanager
-def _lock(state: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputFileError(
-                f"{state.parent}: another volbin export is writing to this folder; wait for it "
-                "to finish or choose another folder."
-            ) from None
-        except OSError:  # file systems without locks
-            pass
-        yield
-    finally:
-        os.close(fd)
+def _lock(state: Path) -> contextlib.AbstractContextManager[None]:
+    from ..io import folder_lock
+
+    return folder_lock(
+        state / "lock",
+        f"{state.parent}: another volbin export is writing to this folder; wait for it to finish "
+        "or choose another folder.",
+    )
 
 
 def _clear(out: Path) -> None:
@@ -94,15 +67,23 @@ def _clear(out: Path) -> None:
             p.unlink()
         elif e.is_dir() and e.name.startswith("label_"):
             shutil.rmtree(p, ignore_errors=True)
-        elif _LAYER_FILE.match(e.name) or (e.name.startswith(".layer_") and e.name.endswith(".tmp")):
+        elif _LAYER_FILE.match(e.name) or _is_temp(e.name, "layer_"):
             p.unlink()
+
+
+def _is_temp(name: str, prefix: str = "") -> bool:
+    """Whether `name` is a temporary of volbin's atomic writes (of a name starting `prefix`)."""
+    from ..io import TEMP_NAME
+
+    m = TEMP_NAME.match(name)
+    return m is not None and m["base"].startswith(prefix)
 
 
 def _clean_temps(folders: Sequence[Path]) -> None:
     for folder in folders:
         if folder.is_dir():
             for e in os.scandir(folder):
-                if e.name.startswith(".") and e.name.endswith(".tmp"):
+                if _is_temp(e.name):
                     with contextlib.suppress(OSError):
                         os.unlink(e.path)
 
@@ -119,13 +100,13 @@ def _sha256(data: da.Array) -> str:
 
 # --- the manifest ------------------------------------------------------------------------------
 def _version() -> str:
-    from .io import _version as v
+    from ..io import _version as v
 
     return v()
 
 
 def _jsonable(obj: Any) -> Any:
-    from .io import to_jsonable
+    from ..io import to_jsonable
 
     return to_jsonable(obj)
 

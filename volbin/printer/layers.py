@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 import dask.array as da
 import numpy as np
 
-from . import _dither_kernels as D
-from . import _kernels as K
-from ._printer_state import _jsonable
-from .errors import VolbinDataError
-from .recipe import Recipe
-from .resample import resample_block
-from .volume import Volume
+from .. import _dither_kernels as D
+from .. import _kernels as K
+from ..errors import VolbinDataError
+from ..recipe import Recipe
+from ..resample import resample_block
+from ..volume import Volume
+from .state import _jsonable
 
 if TYPE_CHECKING:
-    from .printer import PrintGrid
+    from . import PrintGrid
 
 #: Source slices are read and rescaled in slabs of this many bytes (float32): less than one
 #: printer layer of memory, and read rarely (at 0.027 mm, each 1 mm slice serves 37 layers).
@@ -70,18 +68,11 @@ def _write_png(path: Path, packed: bytes, size: tuple[int, int], dpi: tuple[floa
     """Write a packed 1-bit image atomically: a temporary name, fsync, then rename."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        img = Image.frombytes("1", size, packed)
-        with open(tmp, "wb") as f:
-            img.save(f, format="PNG", dpi=dpi)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from ..io import atomic_file
+
+    img = Image.frombytes("1", size, packed)
+    with atomic_file(path) as f:
+        img.save(f, format="PNG", dpi=dpi)
 
 
 # --- which layers and labels -------------------------------------------------------------------
@@ -307,12 +298,10 @@ class _Run:
         path = self.state / f"carry_{k:06d}.npy"
         if path.exists():
             return
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        with open(tmp, "wb") as f:
+        from ..io import atomic_file
+
+        with atomic_file(path) as f:
             np.save(f, carry)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         for c in self._checkpoints():
             if c < k:
                 with contextlib.suppress(OSError):

@@ -13,26 +13,22 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputFileError, VolbinError
-from .recipe import Recipe
+from ..errors import VolbinError
+from ..formats import IMAGE_EXTS, image_ext
+from ..io import TEMP_NAME
+from ..recipe import Recipe
 
-IMAGE_EXTS = (".nii.gz", ".nii", ".npy", ".zarr")
 REPORT_NAME = "volbin-batch-report.json"
 LOCK_NAME = ".volbin-batch.lock"
 _GLOB_CHARS = re.compile(r"[*?\[]")
-#: io.save's temporary names: ``<name>.<8 hex>.tmp`` (``.nii.tmp`` before gzip, ``.old`` for
-#: a replaced zarr folder).
-_TEMP = re.compile(r"^(?P<base>.+)\.[0-9a-f]{8}(\.nii)?\.(tmp|old)$")
 
 
 # --- inputs and names --------------------------------------------------------------------------
-def _image_ext(name: str) -> str | None:
-    low = name.lower()
-    return next((e for e in IMAGE_EXTS if low.endswith(e)), None)
+_image_ext = image_ext
 
 
 def _is_image(path: str) -> bool:
@@ -123,23 +119,9 @@ def _check_ext(ext: str) -> str:
 
 
 # --- resume: is an output up to date? -----------------------------------------------------------
-def _identity(path: str) -> tuple[int, int]:
-    """(size, mtime_ns) as io.load records them: a zarr folder counts every file in it."""
-    st = os.stat(path)
-    if not os.path.isdir(path):
-        return st.st_size, st.st_mtime_ns
-    size, mtime = 0, st.st_mtime_ns
-    for root, _, files in os.walk(path):
-        for f in files:
-            s = os.stat(os.path.join(root, f))
-            size += s.st_size
-            mtime = max(mtime, s.st_mtime_ns)
-    return size, mtime
-
-
 def _recipe_doc(recipe: Recipe) -> dict[str, Any]:
     """The recipe as it reads back from a sidecar (JSON round trip)."""
-    from .io import to_jsonable
+    from ..io import to_jsonable
 
     return json.loads(json.dumps(to_jsonable(recipe.to_dict())))
 
@@ -152,7 +134,7 @@ def _output_state(
     io.save renames the image into place before its sidecar, so a sidecar that matches the
     recipe and the input's identity means the image beside it is complete.
     """
-    from .io import read_sidecar, sidecar_path
+    from ..io import input_identity, last_recipe, read_sidecar, sidecar_path
 
     side = sidecar_path(output)
     if not os.path.lexists(output):
@@ -168,12 +150,11 @@ def _output_state(
         record = {}
     if "volbin_version" not in record:
         return "foreign", f"{side} is not a volbin sidecar; pass --force (force=True) to replace it"
-    recipes = [s["recipe"] for s in record.get("steps", []) if isinstance(s, dict) and "recipe" in s]
-    if not recipes or recipes[-1] != recipe_doc:
+    if last_recipe(record) != recipe_doc:
         return "stale", "replaced an output made with another recipe"
     src = record.get("input") or {}
     try:
-        size, mtime_ns = _identity(input)
+        size, mtime_ns = input_identity(input)
     except OSError:
         size, mtime_ns = -1, -1
     if (src.get("path"), src.get("size"), src.get("mtime_ns")) != (
@@ -201,7 +182,7 @@ def _clean_stray_temps(folders: set[str], suffix: str) -> list[str]:
         except OSError:
             continue
         for e in entries:
-            m = _TEMP.match(e.name)
+            m = TEMP_NAME.match(e.name)
             if m and (m["base"].lower().endswith(bases) or m["base"] == REPORT_NAME):
                 if e.is_dir(follow_symlinks=False):
                     shutil.rmtree(e.path, ignore_errors=True)
@@ -212,25 +193,12 @@ def _clean_stray_temps(folders: set[str], suffix: str) -> list[str]:
     return removed
 
 
-@contextlib.contextmanager
-def _folder_lock(out_dir: str) -> Iterator[None]:
+def _folder_lock(out_dir: str) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock on `out_dir` so that two batches never write it at once."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(os.path.join(out_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputFileError(
-                f"{out_dir}: another volbin batch is writing to this folder; wait for it to "
-                "finish or choose another output folder."
-            ) from None
-        except OSError:  # file systems without locks: run unlocked
-            pass
-        yield
-    finally:
-        os.close(fd)
+    from ..io import folder_lock
+
+    return folder_lock(
+        os.path.join(out_dir, LOCK_NAME),
+        f"{out_dir}: another volbin batch is writing to this folder; wait for it to finish or "
+        "choose another output folder.",
+    )

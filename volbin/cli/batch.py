@@ -1,14 +1,14 @@
-"""The ``volbin batch`` command (and ``volbin convert``, added with it)."""
+"""``volbin batch INPUTS --out-dir DIR``: many volumes, on a dask cluster, resumably."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
-from ._batch_engine import _LOCAL_SCHEDULERS, _use_scratch
-from ._batch_inputs import IMAGE_EXTS, REPORT_NAME
+from ..formats import IMAGE_EXTS
+from ._common import EXIT_DATA, EXIT_OK, add_common, add_recipe_args, chunk_bytes, int_in, recipe_from_args
 
-# --- command line -------------------------------------------------------------------------
-EPILOG_BATCH = """\
+EPILOG = """\
 examples:
   volbin batch 'data/sub-*/anat/*_T1w.nii.gz' --out-dir masks/ --method otsu --scope volume
   volbin batch inputs.txt --out-dir masks/ --recipe recipe.json --workers 2 --memory-limit 4GB
@@ -20,17 +20,11 @@ after an interruption to finish the rest.  Exit code 1 if any input failed.
 """
 
 
-def add_batch_commands(subparsers: Any) -> None:
-    """Add ``volbin batch`` and ``volbin convert`` to the CLI's subparsers."""
-    import argparse
-
-    from .cli import _add_common, _add_recipe_args
-    from .convert import add_convert_command
-
+def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "batch",
         help="binarize many volumes on a dask cluster, resumably",
-        epilog=EPILOG_BATCH,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Binarize every input (globs, a list file, a folder, paths) into --out-dir, "
         "one output and JSON sidecar per input, files in parallel on dask.distributed.",
@@ -45,12 +39,14 @@ def add_batch_commands(subparsers: Any) -> None:
         action="store_true",
         help="mirror the inputs' folders in --out-dir (needed when names repeat)",
     )
-    p.add_argument("--report", metavar="PATH", help=f"JSON run report (default OUT_DIR/{REPORT_NAME})")
+    p.add_argument(
+        "--report", metavar="PATH", help="JSON run report (default: volbin-batch-report.json in OUT_DIR)"
+    )
     g = p.add_argument_group("cluster")
-    g.add_argument("--workers", type=int, metavar="N", help="local cluster: worker processes")
+    g.add_argument("--workers", type=int_in(1, 256), metavar="N", help="local cluster: worker processes")
     g.add_argument(
         "--threads-per-worker",
-        type=int,
+        type=int_in(1, 256),
         metavar="N",
         help="local cluster: threads per worker (default: workers x threads = cores)",
     )
@@ -60,19 +56,17 @@ def add_batch_commands(subparsers: Any) -> None:
         help="join a running dask scheduler (tcp://host:8786), or 'threads' to run "
         "in this process without a cluster",
     )
-    g.add_argument("--retries", type=int, default=1, help="retries of a task that errors (1)")
-    _add_recipe_args(p)
-    _add_common(p)
-    p.set_defaults(func=cmd_batch)
-    add_convert_command(subparsers)
+    g.add_argument("--retries", type=int_in(0, 100), default=1, help="retries of a task that errors (1)")
+    add_recipe_args(p)
+    add_common(p)
+    p.set_defaults(func=run)
 
 
-def cmd_batch(args: Any) -> int:
-    from .batch import batch
-    from .cli import EXIT_DATA, EXIT_OK, recipe_from_args
+def run(args: argparse.Namespace) -> int:
+    from ..batch import batch
+    from ..batch.engine import _LOCAL_SCHEDULERS, _use_scratch
 
     recipe = recipe_from_args(args)
-    chunk_bytes = int(args.chunk_mb * 2**20) if args.chunk_mb else None
     if args.scheduler in _LOCAL_SCHEDULERS:
         _use_scratch()  # this process reads the inputs; it exits when the batch ends
     res = batch(
@@ -87,7 +81,7 @@ def cmd_batch(args: Any) -> int:
         threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit,
         scheduler=args.scheduler,
-        chunk_bytes=chunk_bytes,
+        chunk_bytes=chunk_bytes(args) if args.chunk_mb else None,
         volume_axis=args.volume_axis,
         retries=args.retries,
         progress="log" if args.no_progress else None,

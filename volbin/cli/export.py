@@ -1,15 +1,18 @@
-"""The ``volbin export-slices`` command."""
+"""``volbin export-slices IN OUT_DIR``: a bitmap 3D printer's stack of 1-bit PNG layers."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import time
 from typing import Any
 
-# --- command line ------------------------------------------------------------------------------
-EPILOG_EXPORT = """\
+from ._common import EXIT_OK, add_common, add_recipe_args, chunk_bytes, int_in, recipe_from_args
+
+EPILOG = """\
 examples:
   volbin export-slices head.nii.gz stack/ --dpi 600x300 --layer 0.027mm
-  volbin export-slices head.nii.gz stack/ --mode 3d --kernel stucki --rescale percentile
+  volbin export-slices head.nii.gz stack/ --scope volume --kernel stucki --rescale percentile
   volbin export-slices seg.nii.gz materials/ --labels          # one folder of layers per label
   volbin export-slices head.nii.gz stack/ --layers 0:100        # the first 100 layers only
 
@@ -18,8 +21,6 @@ Re-run the same command after an interruption: only missing layers are written.
 
 
 def _parse_dpi(text: str) -> tuple[float, float]:
-    import argparse
-
     parts = text.lower().replace("dpi", "").split("x")
     try:
         vals = [float(p) for p in parts]
@@ -27,14 +28,14 @@ def _parse_dpi(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"not a resolution: {text!r} (e.g. 600x300 or 600)") from None
     if len(vals) == 1:
         vals *= 2
-    if len(vals) != 2 or not all(v > 0 for v in vals):
+    if len(vals) != 2 or not all(math.isfinite(v) and v > 0 for v in vals):
         raise argparse.ArgumentTypeError(f"not a resolution: {text!r} (e.g. 600x300 or 600)")
+    if not all(10 <= v <= 20000 for v in vals):
+        raise argparse.ArgumentTypeError(f"printer resolution must lie in 10..20000 dpi; got {text!r}")
     return vals[0], vals[1]
 
 
 def _parse_length(text: str) -> float:
-    import argparse
-
     t = text.strip().lower()
     scale = 1.0
     for unit, s in (("mm", 1.0), ("um", 1e-3), ("µm", 1e-3), ("μm", 1e-3)):
@@ -45,32 +46,33 @@ def _parse_length(text: str) -> float:
         v = float(t) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a thickness: {text!r} (e.g. 0.027mm or 27um)") from None
-    if not v > 0:
+    if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"not a thickness: {text!r} (e.g. 0.027mm or 27um)")
+    if not 1e-3 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"layer thickness must lie in 1um..100mm; got {text!r}")
     return v
 
 
 def _parse_layers(text: str) -> tuple[int | None, int | None]:
-    import argparse
-
     try:
         a, b = text.split(":")
-        return (int(a) if a else None, int(b) if b else None)
+        lo, hi = (int(a) if a else None, int(b) if b else None)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a layer range: {text!r} (e.g. 0:100)") from None
+    if (
+        (lo is not None and lo < 0)
+        or (hi is not None and hi < 0)
+        or (lo is not None and hi is not None and hi <= lo)
+    ):
+        raise argparse.ArgumentTypeError(f"not a layer range: {text!r} (A:B with 0 <= A < B)")
+    return lo, hi
 
 
-def add_export_command(subparsers: Any) -> None:
-    """Add ``volbin export-slices`` to the CLI's subparsers."""
-    import argparse
-
-    from .cli import _add_common
-    from .recipe import CURVES, RESCALE_METHODS
-
+def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "export-slices",
         help="write a printer's stack of 1-bit PNG layers",
-        epilog=EPILOG_EXPORT,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Resample IN onto a bitmap 3D printer's grid, error-diffuse every layer "
         "and write one 1-bit PNG per layer (with its DPI) and manifest.json into OUT_DIR. "
@@ -93,10 +95,10 @@ def add_export_command(subparsers: Any) -> None:
         help="layer thickness, e.g. 0.027mm or 27um (default 0.027mm)",
     )
     p.add_argument(
-        "--mode",
-        choices=("2d", "3d"),
-        default="2d",
-        help="diffuse error within layers (2d) or also into the next layer (3d)",
+        "--scope",
+        choices=("slice", "volume"),
+        default="slice",
+        help="diffuse error within each layer (slice, default) or also into the next layer (volume)",
     )
     p.add_argument(
         "--labels", action="store_true", help="IN is an integer label map: one stack per label, no dithering"
@@ -107,19 +109,19 @@ def add_export_command(subparsers: Any) -> None:
         default="S",
         help="anatomical direction printed upwards (default S)",
     )
-    p.add_argument("--order", type=int, default=1, help="interpolation order (default 1, linear)")
+    p.add_argument("--order", type=int_in(0, 5), default=1, help="interpolation order (default 1, linear)")
     p.add_argument(
         "--layers", type=_parse_layers, default=None, metavar="A:B", help="write only layers A to B-1"
     )
     p.add_argument(
-        "--volume-index", type=int, default=None, metavar="N", help="the volume of a 4D input to print"
+        "--volume-index", type=int_in(0), default=None, metavar="N", help="the volume of a 4D input to print"
     )
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=int_in(1),
         default=64,
         metavar="N",
-        help="with --mode 3d, save the carried error every N layers (default 64)",
+        help="with --scope volume, save the carried error every N layers (default 64)",
     )
     p.add_argument(
         "--keep-checkpoints",
@@ -129,36 +131,39 @@ def add_export_command(subparsers: Any) -> None:
     p.add_argument(
         "--force", action="store_true", help="start over in a folder holding an export with other settings"
     )
-    g = p.add_argument_group("grey levels")
-    g.add_argument("--recipe", metavar="JSON", help="reuse the rescale of a recipe or sidecar")
-    g.add_argument("--rescale", choices=RESCALE_METHODS, help="intensity rescale (default minmax)")
-    g.add_argument("--percentiles", type=float, nargs=2, metavar=("LO", "HI"))
-    g.add_argument("--range", dest="value_range", type=float, nargs=2, metavar=("LO", "HI"))
-    g.add_argument("--curve", choices=CURVES, help="tone curve (default linear)")
-    g.add_argument("--gamma", type=float)
-    g.add_argument("--log-gain", type=float)
-    g.add_argument("--kernel", help="error-diffusion kernel (default floyd-steinberg)")
-    g.add_argument("--serpentine", action="store_true", default=None, help="serpentine scan")
-    g.add_argument("--jitter", type=float, help="threshold jitter amplitude in [0, 1]")
-    g.add_argument("--seed", type=int, help="seed of the jitter (default 0)")
-    _add_common(p)
-    p.set_defaults(func=cmd_export)
+    add_recipe_args(
+        p,
+        (
+            "rescale",
+            "percentiles",
+            "value_range",
+            "curve",
+            "gamma",
+            "log_gain",
+            "kernel",
+            "serpentine",
+            "jitter",
+            "seed",
+        ),
+        title="grey levels",
+    )
+    add_common(p)
+    p.set_defaults(func=run)
 
 
-def cmd_export(args: Any) -> int:
-    from .cli import EXIT_OK, _configure, recipe_from_args
-    from .io import load
-    from .printer import export_slices
+def run(args: argparse.Namespace) -> int:
+    from ..io import load
+    from ..printer import export_slices
 
-    recipe = recipe_from_args(args).replace(method="dither", threshold=None)
+    recipe = recipe_from_args(args, method="dither")
     t0 = time.perf_counter()
-    chunk_bytes = _configure(args)
+    cb = chunk_bytes(args)
     res = export_slices(
-        load(args.input, chunk_bytes=chunk_bytes, volume_axis=args.volume_axis),
+        load(args.input, chunk_bytes=cb, volume_axis=args.volume_axis),
         args.out_dir,
         dpi=args.dpi,
         layer=args.layer,
-        mode=args.mode,
+        scope=args.scope,
         labels=args.labels,
         recipe=recipe,
         up=args.up,
@@ -168,7 +173,7 @@ def cmd_export(args: Any) -> int:
         force=args.force,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
-        chunk_bytes=chunk_bytes,
+        chunk_bytes=cb,
         progress=False if args.no_progress else None,
     )
     m = res.manifest

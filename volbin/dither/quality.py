@@ -12,14 +12,14 @@ import itertools
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from .errors import VolbinDataError, VolbinWarning
-from .volume import Volume, as_volume, like_input
+from ..errors import VolbinDataError, VolbinWarning
+from ..volume import Volume, as_volume, like_input
 
 __all__ = ["blur", "compare_with_input", "dither_error", "format_comparison"]
 
@@ -27,13 +27,13 @@ __all__ = ["blur", "compare_with_input", "dither_error", "format_comparison"]
 _TRUNCATE = 4.0
 
 
-def _sigmas(vol: Volume, sigma: float, ndim: int, axis: int | str | None) -> tuple[float, ...]:
-    if not (isinstance(sigma, (int, float, np.floating)) and math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"`sigma` must be a finite number >= 0 (voxels); got {sigma!r}.")
-    if ndim not in (2, 3) or isinstance(ndim, bool):
-        raise ValueError(f"`ndim` must be 2 (blur within slices) or 3; got {ndim!r}.")
+def _sigmas(vol: Volume, sigma: float, scope: str, axis: int | str | None) -> tuple[float, ...]:
+    if not (isinstance(sigma, (int, float, np.floating)) and math.isfinite(sigma) and 0 <= sigma <= 50):
+        raise ValueError(f"`sigma` must be a number in [0, 50] (voxels); got {sigma!r}.")
+    if scope not in ("slice", "volume"):
+        raise ValueError(f"`scope` must be 'slice' (blur within slices) or 'volume'; got {scope!r}.")
     sigmas = [0.0] * vol.ndim
-    skip = vol.axis_index(axis) if ndim == 2 else None
+    skip = vol.axis_index(axis) if scope == "slice" else None
     for a in vol.spatial_axes:
         if a != skip:
             sigmas[a] = float(sigma)
@@ -64,7 +64,7 @@ def blur(
     volume: Any,
     sigma: float = 1.0,
     *,
-    ndim: int = 3,
+    scope: Literal["slice", "volume"] = "volume",
     axis: int | str | None = "z",
     volume_axis: int | None = None,
 ) -> Any:
@@ -75,10 +75,10 @@ def blur(
     volume : (X, Y, Z[, T]) ndarray, dask array or Volume
     sigma : float
         Standard deviation in voxels.
-    ndim : {2, 3}
+    scope : {'volume', 'slice'}
         3 blurs along the three spatial axes; 2 blurs within each slice along `axis`.
     axis : {'x', 'y', 'z'} or int
-        Slice axis for ``ndim=2``.
+        Slice axis for ``scope='slice'``.
     volume_axis : int, optional
         Volume axis of 4D numpy/dask input; never blurred along.
 
@@ -102,8 +102,8 @@ def blur(
     True
     """
     vol, kind = as_volume(volume, volume_axis=volume_axis)
-    data = _gaussian(_as_float(vol.data), _sigmas(vol, sigma, ndim, axis))
-    step = {"step": "blur", "sigma": float(sigma), "ndim": ndim}
+    data = _gaussian(_as_float(vol.data), _sigmas(vol, sigma, scope, axis))
+    step = {"step": "blur", "sigma": float(sigma), "scope": scope}
     return like_input(vol.derive(data, step), kind)
 
 
@@ -147,7 +147,7 @@ def dither_error(
     reference: Any,
     *,
     sigma: float = 1.0,
-    ndim: int = 3,
+    scope: Literal["slice", "volume"] = "volume",
     axis: int | str | None = "z",
     volume_axis: int | None = None,
 ) -> dict[str, Any]:
@@ -162,11 +162,11 @@ def dither_error(
         count as 0 (as they are written in binary outputs).
     sigma : float
         Standard deviation of the Gaussian, in voxels.
-    ndim : {2, 3}
-        3 blurs volumetrically (a print or a volume rendering seen from afar); 2 blurs within
-        each slice along `axis` (a slice viewer).
+    scope : {'volume', 'slice'}
+        ``volume`` blurs volumetrically (a print or a volume rendering seen from afar);
+        ``slice`` blurs within each slice along `axis` (a slice viewer).
     axis : {'x', 'y', 'z'} or int
-        Slice axis for ``ndim=2``.
+        Slice axis for ``scope='slice'``.
     volume_axis : int, optional
         Volume axis of 4D numpy/dask inputs.
 
@@ -176,13 +176,13 @@ def dither_error(
         ``blurred_rms``: ``sqrt(mean((G * binary - reference) ** 2))``, the blurred binary
         volume against the unblurred reference.  ``perceptual_rms``: ``sqrt(mean((G * binary
         - G * reference) ** 2))``, both blurred.  ``mean_density_error``: ``mean(binary) -
-        mean(reference)``; also ``mean_density``, ``mean_reference``, ``sigma``, ``ndim``,
+        mean(reference)``; also ``mean_density``, ``mean_reference``, ``sigma``, ``scope``,
         ``n_voxels``.
 
     Raises
     ------
     ValueError
-        The shapes differ, or a bad `sigma` or `ndim`.
+        The shapes differ, or a bad `sigma` or `scope`.
 
     Notes
     -----
@@ -209,7 +209,7 @@ def dither_error(
         raise ValueError(
             f"`binary` and `reference` must have the same shape; got {bvol.shape} and {rvol.shape}."
         )
-    sigmas = _sigmas(bvol, sigma, ndim, axis)
+    sigmas = _sigmas(bvol, sigma, scope, axis)
     b = _as_float(bvol.data)
     r = _as_float(rvol.data)
     if r.dtype != b.dtype:
@@ -226,22 +226,22 @@ def dither_error(
         "mean_density": sb / n,
         "mean_reference": sr / n,
         "sigma": float(sigma),
-        "ndim": int(ndim),
+        "scope": scope,
         "n_voxels": n,
     }
 
 
 def _sidecar_step(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The last step of `path`'s sidecar that records a recipe, or None."""
-    from .errors import InputFileError
-    from .io import read_sidecar
+    from ..errors import InputFileError
+    from ..io import read_sidecar
 
     try:
         record = read_sidecar(path)
     except InputFileError:
         return None
     steps = [s for s in record.get("steps", []) if isinstance(s, dict) and "recipe" in s]
-    return steps[-1] if steps else None
+    return steps[-1] if steps else None  # the step, with its rescale record, not just the recipe
 
 
 def _same_range(recorded: Any, fitted: dict[str, Any]) -> bool:
@@ -259,7 +259,7 @@ def compare_with_input(
     grey: str | os.PathLike[str],
     *,
     sigma: float = 1.0,
-    ndim: int = 3,
+    scope: Literal["slice", "volume"] = "volume",
     chunk_bytes: int | None = None,
     volume_axis: int | None = None,
 ) -> dict[str, Any]:
@@ -273,7 +273,7 @@ def compare_with_input(
     ----------
     binary, grey : path
         The binary output and the grey input.
-    sigma, ndim : float, int
+    sigma, scope : float, str
         As in `dither_error`.
     chunk_bytes : int, optional
         Input chunk size.
@@ -292,9 +292,9 @@ def compare_with_input(
     InputFileError
         A file cannot be read.
     """
-    from .io import load
-    from .recipe import DITHER_METHODS, Recipe
-    from .rescale import apply_transform, fit_transform
+    from ..io import load
+    from ..recipe import DITHER_METHODS, Recipe
+    from ..rescale import apply_transform, fit_transform
 
     bvol = load(binary, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
     gvol = load(grey, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
@@ -305,10 +305,10 @@ def compare_with_input(
     else:
         recipe = Recipe(rescale="minmax", scope="volume")
         how = "minmax per volume"
-    scope = recipe.scope
-    if recipe.method in DITHER_METHODS and scope == "slice":
-        scope = "volume"  # dithering rescales per volume (or stack), never per slice
-    tr = fit_transform(gvol, gvol.grouping(scope, recipe.axis), recipe)
+    fit_scope = recipe.scope
+    if recipe.method in DITHER_METHODS and fit_scope == "slice":
+        fit_scope = "volume"  # dithering rescales per volume (or stack), never per slice
+    tr = fit_transform(gvol, gvol.grouping(fit_scope, recipe.axis), recipe)
     if step is not None and not _same_range(step.get("rescale"), tr.record()):
         warnings.warn(
             f"{grey}: its intensity range differs from the one recorded in {binary}'s sidecar; "
@@ -318,7 +318,7 @@ def compare_with_input(
         )
     ref = gvol.derive(apply_transform(gvol.data, tr), {"step": "rescale", **tr.record()})
     if ref.shape != bvol.shape and recipe.upsample is not None:
-        from .resample import upsample
+        from ..resample import upsample
 
         ref = upsample(ref, recipe.upsample)
         how += f", upsampled by {list(recipe.upsample)}"
@@ -327,7 +327,7 @@ def compare_with_input(
             f"{binary} has shape {bvol.shape} but {grey} has shape {ref.shape}; compare a "
             "binary volume with the grey volume it was made from."
         )
-    out = dither_error(bvol, ref, sigma=sigma, ndim=ndim, axis=recipe.axis)
+    out = dither_error(bvol, ref, sigma=sigma, scope=scope, axis=recipe.axis)
     out["reference"] = {"path": os.fspath(grey), "rescale": how, "transform": tr.record()}
     return out
 
@@ -335,7 +335,7 @@ def compare_with_input(
 def format_comparison(metrics: dict[str, Any]) -> str:
     """Human-readable form of `compare_with_input`'s result."""
     ref = metrics.get("reference", {})
-    blur_kind = f"Gaussian sigma {metrics['sigma']:g} voxel, {metrics['ndim']}D"
+    blur_kind = f"Gaussian sigma {metrics['sigma']:g} voxel, per {metrics['scope']}"
     lines = [
         f"  compared with {ref.get('path', 'the reference')} (rescale: {ref.get('rescale', '-')})",
         f"  blurred RMS      {metrics['blurred_rms']:.5f}  ({blur_kind}; binary blurred, input not)",

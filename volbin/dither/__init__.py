@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, overload
 
 import dask
 import dask.array as da
 import numpy as np
 
-from . import _dither_kernels as DK
-from ._kernels import seed_key
-from .recipe import Recipe
-from .rescale import apply_transform, fit_transform
-from .volume import Volume, as_volume, like_input
+from .. import _dither_kernels as DK
+from .._kernels import seed_key
+from ..recipe import Recipe, Scope
+from ..rescale import apply_transform, fit_transform
+from ..volume import Volume, as_volume, like_input
 
 __all__ = ["dither", "dither_volume", "kernel_record"]
 
@@ -258,7 +258,7 @@ def dither_volume(vol: Volume, recipe: Recipe) -> Volume:
     tr = fit_transform(vol, rgroup, recipe)
     rescaled = vol.derive(apply_transform(vol.data, tr))
     if recipe.upsample is not None and any(f != 1 for f in recipe.upsample):
-        from .resample import upsample
+        from ..resample import upsample
 
         rescaled = upsample(rescaled, recipe.upsample)
     axis = rescaled.axis_index(recipe.axis)
@@ -308,15 +308,59 @@ def dither_volume(vol: Volume, recipe: Recipe) -> Volume:
     if tr.n_nonfinite.any() and rescaled.shape == vol.shape:
         finite = da.isfinite(vol.data)
         out = da.where(finite, out, np.uint8(0))
-    out = out.map_blocks(lambda b: b.view(bool), dtype=bool, meta=np.empty((0,) * out.ndim, bool))
+    out = da.map_blocks(lambda b: b.view(bool), out, dtype=bool, meta=np.empty((0,) * out.ndim, bool))
     return dataclasses.replace(rescaled.derive(out, step), steps=(*vol.steps, step))
+
+
+@overload
+def dither(
+    volume: np.ndarray,
+    kernel: Any = ...,
+    *,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    serpentine: bool = ...,
+    jitter: float = ...,
+    seed: int = ...,
+    upsample: Any = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> np.ndarray: ...
+@overload
+def dither(
+    volume: da.Array,
+    kernel: Any = ...,
+    *,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    serpentine: bool = ...,
+    jitter: float = ...,
+    seed: int = ...,
+    upsample: Any = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> da.Array: ...
+@overload
+def dither(
+    volume: Volume,
+    kernel: Any = ...,
+    *,
+    scope: Scope = ...,
+    axis: str | int = ...,
+    serpentine: bool = ...,
+    jitter: float = ...,
+    seed: int = ...,
+    upsample: Any = ...,
+    volume_axis: int | None = ...,
+    **options: Any,
+) -> Volume: ...
 
 
 def dither(
     volume: Any,
     kernel: Any = "floyd-steinberg",
     *,
-    scope: str = "slice",
+    scope: Scope = "slice",
     axis: str | int = "z",
     serpentine: bool = False,
     jitter: float = 0.0,
@@ -356,6 +400,21 @@ def dither(
     Returns
     -------
     binary : same kind as `volume`, bool
+
+    References
+    ----------
+    .. [1] R. W. Floyd and L. Steinberg, "An adaptive algorithm for spatial grey scale",
+       Proc. Society for Information Display 17(2):75-77, 1976.
+    .. [2] J. F. Jarvis, C. N. Judice and W. H. Ninke, "A survey of techniques for the
+       display of continuous tone pictures on bilevel displays", Computer Graphics and
+       Image Processing 5(1):13-40, 1976.
+    .. [3] P. Stucki, "MECCA - a multiple-error correcting computation algorithm for bilevel
+       image hardcopy reproduction", IBM Research Report RZ1060, 1981.
+    .. [4] B. Atkinson's kernel, from the Apple Macintosh's HyperScan (1987), as documented
+       by T. Helland, "Image dithering: eleven algorithms and source code", 2012; Burkes'
+       and F. Sierra's kernels from the same source.
+    .. [5] R. Ulichney, "Digital Halftoning", MIT Press, 1987 (serpentine scans, error
+       diffusion's artefacts).
 
     Examples
     --------

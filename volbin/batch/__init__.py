@@ -7,9 +7,8 @@ scheduler or client is given).  Each task loads, decides and writes its file on 
 runs it, with the file's chunks on that worker's threads.  A file that fails is reported and
 skipped; the run ends with a summary table and a JSON report.
 
-Inputs, output names and resume checks live in `_batch_inputs`, the per-file task and the
-cluster in `_batch_engine`, results and the report in `_batch_results`, the command in
-`_batch_cli`; the names they export are importable from here too.
+Inputs, output names and resume checks live in `inputs`, the per-file task and the cluster in
+`engine`, results and the report in `results`; the command is `volbin.cli.batch`.
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._batch_cli import EPILOG_BATCH as EPILOG_BATCH
-from ._batch_cli import add_batch_commands as add_batch_commands
-from ._batch_cli import cmd_batch as cmd_batch
-from ._batch_engine import _engine, _run, process_one
-from ._batch_inputs import (
+from ..errors import OutputFileError
+from ..recipe import Recipe, merge
+from .engine import _engine, _run, process_one
+from .inputs import (
     IMAGE_EXTS,
     REPORT_NAME,
     _check_ext,
@@ -35,10 +33,8 @@ from ._batch_inputs import (
     expand_inputs,
     output_path,
 )
-from ._batch_inputs import LOCK_NAME as LOCK_NAME
-from ._batch_results import BatchResult, FileResult, _now, _Progress, _write_report
-from .errors import OutputFileError
-from .recipe import Recipe
+from .inputs import LOCK_NAME as LOCK_NAME
+from .results import BatchResult, FileResult, _now, _Progress, _write_report
 
 __all__ = ["BatchResult", "FileResult", "batch", "expand_inputs", "output_path", "process_one"]
 
@@ -74,7 +70,8 @@ def batch(
     out_dir : str or path-like
         Output folder, created if missing.
     recipe : Recipe, optional
-        What to do; if not given, built from `recipe_options` (``method``, ``scope``, ...).
+        What to do.  `recipe_options` override its fields (``method``, ``scope``, ...) as
+        `volbin.recipe.merge` says; without it they build the recipe.
     suffix : str
         Added to each input's name before its extension: ``sub-01_T1w.nii.gz`` gives
         ``sub-01_T1w_mask.nii.gz``.
@@ -115,7 +112,7 @@ def batch(
         Where to write the JSON run report (None or True: ``<out_dir>/volbin-batch-report.json``);
         False writes none.
     **recipe_options
-        `Recipe` fields, when `recipe` is not given.
+        `Recipe` fields.
 
     Returns
     -------
@@ -166,10 +163,7 @@ def batch(
     """
     t0 = time.perf_counter()
     started = _now()
-    if recipe is None:
-        recipe = Recipe(**recipe_options)
-    elif recipe_options:
-        recipe = recipe.replace(**recipe_options)
+    recipe = merge(recipe, recipe_options)
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"`retries` must be a non-negative int; got {retries!r}.")
     out_root = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
@@ -247,7 +241,7 @@ def _plan(
     paths: list[str], out_root: str, suffix: str, ext: str | None, keep_tree: bool
 ) -> tuple[list[tuple[str, str]], list[FileResult | None]]:
     """(input, output) for every input and results pre-filled for inputs that cannot run."""
-    from .io import sidecar_path
+    from ..io import sidecar_path
 
     if ext is not None:
         _check_ext(ext)

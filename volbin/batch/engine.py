@@ -22,10 +22,10 @@ from typing import Any
 
 import dask
 
-from ._batch_inputs import _output_state, _recipe_doc
-from ._batch_results import FileResult
-from .errors import VolbinError
-from .recipe import Recipe
+from ..errors import VolbinError
+from ..recipe import Recipe
+from .inputs import _output_state, _recipe_doc
+from .results import FileResult
 
 _LOCAL_SCHEDULERS = ("threads",)
 _TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
@@ -130,7 +130,7 @@ def process_one(
 
     Loads `input`, decides and streams the mask to `output` with its sidecar, running the
     file's dask graphs on the threaded scheduler with the worker's threads.  The input chunk
-    size follows the worker's memory limit (`volbin.cli.chunk_bytes_for`, counting every
+    size follows the worker's memory limit (`volbin.volume.chunk_bytes_for`, counting every
     file the worker may run at once) unless `chunk_bytes` is given.  An output already up to
     date is skipped, so a retried task never redoes finished work.
 
@@ -141,9 +141,9 @@ def process_one(
         data, unwritable output) come back as ``status="failed"``; anything else is raised
         so that dask retries the task.
     """
-    from .binarize import binarize_volume
-    from .cli import chunk_bytes_for
-    from .io import load, save
+    from ..binarize import binarize_volume
+    from ..io import load, save
+    from ..volume import chunk_bytes_for
 
     t0 = time.perf_counter()
     worker = _current_worker()
@@ -171,7 +171,7 @@ def process_one(
                 # The old image and sidecar (if any) stay until the new ones are renamed
                 # over them, image first: an interrupted overwrite leaves a sidecar that
                 # no longer matches, which the next run redoes.
-                save(mask, output, force=True, extra={"batch": {"volume_axis": volume_axis}})
+                save(mask, output, force=True, sidecar={"batch": {"volume_axis": volume_axis}})
                 del vol, mask  # drops the decompressed copy of a .nii.gz now
             result.status = "done"
             result.note = reason if state == "stale" else None

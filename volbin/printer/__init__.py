@@ -8,9 +8,8 @@ thread.  A run that stops leaves only whole files; running it again writes only 
 layers, with the same bytes (volumetric diffusion restarts from a saved carry buffer).
 Label maps give one stack per label, every printer voxel holding at most one material.
 
-The layer loop and PNG writer live in `_printer_layers`, the manifest, lock and resume state
-in `_printer_state`, the command in `_printer_cli`; the names they export are importable from
-here too.
+The layer loop and PNG writer live in `layers`, the manifest, lock and resume state in
+`state`; the command is `volbin.cli.export`.
 """
 
 from __future__ import annotations
@@ -28,13 +27,14 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from . import _dither_kernels as D
-from ._printer_cli import EPILOG_EXPORT as EPILOG_EXPORT
-from ._printer_cli import add_export_command as add_export_command
-from ._printer_cli import cmd_export as cmd_export
-from ._printer_layers import SLAB_BYTES as SLAB_BYTES
-from ._printer_layers import _label_values, _layer_range, _Run
-from ._printer_state import (
+from .. import _dither_kernels as D
+from ..errors import OutputFileError, VolbinDataError
+from ..recipe import Recipe, merge
+from ..resample import VoxelMap
+from ..volume import Volume, as_volume
+from .layers import SLAB_BYTES as SLAB_BYTES
+from .layers import _label_values, _layer_range, _Run
+from .state import (
     _LAYER_FILE,
     FORMAT,
     MANIFEST,
@@ -50,10 +50,6 @@ from ._printer_state import (
     _version,
     _write_json,
 )
-from .errors import OutputFileError, VolbinDataError
-from .recipe import Recipe
-from .resample import VoxelMap
-from .volume import Volume, as_volume
 
 __all__ = ["ExportResult", "PrintGrid", "export_slices", "print_grid"]
 
@@ -239,7 +235,7 @@ def export_slices(
     dpi: float | Sequence[float] = (600, 300),
     layer: float = 0.027,
     kernel: Any = None,
-    mode: str = "2d",
+    scope: str = "slice",
     labels: bool = False,
     recipe: Recipe | None = None,
     up: str = "S",
@@ -269,10 +265,10 @@ def export_slices(
     kernel : str or array_like, optional
         Error-diffusion kernel (`volbin._dither_kernels.KERNELS`; default the recipe's,
         Floyd-Steinberg).
-    mode : {'2d', '3d'}
-        ``2d`` diffuses every layer on its own; ``3d`` also sends error into the next layer
-        (`volbin._dither_kernels.diffuse_3d`), which renders grey levels seen through the
-        layers with less noise.
+    scope : {'slice', 'volume'}
+        ``slice`` diffuses every layer on its own; ``volume`` also sends error into the next
+        layer (3D error diffusion, as `volbin.dither` with ``scope='volume'``), which renders
+        grey levels seen through the layers with less noise.
     labels : bool
         Treat `volume` as a label map (0 = background): one stack per label, not dithered.
     recipe : Recipe, optional
@@ -342,19 +338,21 @@ def export_slices(
     or below the first missing layer (from layer 0 if there is none), recomputing the
     layers in between without rewriting them; the bytes are those of an uninterrupted run.
     """
-    from .io import load
-    from .rescale import fit_transform
+    from ..io import load
+    from ..rescale import fit_transform
 
-    if mode not in ("2d", "3d"):
-        raise ValueError(f"`mode` must be '2d' or '3d'; got {mode!r}.")
+    if scope not in ("slice", "volume"):
+        raise ValueError(f"`scope` must be 'slice' or 'volume'; got {scope!r}.")
+    mode = "3d" if scope == "volume" else "2d"  # the layer loop's own name
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
         raise ValueError(f"`checkpoint_every` must be a positive int; got {checkpoint_every!r}.")
-    if labels and mode == "3d":
-        raise ValueError("`mode='3d'` applies to grey levels; label stacks are not dithered.")
-    recipe = (recipe or Recipe()).replace(**options) if options else (recipe or Recipe())
+    if labels and scope == "volume":
+        raise ValueError("`scope='volume'` applies to grey levels; label stacks are not dithered.")
     if kernel is not None:
-        recipe = recipe.replace(kernel=kernel)
-    recipe = recipe.replace(method="dither", threshold=None, upsample=None)
+        options["kernel"] = kernel
+    recipe = merge(recipe, options, "dither")
+    if recipe.upsample is not None:
+        raise ValueError("`upsample` does not apply to export_slices: the printer grid sets the resolution.")
     if not labels:
         (D.diffusion_kernel_3d if mode == "3d" else D.diffusion_kernel)(recipe.kernel)
 
@@ -390,7 +388,7 @@ def export_slices(
         "dpi": list(dpi2),
         "layer_mm": grid.pitch[2],
         "up": grid.axes[2],
-        "mode": None if labels else mode,
+        "scope": None if labels else scope,
         "order": grid.vmap.order,
         "labels": values if labels else None,
         "recipe": None if labels else recipe.to_dict(),

@@ -1,0 +1,133 @@
+"""The `volbin` command line: flags -> Recipe -> the Python API.
+
+One module per command (`binarize`, `info`, `demo`, `batch`, `convert`, `export`, `preview`), each with
+``add_parser(subparsers)`` and ``run(args) -> int``; `_common` holds what they share.  No
+logic lives here that the API lacks.  Errors reach the user as one line and an exit code
+(2 for usage, 1 for bad data or files); ``--debug`` shows the traceback.  Nothing heavy is
+imported before a command runs, so ``--help`` and ``--version`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Any
+
+from . import batch, binarize, convert, demo, export, info, preview
+from ._common import EXIT_DATA, EXIT_OK, EXIT_USAGE, Parser, UsageError
+
+__all__ = ["build_parser", "main"]
+
+#: The commands, in the order of ``volbin --help``.
+COMMANDS = (demo, info, binarize, batch, convert, export, preview)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = Parser(
+        prog="volbin",
+        description="Binary volumes from 3D/4D medical images (NIfTI, .npy, zarr): thresholds, "
+        "stochastic binarization and dithering, streamed and reproducible.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            commands:
+              volbin demo                         run the whole pipeline on a built-in phantom
+              volbin info IN [--compare GREY]     geometry and statistics (and rendering error) of a volume
+              volbin binarize IN OUT [options]    binarize a volume, write it with a JSON sidecar
+              volbin batch INPUTS --out-dir DIR   binarize many volumes on a dask cluster, resumably
+              volbin convert IN OUT               convert between NIfTI, .npy and zarr
+              volbin export-slices IN OUT_DIR     dithered 1-bit PNG layers for a bitmap 3D printer
+              volbin preview IN [--mask M]        a PNG of slices, overlays and the histogram
+            'volbin COMMAND --help' shows each command's options and examples."""),
+    )
+    parser.add_argument("--version", action="version", version=f"volbin {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def _show_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    print(f"volbin: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    Warnings about the data (`VolbinWarning`) are printed as one line each on stderr.
+    """
+    import warnings
+
+    from ..errors import VolbinWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", VolbinWarning)
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from ..errors import VolbinError, VolbinFileError
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:  # accepted anywhere on the line, not only before the command
+        argv = ["--debug"] + [a for a in argv if a != "--debug"]
+    args = None
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        import dask
+
+        with dask.config.set(scheduler="threads"):
+            return int(args.func(args))
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_OK
+    except UsageError as exc:
+        if debug:
+            raise
+        print(f"volbin: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except VolbinError as exc:
+        if debug:
+            raise
+        msg = str(exc)
+        src = getattr(args, "input", None)
+        if src is not None and not isinstance(exc, VolbinFileError) and str(src) not in msg:
+            msg = f"{src}: {msg}"
+        print(f"volbin: error: {msg}", file=sys.stderr)
+        return EXIT_DATA
+    except (ValueError, TypeError) as exc:
+        if debug:
+            raise
+        print(f"volbin: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("volbin: interrupted; no partial output was left under a final name", file=sys.stderr)
+        return 130
+    except MemoryError:
+        if debug:
+            raise
+        print("volbin: error: out of memory; pass --memory-limit or a smaller --chunk-mb", file=sys.stderr)
+        return EXIT_DATA
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"volbin: error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    except Exception as exc:  # a bug or an unforeseen input: still one line without --debug
+        if debug:
+            raise
+        print(
+            f"volbin: error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_DATA

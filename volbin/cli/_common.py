@@ -1,0 +1,359 @@
+"""What every command shares: the parser class, exit codes, option types, the recipe flags.
+
+Option types validate at parse time (type, finiteness, range), so a bad value is a usage
+error (exit 2) naming the flag before any file is opened.  The recipe flags are derived from
+the `Recipe` dataclass; a flag the chosen method does not use is refused here, with the
+same rule `Recipe` applies to the API (`Recipe.check_used`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..recipe import CURVES, METHODS, RESCALE_METHODS, SCOPES, UNITS, Recipe, unused_options
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A mistake on the command line: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise `UsageError` and suggest the closest flag."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise UsageError(message + self._suggestion(message))
+
+    def _known_flags(self) -> set[str]:
+        """This parser's long flags and its subcommands' (argparse reports unknown flags of a
+        subcommand from the top-level parser)."""
+        flags = {s for a in self._actions for s in a.option_strings if s.startswith("--")}
+        for a in self._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    flags |= sub._known_flags() if isinstance(sub, Parser) else set()
+        return flags
+
+    def _suggestion(self, message: str) -> str:
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        known = sorted(self._known_flags())
+        hints = []
+        for arg in message[len(prefix) :].split():
+            flag = arg.split("=", 1)[0]
+            if flag.startswith("-"):
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"did you mean {close[0]} (not {flag})?")
+        return ("; " + "; ".join(hints)) if hints else ""
+
+
+# --- option types: each validates type, finiteness and range at parse time -------------------
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"not {'an integer' if kind is int else 'a number'}: {text!r}"
+        ) from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
+    return value
+
+
+def float_in(
+    lo: float | None = None, hi: float | None = None, *, open_lo: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite float in [lo, hi] (or (lo, hi] with `open_lo`)."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        bad_lo = lo is not None and (value <= lo if open_lo else value < lo)
+        if bad_lo or (hi is not None and value > hi):
+            left = "(" if open_lo else "["
+            span = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+            raise argparse.ArgumentTypeError(f"must be a number in {span}; got {text!r}")
+        return value
+
+    return parse
+
+
+def int_in(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise argparse.ArgumentTypeError(f"must be an integer in {span}; got {text!r}")
+        return value
+
+    return parse
+
+
+_MEMORY_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 2**10,
+    "KB": 10**3,
+    "KIB": 2**10,
+    "M": 2**20,
+    "MB": 10**6,
+    "MIB": 2**20,
+    "G": 2**30,
+    "GB": 10**9,
+    "GIB": 2**30,
+    "T": 2**40,
+    "TB": 10**12,
+    "TIB": 2**40,
+}
+
+
+def parse_memory(text: str) -> int:
+    """A memory size such as ``4GB`` or ``512MiB``, in bytes (16 MiB to 1 PiB)."""
+    t = text.strip().upper()
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        value = math.nan
+    if unit not in _MEMORY_UNITS or not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (e.g. 4GB, 512MiB)")
+    size = value * _MEMORY_UNITS[unit]
+    if not 16 * 2**20 <= size <= 2**50:
+        raise argparse.ArgumentTypeError(f"memory size must lie between 16MiB and 1PiB; got {text!r}")
+    return int(size)
+
+
+def volume_axis(text: str) -> int:
+    value = int(_number(text, int))
+    if not -4 <= value <= 3:
+        raise argparse.ArgumentTypeError(f"must be an axis of 4D data, -4..3; got {value}")
+    return value
+
+
+#: Chunk sizes volbin accepts: below 1 KiB the graph overhead dominates, above 16 GiB one
+#: chunk no longer fits a machine.
+chunk_mb = float_in(1 / 1024, 16 * 1024)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options of every command that reads volumes."""
+    p.add_argument(
+        "--volume-axis",
+        type=volume_axis,
+        default=None,
+        metavar="N",
+        help="axis of 4D input that indexes volumes (NIfTI: 3; np.stack-ed .npy: 0)",
+    )
+    p.add_argument(
+        "--memory-limit",
+        type=parse_memory,
+        default=None,
+        metavar="SIZE",
+        help="keep peak memory under SIZE (e.g. 4GB) by choosing chunk sizes",
+    )
+    p.add_argument(
+        "--chunk-mb",
+        type=chunk_mb,
+        default=None,
+        metavar="MB",
+        help="input chunk size in MiB, 0.001 to 16384 (default 32; overrides --memory-limit)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def chunk_bytes(args: argparse.Namespace) -> int | None:
+    """The chunk size the flags ask for: --chunk-mb, else from --memory-limit, else None."""
+    from ..volume import chunk_bytes_for
+
+    if getattr(args, "chunk_mb", None):
+        return int(args.chunk_mb * 2**20)
+    if getattr(args, "memory_limit", None):
+        return chunk_bytes_for(args.memory_limit)
+    return None
+
+
+# --- the recipe flags ----------------------------------------------------------------------------
+#: Recipe fields -> (flag, argparse keywords).  Every field of `Recipe` but `extra` has a flag.
+def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
+    d = Recipe()
+    return {
+        "method": ("--method", {"choices": METHODS, "help": f"how to binarize (default {d.method})"}),
+        "scope": (
+            "--scope",
+            {"choices": SCOPES, "help": f"one decision per stack, volume or slice (default {d.scope})"},
+        ),
+        "axis": ("--axis", {"choices": ("x", "y", "z"), "help": "slice axis for --scope slice (default z)"}),
+        "rescale": (
+            "--rescale",
+            {"choices": RESCALE_METHODS, "help": f"intensity rescale (default {d.rescale})"},
+        ),
+        "percentiles": (
+            "--percentiles",
+            {
+                "type": float_in(0, 100),
+                "nargs": 2,
+                "metavar": ("LO", "HI"),
+                "help": "percentiles for --rescale percentile (default 1 99)",
+            },
+        ),
+        "value_range": (
+            "--range",
+            {
+                "type": float_in(),
+                "nargs": 2,
+                "metavar": ("LO", "HI"),
+                "help": "raw range for --rescale fixed",
+            },
+        ),
+        "curve": ("--curve", {"choices": CURVES, "help": "tone curve after rescaling (default linear)"}),
+        "gamma": ("--gamma", {"type": float_in(0, 100, open_lo=True), "help": "exponent of --curve gamma"}),
+        "log_gain": (
+            "--log-gain",
+            {"type": float_in(0, 1e6, open_lo=True), "help": "gain of --curve log (default 9)"},
+        ),
+        "threshold": ("--threshold", {"type": float, "help": "threshold for --method value, in --units"}),
+        "percentile": (
+            "--percentile",
+            {"type": float_in(0, 100), "metavar": "P", "help": "percentile (0-100) for --method percentile"},
+        ),
+        "units": ("--units", {"choices": UNITS, "help": "units of --threshold (default rescaled)"}),
+        "nbins": ("--nbins", {"type": int_in(2, 2**24), "help": "histogram bins (default 256)"}),
+        "seed": (
+            "--seed",
+            {"type": int_in(0, 2**64 - 1), "help": "seed of stochastic choices, 0..2^64-1 (default 0)"},
+        ),
+        "kernel": (
+            "--kernel",
+            {"help": "error-diffusion kernel for --method dither (default floyd-steinberg)"},
+        ),
+        "serpentine": (
+            "--serpentine",
+            {"action": "store_true", "default": None, "help": "serpentine scan for --method dither"},
+        ),
+        "jitter": (
+            "--jitter",
+            {"type": float_in(0, 1), "help": "threshold jitter amplitude in [0, 1] for --method dither"},
+        ),
+        "upsample": (
+            "--upsample",
+            {
+                "type": float_in(1, 64),
+                "nargs": "+",
+                "metavar": "F",
+                "help": "upsample by F (or FX FY FZ), 1 to 64, before dithering",
+            },
+        ),
+        "matrix": (
+            "--matrix",
+            {
+                "type": int_in(2, 256),
+                "help": "threshold matrix size for --method ordered (power of 2, default 8)",
+            },
+        ),
+        "pattern": (
+            "--pattern",
+            {"choices": ("bayer", "blue-noise"), "help": "ordered-dither pattern (default bayer)"},
+        ),
+    }
+
+
+RECIPE_FLAGS = _recipe_flags()
+assert set(RECIPE_FLAGS) == {f.name for f in dataclasses.fields(Recipe)} - {"extra"}, (
+    "a Recipe field lacks a flag"
+)
+
+
+def add_recipe_args(
+    p: argparse.ArgumentParser, fields: tuple[str, ...] | None = None, title: str = "recipe"
+) -> None:
+    """Add ``--recipe`` and the flags of `fields` (default: every Recipe field)."""
+    g = p.add_argument_group(title)
+    g.add_argument(
+        "--recipe",
+        metavar="JSON",
+        help="a recipe as JSON, or a sidecar .json whose recipe to reuse; flags given too override "
+        "its fields (fields of the file the final method does not use are dropped)",
+    )
+    for name in fields or tuple(RECIPE_FLAGS):
+        flag, kw = RECIPE_FLAGS[name]
+        dest: dict[str, Any] = {"dest": name} if flag[2:].replace("-", "_") != name else {}
+        g.add_argument(flag, **dest, **kw)
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """The recipe of a JSON file: a recipe object, or a sidecar (its last step's recipe)."""
+    from ..io import last_recipe
+
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a JSON recipe ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(
+            f"{path}: not a recipe (a JSON object is needed; got a JSON {type(loaded).__name__})"
+        )
+    if "steps" in loaded:  # a sidecar
+        recipe = last_recipe(loaded)
+        if recipe is None:
+            raise UsageError(f"{path}: sidecar holds no recipe")
+        return dict(recipe)
+    return loaded
+
+
+def recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Recipe:
+    """The Recipe the flags ask for: a --recipe file first, then the flags over it.
+
+    `fixed` sets fields the command decides (``method="dither"`` for export-slices).  Fields
+    that came from the file and that the final method does not use are reset to their
+    defaults; a flag given on the line that the method does not use is a usage error.
+    """
+    base: dict[str, Any] = {}
+    if getattr(args, "recipe", None):
+        base = read_recipe_file(Path(args.recipe))
+    given: dict[str, Any] = {}
+    for name in RECIPE_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            if name == "upsample":
+                value = tuple(value) * 3 if len(value) == 1 else tuple(value)
+            given[name] = tuple(value) if isinstance(value, list) else value
+    merged = {**base, **given, **fixed}
+    for name, _ in unused_options(merged, tuple(base)):
+        if name not in given and name not in fixed:
+            del merged[name]  # from the file, for another method
+    if merged.get("curve") == "gamma" and "gamma" not in merged:
+        raise UsageError("--curve gamma needs --gamma G (the exponent; 1 would change nothing)")
+    refused = [(n, why) for n, why in unused_options(merged, tuple(given)) if n not in fixed]
+    if refused:
+        raise UsageError(
+            "; ".join(f"{RECIPE_FLAGS[n][0]} is not used by {_flag_names(why)}" for n, why in refused)
+        )
+    try:
+        return Recipe.from_dict(merged)
+    except ValueError as exc:
+        raise UsageError(_flag_names(str(exc))) from None
+
+
+def _flag_names(message: str) -> str:
+    """A Recipe message speaks of fields (`value_range`); on the command line name the flags."""
+    for name, (flag, _) in RECIPE_FLAGS.items():
+        message = re.sub(rf"\b{name}='([^']*)'", rf"{flag} \1", message)
+        message = message.replace(f"`{name}`", flag).replace(f"{name}=", f"{flag} ")
+    return message

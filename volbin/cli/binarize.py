@@ -1,0 +1,146 @@
+"""``volbin binarize IN OUT``: one volume to a binary volume with its JSON sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import EXIT_OK, add_common, add_recipe_args, chunk_bytes, recipe_from_args
+
+EPILOG = """\
+examples:
+  volbin binarize brain.nii.gz mask.nii.gz --method otsu --scope volume
+  volbin binarize brains.nii.gz masks.nii.gz --method otsu --scope slice --axis z --rescale percentile
+  volbin binarize brains.npy mask.npy --method stochastic --seed 7 --volume-axis 0
+  volbin binarize brain.nii.gz mask.nii.gz --method value --threshold 0.3
+  volbin binarize brain.nii.gz mask.nii.gz --recipe mask.json --force   # re-run a sidecar's recipe
+  volbin binarize brain.nii.gz dithered.nii.gz --method dither --kernel floyd-steinberg --scope slice
+  volbin binarize brain.nii.gz dithered.nii.gz --method dither --kernel stucki --scope volume --serpentine
+  volbin binarize brain.nii.gz dithered.nii.gz --method dither --upsample 2 --jitter 0.2 --seed 3
+  volbin binarize brain.nii.gz bayer.nii.gz --method ordered --matrix 8
+
+A flag the chosen method does not use is refused (exit 2).  Foreground is value > threshold.
+"""
+
+#: Methods whose output renders grey levels: their rendering error is measured by default.
+RENDERING_METHODS = ("stochastic", "dither", "ordered")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "binarize",
+        help="binarize a volume",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Binarize IN (.nii, .nii.gz, .npy, .zarr) and write OUT with a JSON sidecar "
+        "beside it recording the recipe and the thresholds used.",
+    )
+    p.add_argument("input", help="input volume")
+    p.add_argument("output", help="output path (.nii, .nii.gz, .npy, .zarr)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument(
+        "--dtype", choices=("uint8", "bool"), default=None, help="output dtype (bool: .npy/.zarr only)"
+    )
+    p.add_argument(
+        "--no-quality",
+        action="store_true",
+        help="skip measuring the rendering error of stochastic/dither/ordered outputs "
+        "(by default it is printed and stored in the sidecar)",
+    )
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write OUT's name with .png: the input's slices with the mask over them and the "
+        "histogram with the thresholds (named in the sidecar)",
+    )
+    add_recipe_args(p)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..binarize import binarize_volume
+    from ..io import load, save
+    from ..progress import progress
+
+    recipe = recipe_from_args(args)
+    if args.no_quality and recipe.method not in RENDERING_METHODS:
+        from ._common import UsageError
+
+        raise UsageError(f"--no-quality is not used by --method {recipe.method}")
+    cb = chunk_bytes(args)
+    t0 = time.perf_counter()
+    with progress("binarize", enabled=False if args.no_progress else None):
+        vol = load(args.input, chunk_bytes=cb, volume_axis=args.volume_axis)
+        out = binarize_volume(vol, recipe)
+        path = save(out, args.output, force=args.force, dtype=args.dtype)
+        quality = None
+        if recipe.method in RENDERING_METHODS and not args.no_quality:
+            quality = _record_quality(path, args, cb, recipe)
+        png = _write_preview(path, args, out, recipe) if args.preview else None
+    dec = out.steps[-1].get("decision", {})
+    t = dec.get("threshold_raw")
+    msg = f"wrote {path} ({recipe.method}, scope {recipe.scope}"
+    if isinstance(t, float):
+        msg += f", threshold {t:.6g}"
+    elif isinstance(t, list):
+        finite = [v for v in t if v is not None]
+        if finite:
+            msg += f", {len(t)} thresholds {min(finite):.6g}..{max(finite):.6g}"
+    msg += f") in {time.perf_counter() - t0:.2f} s"
+    print(msg)
+    if png is not None:
+        print(f"wrote {png}")
+    if quality is not None:
+        print(
+            f"quality: blurred RMS error {quality['blurred_rms']:.4f} (sigma {quality['sigma']:g} voxel, "
+            f"per {quality['scope']}), mean density error {quality['mean_density_error']:+.2e}"
+        )
+    return EXIT_OK
+
+
+def _write_preview(path: Path, args: argparse.Namespace, out: Any, recipe: Any) -> Path:
+    """The preview PNG beside the output (``m.nii.gz`` -> ``m.png``), named in its sidecar."""
+    from ..formats import image_ext
+    from ..io import update_sidecar
+    from ..preview import preview
+
+    png = path.with_name(path.name[: len(path.name) - len(image_ext(path.name) or "")] + ".png")
+    if recipe.method in RENDERING_METHODS:
+        preview(path, out=png, force=args.force, dithered=True, volume_axis=args.volume_axis)
+    else:
+        t = out.steps[-1].get("decision", {}).get("threshold_raw")
+        thresholds: Any = None  # per slice: too many lines to draw
+        if isinstance(t, float):
+            thresholds = t
+        elif isinstance(t, list) and recipe.scope == "volume":
+            thresholds = {i: v for i, v in enumerate(t) if isinstance(v, float)}
+        preview(
+            args.input,
+            mask=path,
+            thresholds=thresholds,
+            out=png,
+            force=args.force,
+            volume_axis=args.volume_axis,
+        )
+    update_sidecar(path, preview=png.name)
+    return png
+
+
+def _record_quality(path: Path, args: argparse.Namespace, cb: int | None, recipe: Any) -> dict[str, Any]:
+    """Measure how well a dithered/stochastic output renders its input; store it in the sidecar."""
+    from ..dither.quality import compare_with_input
+    from ..io import update_sidecar
+
+    metrics = compare_with_input(
+        path,
+        args.input,
+        sigma=1.0,
+        scope="slice" if recipe.scope == "slice" else "volume",
+        chunk_bytes=cb,
+        volume_axis=args.volume_axis,
+    )
+    update_sidecar(path, quality=metrics)
+    return metrics
