@@ -150,6 +150,8 @@ def _triple(value: Any) -> tuple[Any, ...] | None:
         return None
     if not isinstance(value, (list, tuple, np.ndarray)):
         return (value, value, value)
+    if len(value) == 1:
+        return (value[0],) * 3
     return tuple(value) if len(value) == 3 else None
 
 
