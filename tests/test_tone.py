@@ -284,3 +284,26 @@ def test_clahe_output_thresholds_in_rescaled_units(head):
     t = volbin.threshold(r, "otsu", rescale="none")
     assert t == filters.threshold_otsu(r)
     np.testing.assert_array_equal(volbin.binarize(r, "otsu", rescale="none"), r > t)
+
+
+@settings(max_examples=20, deadline=None, database=None)
+@given(
+    st.sampled_from(["stack", "volume", "slice"]),
+    st.sampled_from(["minmax", "percentile"]),
+    st.sampled_from(["float64", "float32", "int16"]),
+    st.integers(2, 300),
+    chunked(),
+)
+def test_equalized_histograms_equal_histograms_of_the_equalised_values(scope, method, dtype, nbins, chunks):
+    from volbin.histogram import group_histograms
+    from volbin.rescale import equalized_histograms
+
+    x = X4.astype(dtype) if dtype.startswith("float") else np.nan_to_num(X4 * 100).astype(dtype)
+    vol = Volume(da.from_array(x, chunks=chunks))
+    g = vol.grouping(scope)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VolbinWarning)
+        tr = fit_transform(vol, g, Recipe(curve="equalize", rescale=method))
+    lo, hi = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
+    ref = group_histograms(vol, g, lo, hi, nbins, pre=tr.apply)
+    np.testing.assert_array_equal(equalized_histograms(vol, tr, lo, hi, nbins), ref)

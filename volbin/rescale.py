@@ -34,7 +34,14 @@ from .histogram import (
 from .recipe import HISTOGRAM_METHODS, Curve, Recipe, RescaleMethod, Scope
 from .volume import Grouping, Volume, as_volume, like_input
 
-__all__ = ["CLAHE_BYTES_PER_VOXEL", "Transform", "clahe_memory_limit", "fit_transform", "rescale"]
+__all__ = [
+    "CLAHE_BYTES_PER_VOXEL",
+    "Transform",
+    "clahe_memory_limit",
+    "equalized_histograms",
+    "fit_transform",
+    "rescale",
+]
 
 #: Peak memory of CLAHE per voxel of one 3D volume: the float64 working copy (8 bytes), the
 #: float32 result (4) and scikit-image's ``equalize_adapthist`` itself (measured with
@@ -305,6 +312,89 @@ def _uniform_interp(x: np.ndarray, edges: np.ndarray, values: np.ndarray) -> np.
     table = np.ascontiguousarray(values, np.float64)
     TK.equalize_map(view.reshape(-1), e0, nb / (e1 - e0), table, out.reshape(-1))
     return out.T if transposed else out
+
+
+def _hist_bins(v: np.ndarray, lo: float, hi: float, nbins: int) -> np.ndarray:
+    """Bins of float64 values over [lo, hi] as `_kernels.group_histogram` assigns them."""
+    step = (hi - lo) / nbins
+    norm = nbins / (hi - lo) if hi > lo else 0.0
+    flast = float(nbins - 1)
+    kf = np.floor(np.clip((v - lo) * norm, 0.0, flast))
+    kf = (
+        kf - ((v < kf * step + lo) & (kf > 0.0)) + ((v >= (kf + 1.0) * step + lo) & (kf < flast)) * (step > 0)
+    )
+    return kf.astype(np.int64)
+
+
+def equalized_histograms(
+    volume: Volume | da.Array, tr: Transform, lo: np.ndarray, hi: np.ndarray, nbins: int
+) -> np.ndarray:
+    """Exact per-group histograms of the equalised values ``tr.apply(block)`` (one pass).
+
+    Equal to ``histogram.group_histograms(volume, tr.grouping, lo, hi, nbins, pre=tr.apply)``
+    for ``curve='equalize'``, without making the equalised volume: the curve is linear on
+    each fine-bin interval, so a voxel whose interval maps inside one bin is counted from
+    its interval alone, and only the voxels of intervals that straddle a bin edge (a few
+    hundred of 65536) are mapped (`_tone_kernels.equalized_histogram`).
+    """
+    assert tr.curve == "equalize" and tr.eq_edges is not None and tr.eq_cdf is not None
+    g = tr.grouping
+    lo = np.broadcast_to(np.asarray(lo, np.float64), g.group_shape)
+    hi = np.broadcast_to(np.asarray(hi, np.float64), g.group_shape)
+    tables: dict[tuple[int, ...], tuple[float, float, np.ndarray, np.ndarray]] = {}
+    for idx in np.ndindex(*g.group_shape):
+        edges, cdf = tr.eq_edges[idx], np.ascontiguousarray(tr.eq_cdf[idx], np.float64)
+        nb = len(edges) - 1
+        e0, e1 = float(edges[0]), float(edges[-1])
+        # The image of interval k runs from its value at frac = 0 to frac = 1, computed as the
+        # kernel computes them (monotone in frac), then rounded to float32 as `apply` does.
+        r0 = (cdf[:-1] + 0.0 * (cdf[1:] - cdf[:-1])).astype(np.float32).astype(np.float64)
+        r1 = (cdf[:-1] + 1.0 * (cdf[1:] - cdf[:-1])).astype(np.float32).astype(np.float64)
+        b0, b1 = (
+            _hist_bins(r0, float(lo[idx]), float(hi[idx]), nbins),
+            _hist_bins(r1, float(lo[idx]), float(hi[idx]), nbins),
+        )
+        table = np.where(b0 == b1, b0, -1).astype(np.int32)
+        if not e1 > e0:  # a constant group: every value maps to cdf[0]
+            table[:] = _hist_bins(
+                np.array([float(np.float32(cdf[0]))]), float(lo[idx]), float(hi[idx]), nbins
+            )[0]
+            e1 = e0 + 1.0
+        tables[idx] = (e0, nb / (e1 - e0), cdf, table)
+    data = volume.data if isinstance(volume, Volume) else volume
+
+    def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        loc = block_info[0]["array-location"]  # type: ignore[index]
+        ranges = [range(*loc[a]) for a in g.group_axes]
+        local = tuple(len(r) for r in ranges)
+        out = np.zeros((*local, nbins), np.int64)
+        for lidx in np.ndindex(*local):
+            gidx = tuple(r[i] for r, i in zip(ranges, lidx, strict=True))
+            sel: list[Any] = [slice(None)] * block.ndim
+            for a, i in zip(g.group_axes, lidx, strict=True):
+                sel[a] = i
+            xs = np.asarray(block[tuple(sel)])
+            if not xs.dtype.isnative or xs.dtype == np.float16:
+                xs = xs.astype(np.float32 if xs.dtype.kind == "f" else xs.dtype.newbyteorder("="))
+            view = xs.T if (xs.flags.f_contiguous and not xs.flags.c_contiguous) else np.ascontiguousarray(xs)
+            e0, scale, cdf, table = tables[gidx]
+            TK.equalized_histogram(
+                view.reshape(-1), e0, scale, cdf, table, float(lo[gidx]), float(hi[gidx]), nbins, out[lidx]
+            )
+        shape = tuple(block.shape[a] if a in g.group_axes else 1 for a in range(block.ndim))
+        return out.reshape((*shape, nbins))
+
+    outer = [data.chunks[a] if a in g.group_axes else (1,) * len(data.chunks[a]) for a in range(data.ndim)]
+    parts = da.map_blocks(
+        run,
+        data,
+        chunks=(*outer, (nbins,)),
+        dtype=np.int64,
+        new_axis=[data.ndim],
+        meta=np.empty((0,) * (data.ndim + 1), np.int64),
+    ).compute()
+    axes = tuple(a for a in range(data.ndim) if a not in g.group_axes)
+    return parts.sum(axis=axes).reshape((*g.group_shape, nbins))
 
 
 def _dtype_range(volume: Volume) -> tuple[float, float]:
