@@ -21,6 +21,7 @@ __all__ = [
     "DITHER_METHODS",
     "HISTOGRAM_METHODS",
     "METHODS",
+    "MONOTONE_CURVES",
     "RESCALE_METHODS",
     "SCOPES",
     "Curve",
@@ -38,7 +39,7 @@ __all__ = [
 #: The names each option takes, as `Literal` types for the API's signatures and as tuples
 #: (``get_args``) for validation and the command line's choices.
 RescaleMethod = Literal["minmax", "percentile", "fixed", "dtype", "none"]
-Curve = Literal["linear", "gamma", "log", "equalize"]
+Curve = Literal["linear", "gamma", "log", "equalize", "auto-gamma", "sigmoid", "clahe"]
 #: Threshold methods computed from per-group histograms (plus `mean`, from exact sums):
 #: scikit-image's, the ImageJ/ITK family (`volbin.autothreshold`) and `percentile`.
 HistogramMethod = Literal[
@@ -65,6 +66,8 @@ Units = Literal["rescaled", "raw"]
 
 RESCALE_METHODS: tuple[str, ...] = get_args(RescaleMethod)
 CURVES: tuple[str, ...] = get_args(Curve)
+#: Curves with ``f(x) > t  <=>  x > f⁻¹(t)``: thresholds of these map back to raw units.
+MONOTONE_CURVES: tuple[str, ...] = tuple(c for c in CURVES if c != "clahe")
 HISTOGRAM_METHODS: tuple[str, ...] = get_args(HistogramMethod)
 DITHER_METHODS: tuple[str, ...] = get_args(DitherMethod)
 METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
@@ -89,6 +92,11 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
         "value_range": (d["rescale"] == "fixed", f"rescale={d['rescale']!r}"),
         "gamma": (d["curve"] == "gamma", f"curve={d['curve']!r}"),
         "log_gain": (d["curve"] == "log", f"curve={d['curve']!r}"),
+        "gain": (d["curve"] == "sigmoid", f"curve={d['curve']!r}"),
+        "cutoff": (d["curve"] == "sigmoid", f"curve={d['curve']!r}"),
+        "clip_limit": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
+        "kernel_size": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
+        "kernel_mm": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
         "threshold": (method == "value", m),
         "percentile": (method == "percentile", m),
         "units": (method == "value", m),
@@ -136,6 +144,17 @@ def _check_pair(name: str, value: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def _triple(value: Any) -> tuple[Any, ...] | None:
+    """One value or three as a 3-tuple (None if it is neither)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return (value, value, value)
+    if len(value) == 1:
+        return (value[0],) * 3
+    return tuple(value) if len(value) == 3 else None
+
+
 def _check_float(name: str, value: Any, condition: str = "a finite number") -> float:
     """`value` as a float; a ValueError naming `name` if it is not a finite number."""
     try:
@@ -177,9 +196,22 @@ class Recipe:
         Raw intensities mapped to 0 and 1 for ``rescale="fixed"``.
     curve : str
         Tone curve after rescaling: ``linear``, ``gamma`` (``r**gamma``), ``log``
-        (``log1p(log_gain * r) / log1p(log_gain)``) or ``equalize`` (histogram equalisation).
+        (``log1p(log_gain * r) / log1p(log_gain)``), ``equalize`` (histogram equalisation),
+        ``auto-gamma`` (``r**g`` with ``g = log(0.5) / log(mean r)`` per group), ``sigmoid``
+        (``1 / (1 + exp(gain * (cutoff - r)))``) or ``clahe`` (contrast-limited adaptive
+        equalisation of each 3D volume; not monotone, so thresholds are in rescaled units
+        only and ``units='raw'`` is refused).  See `volbin.rescale.rescale`.
     gamma, log_gain : float
         Parameters of the ``gamma`` and ``log`` curves.
+    gain, cutoff : float or None
+        Parameters of the ``sigmoid`` curve (default 10 and 0.5, as scikit-image).
+    clip_limit : float or None
+        Clip limit of ``clahe``, in (0, 1] (default 0.01, as scikit-image).
+    kernel_size : int, (int, int, int) or None
+        Contextual region of ``clahe`` in voxels along x, y, z (default 1/8 of each size).
+    kernel_mm : float, (float, float, float) or None
+        Contextual region of ``clahe`` in millimetres, converted with the voxel sizes
+        (so anisotropic voxels get regions of the same physical size); not with `kernel_size`.
     threshold : float or None
         The threshold of ``method="value"``, in `units`.
     percentile : float or None
@@ -204,6 +236,11 @@ class Recipe:
     curve: str = "linear"
     gamma: float = 1.0
     log_gain: float = 9.0
+    gain: float | None = None
+    cutoff: float | None = None
+    clip_limit: float | None = None
+    kernel_size: int | tuple[int, int, int] | None = None
+    kernel_mm: float | tuple[float, float, float] | None = None
     threshold: float | None = None
     percentile: float | None = None
     units: str = "rescaled"
@@ -251,6 +288,7 @@ class Recipe:
             if not _check_float(name, value, "a finite number > 0") > 0:
                 raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}.")
             object.__setattr__(self, name, float(value))
+        self._check_curve_options()
         if self.method == "value":
             if self.threshold is None:
                 raise ValueError("`method='value'` needs `threshold` (CLI: --threshold T).")
@@ -293,6 +331,57 @@ class Recipe:
             name, why = unused[0]
             raise ValueError(f"`{name}` is not used by {why}; got {name}={getattr(self, name)!r}.")
 
+    def _check_curve_options(self) -> None:
+        """Validate the options of the chosen curve (`unused_options` refuses the others)."""
+        if self.gain is not None and self.curve == "sigmoid":
+            if not _check_float("gain", self.gain, "a finite number > 0") > 0:
+                raise ValueError(f"`gain` must be a finite number > 0; got {self.gain!r}.")
+            object.__setattr__(self, "gain", float(self.gain))
+        if self.cutoff is not None and self.curve == "sigmoid":
+            object.__setattr__(self, "cutoff", _check_float("cutoff", self.cutoff))
+        if self.curve != "clahe":
+            return
+        if self.clip_limit is not None:
+            c = _check_float("clip_limit", self.clip_limit, "a number in (0, 1]")
+            if not 0.0 < c <= 1.0:
+                raise ValueError(f"`clip_limit` must be a number in (0, 1]; got {self.clip_limit!r}.")
+            object.__setattr__(self, "clip_limit", c)
+        if self.kernel_size is not None and self.kernel_mm is not None:
+            raise ValueError(
+                f"`kernel_size` and `kernel_mm` are two ways to give the CLAHE region; give one; "
+                f"got kernel_size={self.kernel_size!r}, kernel_mm={self.kernel_mm!r}."
+            )
+        if self.kernel_size is not None:
+            ks = _triple(self.kernel_size)
+            if ks is None or not all(
+                isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks
+            ):
+                raise ValueError(
+                    f"`kernel_size` must be an int >= 1 or three of them (voxels); got {self.kernel_size!r}."
+                )
+            object.__setattr__(self, "kernel_size", tuple(int(k) for k in ks))
+        if self.kernel_mm is not None:
+            km = _triple(self.kernel_mm)
+            try:
+                kmf = tuple(float(k) for k in km) if km is not None else None
+            except (TypeError, ValueError):
+                kmf = None
+            if kmf is None or not all(0 < k < math.inf for k in kmf):
+                raise ValueError(
+                    f"`kernel_mm` must be a positive size in mm or three of them; got {self.kernel_mm!r}."
+                )
+            object.__setattr__(self, "kernel_mm", kmf)
+        if self.units == "raw" and self.method == "value":
+            raise ValueError(
+                "`units='raw'` cannot be used with curve='clahe': CLAHE is not monotone, so a "
+                "threshold has no raw-intensity equivalent; give it in rescaled units."
+            )
+        if self.scope == "slice":
+            raise ValueError(
+                "`scope='slice'` cannot be used with curve='clahe', which equalises whole 3D "
+                "volumes; use scope='volume' or 'stack'."
+            )
+
     # --- JSON form -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -313,7 +402,7 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}.")
         kw = dict(d)
-        for k in ("percentiles", "value_range", "upsample"):
+        for k in ("percentiles", "value_range", "upsample", "kernel_size", "kernel_mm"):
             if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
         return cls(**kw)

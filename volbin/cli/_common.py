@@ -226,6 +226,36 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
             "--log-gain",
             {"type": float_in(0, 1e6, open_lo=True), "help": "gain of --curve log (default 9)"},
         ),
+        "gain": (
+            "--gain",
+            {"type": float_in(0, 1e6, open_lo=True), "help": "gain of --curve sigmoid (default 10)"},
+        ),
+        "cutoff": (
+            "--cutoff",
+            {"type": float_in(), "help": "cutoff of --curve sigmoid, in [0, 1] units (default 0.5)"},
+        ),
+        "clip_limit": (
+            "--clip-limit",
+            {"type": float_in(0, 1, open_lo=True), "help": "clip limit of --curve clahe (default 0.01)"},
+        ),
+        "kernel_size": (
+            "--kernel-size",
+            {
+                "type": int_in(1),
+                "nargs": "+",
+                "metavar": "N",
+                "help": "region of --curve clahe in voxels, N or NX NY NZ (default 1/8 of each size)",
+            },
+        ),
+        "kernel_mm": (
+            "--kernel-mm",
+            {
+                "type": float_in(0, 1e6, open_lo=True),
+                "nargs": "+",
+                "metavar": "MM",
+                "help": "region of --curve clahe in mm, MM or MX MY MZ (uses the voxel sizes)",
+            },
+        ),
         "threshold": ("--threshold", {"type": float, "help": "threshold for --method value, in --units"}),
         "percentile": (
             "--percentile",
