@@ -28,6 +28,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("input", help="input volume")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument(
+        "--histogram",
+        action="store_true",
+        help="exposure statistics per volume (mean, RMS, median, percentiles) and a histogram (log counts)",
+    )
+    p.add_argument(
         "--compare",
         metavar="GREY",
         help="IN is binary: measure how well it renders GREY, the volume it was made from",
@@ -71,12 +76,25 @@ def run(args: argparse.Namespace) -> int:
                 chunk_bytes=cb,
                 volume_axis=args.volume_axis,
             )
+        if args.histogram:
+            from ..exposure import exposure_stats
+
+            info["exposure"] = exposure_stats(vol, scope="volume")
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, default=_plain))
     else:
         print(format_description(info, str(args.input)))
         if "compare" in info:
             from ..dither.quality import format_comparison
 
             print(format_comparison(info["compare"]))
+        if "exposure" in info:
+            from ..exposure import format_exposure
+
+            print(format_exposure(info["exposure"]))
     return EXIT_OK
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars and arrays in the exposure rows, as JSON."""
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
