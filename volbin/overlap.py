@@ -103,7 +103,12 @@ def binary_summary(volume: Any, *, volume_axis: int | None = None) -> dict[str, 
     per = vol.data.size // vol.n_volumes
 
     def entry(n: int, total: int) -> dict[str, Any]:
-        return {"voxels": int(n), "fraction": n / total if total else 0.0, "mm3": n * voxel, "of_voxels": total}
+        return {
+            "voxels": int(n),
+            "fraction": n / total if total else 0.0,
+            "mm3": n * voxel,
+            "of_voxels": total,
+        }
 
     rec = {**entry(int(counts[:, 0].sum()), int(vol.data.size)), "voxel_mm3": voxel}
     if vaxis is not None:
@@ -231,5 +236,7 @@ def format_overlap(r: dict[str, Any], a: str = "A", b: str = "B") -> str:
         f"difference {r['difference_mm3']:+.6g} mm^3 ({pct} of {b})",
     ]
     for i, e in enumerate(r.get("per_volume", [])):
-        lines.append(f"  vol {i}: Dice {e['dice']:.4f}  Jaccard {e['jaccard']:.4f}  difference {e['difference_mm3']:+.6g} mm^3")
+        lines.append(
+            f"  vol {i}: Dice {e['dice']:.4f}  Jaccard {e['jaccard']:.4f}  difference {e['difference_mm3']:+.6g} mm^3"
+        )
     return "\n".join(lines)

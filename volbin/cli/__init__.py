@@ -1,6 +1,6 @@
 """The `volbin` command line: flags -> Recipe -> the Python API.
 
-One module per command (`binarize`, `info`, `demo`, `batch`, `convert`, `export`, `preview`), each with
+One module per command (`binarize`, `info`, `threshold`, `demo`, `batch`, `convert`, `export`, `preview`), each with
 ``add_parser(subparsers)`` and ``run(args) -> int``; `_common` holds what they share.  No
 logic lives here that the API lacks.  Errors reach the user as one line and an exit code
 (2 for usage, 1 for bad data or files); ``--debug`` shows the traceback.  Nothing heavy is
@@ -14,13 +14,13 @@ import sys
 import textwrap
 from typing import Any
 
-from . import batch, binarize, convert, demo, export, info, preview
+from . import batch, binarize, convert, demo, export, info, preview, threshold
 from ._common import EXIT_DATA, EXIT_OK, EXIT_USAGE, Parser, UsageError
 
 __all__ = ["build_parser", "main"]
 
 #: The commands, in the order of ``volbin --help``.
-COMMANDS = (demo, info, binarize, batch, convert, export, preview)
+COMMANDS = (demo, info, threshold, binarize, batch, convert, export, preview)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
             commands:
               volbin demo                         run the whole pipeline on a built-in phantom
               volbin info IN [--compare GREY]     geometry and statistics (and rendering error) of a volume
+              volbin threshold IN [--mask M]      every histogram threshold method side by side
               volbin binarize IN OUT [options]    binarize a volume, write it with a JSON sidecar
               volbin batch INPUTS --out-dir DIR   binarize many volumes on a dask cluster, resumably
               volbin convert IN OUT               convert between NIfTI, .npy and zarr
