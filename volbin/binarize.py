@@ -373,6 +373,9 @@ def binarize_volume(
         step = dict(out.steps[-1], foreground=tally)
         data = tally.attach(_masked(out.data, None, tally))
         return dataclasses.replace(out, data=data, steps=(*out.steps[:-1], step))
+    if recipe.scope == "cohort" and recipe.threshold_from is None and cohort is None:
+        # Refused before any pass over the data.
+        decide(vol, vol.grouping("stack"), None, recipe)  # type: ignore[arg-type]
     grouping = grouping_for(vol, recipe)
     m = recipe_mask(recipe, vol, mask)
     tr = fit_transform(vol, grouping, recipe, m)
