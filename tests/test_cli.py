@@ -450,7 +450,10 @@ def test_cli_upper_inclusive_invert(head, tmp_path):
     a = np.asanyarray(nib.load(tmp_path / "a.nii").dataobj).astype(bool)
     xs = x.astype(np.float32)
     np.testing.assert_array_equal(a, (xs >= 200) & (xs <= 600))
-    assert main(["binarize", str(t1), str(tmp_path / "i.nii"), "--invert", "--mask", str(m), "--no-progress"]) == 0
+    assert (
+        main(["binarize", str(t1), str(tmp_path / "i.nii"), "--invert", "--mask", str(m), "--no-progress"])
+        == 0
+    )
     i = np.asanyarray(nib.load(tmp_path / "i.nii").dataobj).astype(bool)
     np.testing.assert_array_equal(i, brain & ~(x > threshold_otsu(x[brain])))
 
@@ -488,7 +491,9 @@ def test_cli_threshold_table_and_json(head, capsys):
     assert main(["threshold", str(t1), "--mask", str(m), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "otsu" in text and "shanbhag" in text and "needs a percentile" in text
-    assert main(["threshold", str(t1), "--mask", str(m), "--json", "--percentile", "90", "--no-progress"]) == 0
+    assert (
+        main(["threshold", str(t1), "--mask", str(m), "--json", "--percentile", "90", "--no-progress"]) == 0
+    )
     res = json.loads(capsys.readouterr().out)
     rows = {r["method"]: r for r in res["methods"]}
     xs = x.astype(np.float32)
@@ -515,7 +520,9 @@ def test_cli_info_binary_and_compare_masks(head, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     fg = x > threshold_otsu(x)
     voxel = float(np.prod(nib.load(t1).header.get_zooms()[:3]))
-    assert info["binary"]["voxels"] == int(fg.sum()) and info["binary"]["mm3"] == pytest.approx(fg.sum() * voxel)
+    assert info["binary"]["voxels"] == int(fg.sum()) and info["binary"]["mm3"] == pytest.approx(
+        fg.sum() * voxel
+    )
     assert "stats" not in info
     assert main(["info", str(a), "--compare", str(m), "--json", "--no-progress"]) == 0
     ov = json.loads(capsys.readouterr().out)["compare"]["overlap"]

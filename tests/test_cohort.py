@@ -38,7 +38,9 @@ def _sidecars(out):
 @pytest.mark.parametrize("method", ["otsu", "li"])
 def test_cohort_threshold_is_pooled_skimage(cohort, method):
     folder, arrays = cohort
-    res = batch(f"{folder}/*.nii", folder / "out", method=method, scope="cohort", scheduler="threads", progress=False)
+    res = batch(
+        f"{folder}/*.nii", folder / "out", method=method, scope="cohort", scheduler="threads", progress=False
+    )
     assert res.ok and len(res.done) == 3
     pooled = np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
     ref = threshold_otsu(pooled) if method == "otsu" else threshold_li(pooled)
@@ -59,8 +61,15 @@ def test_cohort_threshold_is_pooled_skimage(cohort, method):
 
 def test_cohort_percentile_is_numpy_percentile_of_the_pool(cohort):
     folder, arrays = cohort
-    batch(f"{folder}/*.nii", folder / "out", method="percentile", percentile=75, scope="cohort",
-          scheduler="threads", progress=False)
+    batch(
+        f"{folder}/*.nii",
+        folder / "out",
+        method="percentile",
+        percentile=75,
+        scope="cohort",
+        scheduler="threads",
+        progress=False,
+    )
     pooled = np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
     t = next(iter(_sidecars(folder / "out").values()))["steps"][-1]["decision"]["threshold_raw"]
     assert abs(t - np.percentile(pooled, 75)) <= (pooled.max() - pooled.min()) / 65536
@@ -68,8 +77,15 @@ def test_cohort_percentile_is_numpy_percentile_of_the_pool(cohort):
 
 def test_cohort_with_mask_nonzero(cohort):
     folder, arrays = cohort
-    batch(f"{folder}/*.nii", folder / "out", method="otsu", scope="cohort", mask="nonzero",
-          scheduler="threads", progress=False)
+    batch(
+        f"{folder}/*.nii",
+        folder / "out",
+        method="otsu",
+        scope="cohort",
+        mask="nonzero",
+        scheduler="threads",
+        progress=False,
+    )
     pooled = np.concatenate([a[a != 0] for a in arrays]).astype(np.float64)
     t = next(iter(_sidecars(folder / "out").values()))["steps"][-1]["decision"]["threshold_raw"]
     assert t == threshold_otsu(pooled)
@@ -95,7 +111,9 @@ def test_threshold_from_applies_recorded_thresholds(cohort, tmp_path):
     out = volbin.binarize(arrays[2], threshold_from=str(side))
     np.testing.assert_array_equal(out, arrays[2] > t)
     # a cohort's threshold applied to a new input
-    batch(f"{folder}/*.nii", folder / "coh", method="otsu", scope="cohort", scheduler="threads", progress=False)
+    batch(
+        f"{folder}/*.nii", folder / "coh", method="otsu", scope="cohort", scheduler="threads", progress=False
+    )
     cside = folder / "coh" / "sub-1_mask.json"
     tc = read_sidecar(cside)["steps"][-1]["decision"]["threshold_raw"]
     new = arrays[1][::-1].copy()
@@ -106,13 +124,22 @@ def test_threshold_from_mismatch_names_both(cohort):
     folder, arrays = cohort
     stack = np.stack(arrays, axis=-1)
     save(stack, folder / "stack.nii")
-    batch(f"{folder}/stack.nii", folder / "out", method="otsu", scope="volume", scheduler="threads", progress=False)
+    batch(
+        f"{folder}/stack.nii",
+        folder / "out",
+        method="otsu",
+        scope="volume",
+        scheduler="threads",
+        progress=False,
+    )
     side = str(folder / "out" / "stack_mask.json")
-    with pytest.raises(VolbinDataError, match=r"scope 'volume' with 3 group\(s\).*scope 'volume' has 1 group"):
+    with pytest.raises(
+        VolbinDataError, match=r"scope 'volume' with 3 group\(s\).*scope 'volume' has 1 group"
+    ):
         volbin.binarize(arrays[0], threshold_from=side)
-    with pytest.raises(VolbinDataError, match="scope 'volume'.*scope 'stack'"):
+    with pytest.raises(VolbinDataError, match=r"scope 'volume'.*scope 'stack'"):
         volbin.binarize(stack, scope="stack", threshold_from=side)
-    with pytest.raises(VolbinDataError, match="method 'otsu'.*'yen'"):
+    with pytest.raises(VolbinDataError, match=r"method 'otsu'.*'yen'"):
         volbin.binarize(stack, "yen", threshold_from=side)
     # 4D with the same group count: applied per volume
     out = volbin.binarize(stack[..., ::-1].copy(), threshold_from=side)
@@ -122,7 +149,7 @@ def test_threshold_from_mismatch_names_both(cohort):
 
 
 def test_cohort_alone_is_refused():
-    with pytest.raises(ValueError, match="volbin.batch"):
+    with pytest.raises(ValueError, match=r"volbin\.batch"):
         volbin.binarize(np.arange(64.0).reshape(4, 4, 4), "otsu", scope="cohort")
     with pytest.raises(ValueError, match="histogram method"):
         volbin.Recipe(method="stochastic", scope="cohort")
@@ -130,19 +157,48 @@ def test_cohort_alone_is_refused():
 
 def test_cli_batch_cohort_and_threshold_from(cohort, capsys):
     folder, arrays = cohort
-    rc = main(["batch", f"{folder}/*.nii", "--out-dir", str(folder / "out"), "--scope", "cohort",
-               "--scheduler", "threads", "--no-progress"])
+    rc = main(
+        [
+            "batch",
+            f"{folder}/*.nii",
+            "--out-dir",
+            str(folder / "out"),
+            "--scope",
+            "cohort",
+            "--scheduler",
+            "threads",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     side = folder / "out" / "sub-0_mask.json"
     t = read_sidecar(side)["steps"][-1]["decision"]["threshold_raw"]
     assert t == threshold_otsu(np.concatenate([a.ravel() for a in arrays]).astype(np.float64))
-    rc = main(["binarize", str(folder / "sub-2.nii"), str(folder / "new.nii"), "--scope", "cohort",
-               "--threshold-from", str(side), "--no-progress"])
+    rc = main(
+        [
+            "binarize",
+            str(folder / "sub-2.nii"),
+            str(folder / "new.nii"),
+            "--scope",
+            "cohort",
+            "--threshold-from",
+            str(side),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     np.testing.assert_array_equal(load(folder / "new.nii").compute().astype(bool), arrays[2] > t)
     capsys.readouterr()
-    rc = main(["binarize", str(folder / "sub-2.nii"), str(folder / "bad.nii"), "--threshold-from", str(side),
-               "--no-progress"])
+    rc = main(
+        [
+            "binarize",
+            str(folder / "sub-2.nii"),
+            str(folder / "bad.nii"),
+            "--threshold-from",
+            str(side),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "scope 'cohort'" in err and "scope 'volume'" in err and err.count("\n") == 1
     assert not (folder / "bad.nii").exists()

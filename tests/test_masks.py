@@ -278,7 +278,9 @@ def test_survey_matches_binarize_for_every_method():
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 1000), inclusive=st.booleans(), scope=st.sampled_from(["stack", "volume", "slice"]))
+@given(
+    seed=st.integers(0, 1000), inclusive=st.booleans(), scope=st.sampled_from(["stack", "volume", "slice"])
+)
 def test_survey_counts_are_foreground_counts(seed, inclusive, scope):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 20, size=(6, 5, 4, 2)).astype(np.int16)  # ties at thresholds

@@ -169,7 +169,8 @@ def resolve_mask(spec: Any, vol: Volume, *, name: str = "mask") -> Mask | None:
         if mvol.ndim == 4 and same:
             raise VolbinDataError(
                 f"`{name}` has {what} but the input has "
-                f"{vol.n_volumes if vol.ndim == 4 else 'one (3D)'}; give a 3D mask or one volume per input volume."
+                f"{vol.n_volumes if vol.ndim == 4 else 'one (3D)'}; give a 3D mask or one volume "
+                "per input volume."
             )
         show = check_affine and _has_grid(vol) and _has_grid(mvol)
         raise VolbinDataError(

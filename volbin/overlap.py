@@ -41,7 +41,7 @@ def _per_volume(vol: Volume, fn: Any, width: int) -> tuple[Any, int]:
 def _reduce(arrays: list[da.Array], vol: Volume, fn: Any, width: int) -> np.ndarray:
     run, n_vol = _per_volume(vol, fn, width)
     data = arrays[0]
-    chunks = tuple((1,) * len(c) for c in data.chunks) + ((n_vol,), (width,))
+    chunks = (*tuple((1,) * len(c) for c in data.chunks), (n_vol,), (width,))
     parts = da.map_blocks(
         run,
         *arrays,
@@ -237,6 +237,7 @@ def format_overlap(r: dict[str, Any], a: str = "A", b: str = "B") -> str:
     ]
     for i, e in enumerate(r.get("per_volume", [])):
         lines.append(
-            f"  vol {i}: Dice {e['dice']:.4f}  Jaccard {e['jaccard']:.4f}  difference {e['difference_mm3']:+.6g} mm^3"
+            f"  vol {i}: Dice {e['dice']:.4f}  Jaccard {e['jaccard']:.4f}  "
+            f"difference {e['difference_mm3']:+.6g} mm^3"
         )
     return "\n".join(lines)

@@ -155,7 +155,8 @@ def survey(
         decided.append((len(rows), raw))
         rows.append(row)
     zero_outside = md if recipe.mask is not None else None
-    fg, n = _count(vol.data, grouping, [t for _, t in decided], inclusive, zero_outside)
+    finite = not tr.n_nonfinite.any()
+    fg, n = _count(vol.data, grouping, [t for _, t in decided], inclusive, zero_outside, finite)
     for k, (i, _) in enumerate(decided):
         rows[i]["foreground"] = fg[k].ravel().tolist()
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -181,7 +182,12 @@ def _listed(a: np.ndarray) -> list[float | None]:
 
 
 def _count(
-    data: da.Array, grouping: Grouping, thresholds: list[np.ndarray], inclusive: bool, mask: da.Array | None
+    data: da.Array,
+    grouping: Grouping,
+    thresholds: list[np.ndarray],
+    inclusive: bool,
+    mask: da.Array | None,
+    all_finite: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Foreground voxels of every threshold (``(len(thresholds),) + group_shape``) and the
     finite voxels counted (``group_shape``), in one pass.
@@ -206,10 +212,13 @@ def _count(
             for a, i in zip(grouping.group_axes, idx, strict=True):
                 sel[a] = slice(i, i + 1)
             x = block[tuple(sel)]
-            keep = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, bool)
-            if inside:
-                keep &= inside[0][tuple(sel)]
-            values = x[keep]
+            if all_finite and not inside:
+                values = x.reshape(-1)  # nothing to leave out: no copy
+            else:
+                keep = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, bool)
+                if inside:
+                    keep &= inside[0][tuple(sel)]
+                values = x[keep]
             gidx = tuple(r[0] + i for r, i in zip((loc[a] for a in grouping.group_axes), idx, strict=True))
             ts = table[(slice(None), *gidx)]
             order = np.argsort(ts, kind="stable")
@@ -220,12 +229,16 @@ def _count(
             out[idx][order] = above
             out[idx][k] = values.size
         return out.reshape(
-            tuple(block.shape[a] if a in grouping.group_axes else 1 for a in range(block.ndim)) + (k + 1,)
+            (*tuple(block.shape[a] if a in grouping.group_axes else 1 for a in range(block.ndim)), k + 1)
         )
 
-    chunks = tuple(
-        data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a]) for a in range(data.ndim)
-    ) + ((k + 1,),)
+    chunks = (
+        *(
+            data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a])
+            for a in range(data.ndim)
+        ),
+        (k + 1,),
+    )
     args = (data,) if mask is None else (data, mask)
     parts = da.map_blocks(
         run,

@@ -146,7 +146,9 @@ def pooled_decision(
     dtype_range = None
     if recipe.rescale == "dtype":
         dtype_range = (min(r["dtype_range"][0] for r in ranges), max(r["dtype_range"][1] for r in ranges))
-    tr = build_transform(grouping, recipe, dmin, dmax, nonfinite, fine, dtype_range, " in the cohort", warn=False)
+    tr = build_transform(
+        grouping, recipe, dmin, dmax, nonfinite, fine, dtype_range, " in the cohort", warn=False
+    )
     if recipe.method == "percentile":
         assert fine is not None and recipe.percentile is not None
         dec = percentile_decision(fine, grouping, tr, recipe.percentile)

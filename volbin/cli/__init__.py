@@ -1,6 +1,7 @@
 """The `volbin` command line: flags -> Recipe -> the Python API.
 
-One module per command (`binarize`, `info`, `threshold`, `demo`, `batch`, `convert`, `export`, `preview`), each with
+One module per command (`binarize`, `info`, `threshold`, `demo`, `batch`, `convert`, `export`,
+`preview`), each with
 ``add_parser(subparsers)`` and ``run(args) -> int``; `_common` holds what they share.  No
 logic lives here that the API lacks.  Errors reach the user as one line and an exit code
 (2 for usage, 1 for bad data or files); ``--debug`` shows the traceback.  Nothing heavy is

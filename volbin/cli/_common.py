@@ -235,7 +235,10 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
             "--percentile",
             {"type": float_in(0, 100), "metavar": "P", "help": "percentile (0-100) for --method percentile"},
         ),
-        "units": ("--units", {"choices": UNITS, "help": "units of --threshold and --upper (default rescaled)"}),
+        "units": (
+            "--units",
+            {"choices": UNITS, "help": "units of --threshold and --upper (default rescaled)"},
+        ),
         "upper": (
             "--upper",
             {

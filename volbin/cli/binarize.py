@@ -20,9 +20,9 @@ examples:
   volbin binarize brain.nii.gz dithered.nii.gz --method dither --kernel stucki --scope volume --serpentine
   volbin binarize brain.nii.gz dithered.nii.gz --method dither --upsample 2 --jitter 0.2 --seed 3
   volbin binarize brain.nii.gz bayer.nii.gz --method ordered --matrix 8
-  volbin binarize t1.nii.gz wm.nii.gz --method otsu --mask brain_mask.nii.gz   # inside the brain, 0 outside
-  volbin binarize t1.nii.gz m.nii.gz --method otsu --stats-mask brain_mask.nii.gz  # decided in, applied everywhere
-  volbin binarize t1.nii.gz m.nii.gz --method percentile --percentile 95 --mask nonzero   # fslmaths -thrP 95 -bin
+  volbin binarize t1.nii.gz wm.nii.gz --method otsu --mask brain.nii.gz   # inside the brain, 0 outside
+  volbin binarize t1.nii.gz m.nii.gz --stats-mask brain.nii.gz   # decided inside, applied everywhere
+  volbin binarize t1.nii.gz m.nii.gz --method percentile --percentile 95 --mask nonzero   # fslmaths -thrP
   volbin binarize t1.nii.gz m.nii.gz --method value --threshold 0.2 --upper 0.6 --inclusive
   volbin binarize t1.nii.gz csf.nii.gz --method otsu --invert --mask brain_mask.nii.gz
   volbin binarize sub-02.nii.gz m2.nii.gz --threshold-from sub-01_mask.json   # sub-01's thresholds

@@ -135,7 +135,8 @@ def _format_geometry(info: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(
         [
             str(args.input),
-            f"  shape       {tuple(info['shape'])}  ({info['n_volumes']} volume(s); volume axis {info['volume_axis']})",
+            f"  shape       {tuple(info['shape'])}  "
+            f"({info['n_volumes']} volume(s); volume axis {info['volume_axis']})",
             f"  dtype       {info['dtype']}",
             f"  voxel size  {' x '.join(f'{z:g}' for z in info['zooms'])}"
             + (f" {o['units']['space']}" if "units" in o else ""),

@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         recipe = recipe_from_args(args, method="percentile")
     assert recipe is not None
     if recipe.scope == "cohort":
-        raise UsageError("--scope cohort pools a batch's inputs (volbin batch); here give stack, volume or slice")
+        raise UsageError(
+            "--scope cohort pools a batch's inputs (volbin batch); here give stack, volume or slice"
+        )
     options: dict[str, Any] = {
         "percentiles": recipe.percentiles,
         "value_range": recipe.value_range,
