@@ -170,7 +170,7 @@ def process_one(
         else:
             with _threaded_scheduler(threads):
                 vol = load(input, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
-                mask = binarize_volume(vol, rec, cohort=cohort)
+                mask = binarize_volume(vol, rec, **({} if cohort is None else {"cohort": cohort}))
                 # The old image and sidecar (if any) stay until the new ones are renamed
                 # over them, image first: an interrupted overwrite leaves a sidecar that
                 # no longer matches, which the next run redoes.
