@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -24,6 +25,7 @@ __all__ = [
     "MONOTONE_CURVES",
     "RESCALE_METHODS",
     "SCOPES",
+    "THRESHOLD_METHODS",
     "Curve",
     "DitherMethod",
     "HistogramMethod",
@@ -61,7 +63,7 @@ HistogramMethod = Literal[
 ]
 DitherMethod = Literal["dither", "ordered"]
 Method = Literal[HistogramMethod, "value", "stochastic", DitherMethod]
-Scope = Literal["stack", "volume", "slice"]
+Scope = Literal["stack", "volume", "slice", "cohort"]
 Units = Literal["rescaled", "raw"]
 
 RESCALE_METHODS: tuple[str, ...] = get_args(RescaleMethod)
@@ -71,6 +73,8 @@ MONOTONE_CURVES: tuple[str, ...] = tuple(c for c in CURVES if c != "clahe")
 HISTOGRAM_METHODS: tuple[str, ...] = get_args(HistogramMethod)
 DITHER_METHODS: tuple[str, ...] = get_args(DitherMethod)
 METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
+#: Methods that decide a threshold per group and apply it (``volume > threshold``).
+THRESHOLD_METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value")
 SCOPES: tuple[str, ...] = get_args(Scope)
 UNITS: tuple[str, ...] = get_args(Units)
 
@@ -86,6 +90,9 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
     d = {**_DEFAULTS, **fields}
     method, jitter = d["method"], d["jitter"]
     m = f"method={method!r}"
+    thresholding = method in THRESHOLD_METHODS
+    given = d["threshold_from"] is None  # thresholds decided here, not read from a sidecar
+    from_file = f"threshold_from={d['threshold_from']!r}"
     uses: dict[str, tuple[bool, str]] = {
         "axis": (d["scope"] == "slice" or method in DITHER_METHODS, f"scope={d['scope']!r} with {m}"),
         "percentiles": (d["rescale"] == "percentile", f"rescale={d['rescale']!r}"),
@@ -97,10 +104,19 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
         "clip_limit": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
         "kernel_size": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
         "kernel_mm": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
-        "threshold": (method == "value", m),
-        "percentile": (method == "percentile", m),
-        "units": (method == "value", m),
-        "nbins": (method in HISTOGRAM_METHODS, m),
+        "threshold": (method == "value" and given, m if given else from_file),
+        "percentile": (method == "percentile" and given, m if given else from_file),
+        "units": (
+            (method == "value" and given) or (thresholding and d["upper"] is not None),
+            f"{m} without upper" if given else f"{from_file} without upper",
+        ),
+        "nbins": (method in HISTOGRAM_METHODS and given, m if given else from_file),
+        "upper": (thresholding, m),
+        "inclusive": (thresholding, m),
+        "invert": (thresholding, m),
+        "threshold_from": (thresholding, m),
+        "mask": (thresholding or method == "stochastic", m),
+        "stats_mask": (thresholding or method == "stochastic", m),
         "seed": (
             method == "stochastic"
             or (method == "dither" and isinstance(jitter, (int, float)) and jitter > 0)
@@ -182,8 +198,10 @@ class Recipe:
         ``stochastic`` (Bernoulli with probability equal to the rescaled intensity),
         ``dither`` (error diffusion) or ``ordered``.
     scope : str
-        ``stack`` (one decision for a whole 4D stack), ``volume`` (one per 3D volume) or
-        ``slice`` (one per 2D slice along `axis`).  Rescaling uses the same groups.
+        ``stack`` (one decision for a whole 4D stack), ``volume`` (one per 3D volume),
+        ``slice`` (one per 2D slice along `axis`) or ``cohort`` (one decision from the pooled
+        histogram of every input of a `volbin.batch`, or read with `threshold_from`).
+        Rescaling uses the same groups.
     axis : str or int
         Slice axis for ``scope="slice"``: ``x``, ``y``, ``z`` (default) or 0, 1, 2.
     rescale : str
@@ -218,7 +236,24 @@ class Recipe:
         The percentile (0 to 100) of ``method="percentile"``: the threshold is that
         percentile of each group's finite raw voxels.
     units : str
-        ``rescaled`` (default: the threshold is in [0, 1] after rescaling) or ``raw``.
+        ``rescaled`` (default: the threshold is in [0, 1] after rescaling) or ``raw``; the
+        units of `threshold` and `upper`.
+    upper : float or None
+        Upper bound of the foreground: ``threshold < x <= upper`` (in `units`, for every
+        threshold method; it must not lie below a ``value`` threshold).
+    inclusive : bool
+        Foreground is ``x >= threshold`` (as fslmaths ``-thr`` and nilearn keep) instead of
+        volbin's default ``x > threshold``.
+    invert : bool
+        The complement of the foreground (inside the mask, with `mask`).
+    mask, stats_mask : str or None
+        A mask file, or ``nonzero`` (the input's own non-zero voxels): statistics are
+        computed inside it; `mask` also writes 0 outside it, `stats_mask` applies the
+        thresholds everywhere.  The API also takes arrays (`volbin.binarize`), recorded here
+        as ``"<array>"``.
+    threshold_from : str or None
+        A sidecar of an earlier output whose raw thresholds are applied instead of deciding
+        (same scope and number of groups).
     nbins : int
         Histogram bins of the histogram methods (256, as scikit-image).
     seed : int
@@ -244,6 +279,12 @@ class Recipe:
     threshold: float | None = None
     percentile: float | None = None
     units: str = "rescaled"
+    upper: float | None = None
+    inclusive: bool = False
+    invert: bool = False
+    mask: str | None = None
+    stats_mask: str | None = None
+    threshold_from: str | None = None
     nbins: int = 256
     seed: int = 0
     kernel: Any = "floyd-steinberg"
@@ -289,7 +330,42 @@ class Recipe:
                 raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}.")
             object.__setattr__(self, name, float(value))
         self._check_curve_options()
-        if self.method == "value":
+        for name in ("mask", "stats_mask", "threshold_from"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, os.PathLike):
+                    value = os.fspath(value)
+                if not isinstance(value, str) or not value:
+                    raise ValueError(f"`{name}` must be a path or 'nonzero' in a Recipe; got {value!r}.")
+                if value not in ("nonzero", "<array>"):
+                    # Recorded absolute, so that a sidecar's recipe re-runs from any folder.
+                    value = os.path.abspath(os.path.expanduser(value))
+                object.__setattr__(self, name, value)
+        if self.mask is not None and self.stats_mask is not None:
+            raise ValueError(
+                f"give `mask` (zero outside it) or `stats_mask` (thresholds applied everywhere), "
+                f"not both; got mask={self.mask!r}, stats_mask={self.stats_mask!r}."
+            )
+        if self.threshold_from == "nonzero":
+            raise ValueError("`threshold_from` must be the path of a sidecar .json; got 'nonzero'.")
+        for name in ("inclusive", "invert"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if self.upper is not None:
+            u = _check_float("upper", self.upper, "a number")
+            object.__setattr__(self, "upper", u)
+        if self.scope == "cohort" and self.method not in HISTOGRAM_METHODS and self.threshold_from is None:
+            raise ValueError(
+                f"`scope='cohort'` pools the histograms of several inputs for a histogram method; "
+                f"got method={self.method!r}."
+            )
+        if self.scope == "cohort" and self.curve != "linear":
+            raise ValueError(
+                f"`scope='cohort'` takes the linear curve (the pooled threshold is applied in raw "
+                f"units to every input); got curve={self.curve!r}."
+            )
+        if self.method == "value" and self.threshold_from is None:
             if self.threshold is None:
                 raise ValueError("`method='value'` needs `threshold` (CLI: --threshold T).")
             # A NaN threshold would silently select nothing; ±inf are allowed (all or none).
@@ -300,7 +376,11 @@ class Recipe:
             if t is None or math.isnan(t):
                 raise ValueError(f"`threshold` must be a number; got {self.threshold!r}.")
             object.__setattr__(self, "threshold", t)
-        if self.method == "percentile":
+            if self.upper is not None and self.upper < t:
+                raise ValueError(
+                    f"`upper` must not lie below `threshold`; got threshold={t!r}, upper={self.upper!r}."
+                )
+        if self.method == "percentile" and self.threshold_from is None:
             if self.percentile is None:
                 raise ValueError("`method='percentile'` needs `percentile` (CLI: --percentile P).")
             q = _check_float("percentile", self.percentile, "a number in [0, 100]")

@@ -37,6 +37,7 @@ from .volume import Grouping, Volume, as_volume, like_input
 __all__ = [
     "CLAHE_BYTES_PER_VOXEL",
     "Transform",
+    "build_transform",
     "clahe_memory_limit",
     "equalized_histograms",
     "fit_transform",
@@ -426,51 +427,87 @@ def _dtype_range(volume: Volume) -> tuple[float, float]:
     return a, b
 
 
-def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transform:
+def fit_transform(
+    volume: Volume, grouping: Grouping, recipe: Recipe, mask: Any = None, *, warn: bool = True
+) -> Transform:
     """Measure the per-group parameters of the rescale and tone curve of `recipe`.
 
     One streamed pass gives the finite range of each group; percentiles and histogram
     equalisation add one pass over fine histograms (``fine_nbins`` bins per group, so
     percentiles are exact to within ``(max - min) / fine_nbins``); ``auto-gamma`` adds one
     pass for the mean rescaled value of each group (exact integer sums of the positions within
-    256 bins: to within 2**-32, whatever the chunking).
+    256 bins: to within 2**-32, whatever the chunking).  With `mask` (a `volbin.masks.Mask`),
+    the range, percentiles and equalisation measure only the voxels inside it.
 
     Raises
     ------
     VolbinDataError
-        If a volume (or the stack) has no finite voxel, or if ``curve='clahe'`` would need more
-        memory for one volume than `clahe_memory_limit` allows.
+        If a volume (or the stack) has no finite voxel (inside the mask), the mask is empty,
+        or ``curve='clahe'`` would need more memory for one volume than `clahe_memory_limit`
+        allows.
     """
-    dmin, dmax, nonfinite = group_range(volume, grouping)
+    m = None if mask is None else mask.data
+    dmin, dmax, nonfinite, inside = group_range(volume, grouping, m, counts=True)
+    if mask is not None and not inside.any():
+        if mask.source == "nonzero":
+            raise VolbinDataError(
+                "mask 'nonzero': every voxel of the input is 0, so there is nothing to measure; "
+                "check the file, or give a mask file."
+            )
+        raise VolbinDataError(f"{mask.describe()} is empty (no non-zero voxel); check the mask file.")
+    fine = None
+    if recipe.rescale == "percentile" or recipe.curve == "equalize":
+        empty = ~(dmax >= dmin)
+        nf = fine_nbins(grouping.n_groups, recipe.nbins)
+        fine = group_histograms(
+            volume, grouping, np.where(empty, 0.0, dmin), np.where(empty, 0.0, dmax), nf, mask=m
+        )
+    dtype_range = _dtype_range(volume) if recipe.rescale == "dtype" else None
+    where = "" if mask is None else f" inside the {mask.describe()}"
+    return build_transform(grouping, recipe, dmin, dmax, nonfinite, fine, dtype_range, where, warn, volume)
+
+
+def build_transform(
+    grouping: Grouping,
+    recipe: Recipe,
+    dmin: np.ndarray,
+    dmax: np.ndarray,
+    nonfinite: np.ndarray,
+    fine: np.ndarray | None = None,
+    dtype_range: tuple[float, float] | None = None,
+    where: str = "",
+    warn: bool = True,
+    volume: Volume | None = None,
+) -> Transform:
+    """The `Transform` of `recipe` from measured per-group ranges (and fine histograms over
+    them, for percentiles and equalisation): what `fit_transform` computes once it has read
+    the data, and what a cohort builds from the sums of its inputs' measurements."""
     empty = ~(dmax >= dmin)
     if empty.any():
         bad = np.flatnonzero(empty.ravel())
         if grouping.scope != "slice" or empty.all():
-            where = ", ".join(grouping.describe(int(i)) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            names = ", ".join(grouping.describe(int(i)) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
             raise VolbinDataError(
-                f"no finite voxel in {where} (all NaN/Inf): nothing to rescale or threshold; "
+                f"no finite voxel{where} in {names} (all NaN/Inf): nothing to rescale or threshold; "
                 "check the file or exclude that volume."
             )
-        warnings.warn(
-            f"{int(empty.sum())} slice(s) have no finite voxel; their output is 0.",
-            VolbinWarning,
-            stacklevel=3,
-        )
+        if warn:
+            warnings.warn(
+                f"{int(empty.sum())} slice(s) have no finite voxel{where}; their output is 0.",
+                VolbinWarning,
+                stacklevel=4,
+            )
         dmin = np.where(empty, 0.0, dmin)
         dmax = np.where(empty, 0.0, dmax)
     n_bad = int(nonfinite.sum())
-    if n_bad:
+    if n_bad and warn:
         warnings.warn(
             f"{n_bad} NaN/Inf voxel(s) excluded from statistics; they are written as 0.",
             VolbinWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     shape = grouping.group_shape
     method = recipe.rescale
-    fine = None
-    if method in ("percentile",) or recipe.curve == "equalize":
-        nf = fine_nbins(grouping.n_groups, recipe.nbins)
-        fine = group_histograms(volume, grouping, dmin, dmax, nf)
     if method == "minmax":
         lo, hi = dmin.copy(), dmax.copy()
     elif method == "none":
@@ -479,8 +516,8 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
         assert recipe.value_range is not None
         lo, hi = np.full(shape, recipe.value_range[0]), np.full(shape, recipe.value_range[1])
     elif method == "dtype":
-        a, b = _dtype_range(volume)
-        lo, hi = np.full(shape, a), np.full(shape, b)
+        assert dtype_range is not None
+        lo, hi = np.full(shape, dtype_range[0]), np.full(shape, dtype_range[1])
     else:
         assert fine is not None
         p = percentiles_from_hist(fine, dmin, dmax, recipe.percentiles)
@@ -489,7 +526,10 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
     if recipe.curve == "equalize":
         assert fine is not None
         eq_edges, eq_cdf = _equalize_tables(fine, dmin, dmax, lo, hi, method == "none")
+    if recipe.curve in ("clahe", "auto-gamma") and volume is None:
+        raise ValueError(f"`curve={recipe.curve!r}` is measured on each volume; it has no pooled form.")
     if recipe.curve == "clahe":
+        assert volume is not None
         _check_clahe_memory(volume)
     tr = Transform(
         grouping,
@@ -507,10 +547,11 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
         gain=10.0 if recipe.gain is None else float(recipe.gain),
         cutoff=0.5 if recipe.cutoff is None else float(recipe.cutoff),
         clip_limit=0.01 if recipe.clip_limit is None else float(recipe.clip_limit),
-        kernel_size=_clahe_kernel(volume, recipe) if recipe.curve == "clahe" else None,
-        spatial_axes=volume.spatial_axes,
+        kernel_size=_clahe_kernel(volume, recipe) if volume is not None and recipe.curve == "clahe" else None,
+        spatial_axes=volume.spatial_axes if volume is not None else (0, 1, 2),
     )
     if recipe.curve == "auto-gamma":
+        assert volume is not None
         means = _mean_rescaled(volume, tr)
         with np.errstate(divide="ignore", invalid="ignore"):
             gammas = np.where((means > 0) & (means < 1), np.log(0.5) / np.log(means), 1.0)
@@ -518,7 +559,7 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
     const = tr.constant & ~empty
     # With rescale 'none' a constant volume keeps its meaning for stochastic and dithering;
     # it only defeats histogram thresholds.
-    if const.any() and (method != "none" or recipe.method in HISTOGRAM_METHODS):
+    if warn and const.any() and (method != "none" or recipe.method in HISTOGRAM_METHODS):
         which = np.flatnonzero(const.ravel())
         what = ", ".join(grouping.describe(int(i)) for i in which[:5]) + (" ..." if len(which) > 5 else "")
         consequence = (
@@ -527,10 +568,10 @@ def fit_transform(volume: Volume, grouping: Grouping, recipe: Recipe) -> Transfo
             else "its rescaled intensity is 0 or 1 everywhere"
         )
         warnings.warn(
-            f"{what} {'is' if len(which) == 1 else 'are'} constant after rescaling "
+            f"{what} {'is' if len(which) == 1 else 'are'} constant{where} after rescaling "
             f"(values {float(dmin.ravel()[which[0]]):g}..{float(dmax.ravel()[which[0]]):g}); {consequence}.",
             VolbinWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return tr
 

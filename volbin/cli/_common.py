@@ -195,7 +195,11 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
         "method": ("--method", {"choices": METHODS, "help": f"how to binarize (default {d.method})"}),
         "scope": (
             "--scope",
-            {"choices": SCOPES, "help": f"one decision per stack, volume or slice (default {d.scope})"},
+            {
+                "choices": SCOPES,
+                "help": f"one decision per stack, volume or slice, or one pooled over a batch's inputs "
+                f"(cohort) (default {d.scope})",
+            },
         ),
         "axis": ("--axis", {"choices": ("x", "y", "z"), "help": "slice axis for --scope slice (default z)"}),
         "rescale": (
@@ -261,7 +265,58 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
             "--percentile",
             {"type": float_in(0, 100), "metavar": "P", "help": "percentile (0-100) for --method percentile"},
         ),
-        "units": ("--units", {"choices": UNITS, "help": "units of --threshold (default rescaled)"}),
+        "units": (
+            "--units",
+            {"choices": UNITS, "help": "units of --threshold and --upper (default rescaled)"},
+        ),
+        "upper": (
+            "--upper",
+            {
+                "type": float_in(),
+                "metavar": "U",
+                "help": "upper bound: foreground is threshold < x <= U, in --units (any threshold method)",
+            },
+        ),
+        "inclusive": (
+            "--inclusive",
+            {
+                "action": "store_true",
+                "default": None,
+                "help": "foreground is x >= threshold, as fslmaths -thr and nilearn keep "
+                "(default: x > threshold)",
+            },
+        ),
+        "invert": (
+            "--invert",
+            {
+                "action": "store_true",
+                "default": None,
+                "help": "write the complement of the foreground (inside the mask, with --mask)",
+            },
+        ),
+        "mask": (
+            "--mask",
+            {
+                "metavar": "M",
+                "help": "compute statistics inside mask M and write 0 outside it; M is a NIfTI/.npy/"
+                "zarr file on the input's grid (non-zero inside) or 'nonzero' (the input's non-zero voxels)",
+            },
+        ),
+        "stats_mask": (
+            "--stats-mask",
+            {
+                "metavar": "M",
+                "help": "compute statistics inside mask M, apply the thresholds everywhere (M as for --mask)",
+            },
+        ),
+        "threshold_from": (
+            "--threshold-from",
+            {
+                "metavar": "SIDECAR",
+                "help": "apply the raw thresholds recorded in an earlier output's sidecar .json "
+                "(same scope and number of groups; its method unless --method is given)",
+            },
+        ),
         "nbins": ("--nbins", {"type": int_in(2, 2**24), "help": "histogram bins (default 256)"}),
         "seed": (
             "--seed",
@@ -365,6 +420,14 @@ def recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Recipe:
                 value = tuple(value) * 3 if len(value) == 1 else tuple(value)
             given[name] = tuple(value) if isinstance(value, list) else value
     merged = {**base, **given, **fixed}
+    if given.get("threshold_from") is not None and "method" not in given and "method" not in fixed:
+        from ..binarize import sidecar_method
+        from ..errors import VolbinError
+
+        try:  # the thresholds' own method, unless --method says otherwise
+            merged["method"] = sidecar_method(given["threshold_from"])
+        except VolbinError as exc:
+            raise UsageError(f"--threshold-from: {exc}") from None
     for name, _ in unused_options(merged, tuple(base)):
         if name not in given and name not in fixed:
             del merged[name]  # from the file, for another method
