@@ -583,3 +583,27 @@ def test_cli_info_binary_and_compare_masks(head, tmp_path, capsys):
     # a binary volume against a grey one is still the rendering error
     assert main(["info", str(a), "--compare", str(t1), "--json", "--no-progress"]) == 0
     assert "blurred_rms" in json.loads(capsys.readouterr().out)["compare"]
+
+
+def test_classify_multi_otsu_labels_match_skimage_and_split_masks(tmp_path):
+    from skimage.filters import threshold_multiotsu
+
+    p = phantom((32, 36, 30), seed=2)
+    src = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(p.intensity.astype(np.float64), p.affine), src)
+    out = tmp_path / "labels.nii.gz"
+    assert main(["classify", str(src), str(out), "--method", "multi-otsu", "--classes", "3"]) == 0
+    labels = np.asanyarray(nib.load(out).dataobj)
+    x = nib.load(src).get_fdata()
+    t = threshold_multiotsu(x, classes=3)
+    ref = (x > t[0]).astype(np.uint8) + (x > t[1])
+    assert np.mean(labels == ref) > 0.999  # within one bin of scikit-image
+    side = json.loads((tmp_path / "labels.json").read_text())
+    assert any(s.get("step") == "classify" for s in side["steps"])
+    assert main(["classify", str(src), str(out), "--method", "kmeans", "--split", "--seed", "1"]) == 0
+    masks = [np.asanyarray(nib.load(tmp_path / f"labels_class-{k}.nii.gz").dataobj) for k in (1, 2, 3)]
+    np.testing.assert_array_equal(sum(masks), np.ones_like(masks[0]))  # a partition of the volume
+    assert main(["classify", str(src), str(out), "--method", "multi-otsu"]) == 2  # exists
+    assert (
+        main(["classify", str(src), str(tmp_path / "l2.nii"), "--method", "multi-otsu", "--warm-start"]) == 2
+    )

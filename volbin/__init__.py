@@ -36,6 +36,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 #: Public name -> the module that defines it.
 _LAZY = {
+    "survey": "volbin.survey",
+    "compare_masks": "volbin.overlap",
+    "binary_summary": "volbin.overlap",
     "classify": "volbin.classify",
     "Classification": "volbin.classify",
     "clean": "volbin.clean",
@@ -84,6 +87,7 @@ if TYPE_CHECKING:
     from .io import convert, load, read_sidecar, save
     from .local import apply_hysteresis_threshold, binarize_local, threshold_local
     from .normalize import Normalization, NyulLandmarks, fit_normalize, fit_nyul, normalize
+    from .overlap import binary_summary, compare_masks
     from .phantom import Phantom, phantom
     from .preview import preview
     from .printer import export_slices
@@ -92,6 +96,7 @@ if TYPE_CHECKING:
     from .report_html import write_index_html
     from .resample import resample_to_grid, upsample
     from .rescale import rescale
+    from .survey import survey
     from .threshold import threshold
     from .volume import Grouping, Volume
 
@@ -144,8 +149,10 @@ __all__ = [
     "batch",
     "binarize",
     "binarize_local",
+    "binary_summary",
     "classify",
     "clean",
+    "compare_masks",
     "convert",
     "describe",
     "dice",
@@ -163,6 +170,7 @@ __all__ = [
     "resample_to_grid",
     "rescale",
     "save",
+    "survey",
     "threshold",
     "threshold_local",
     "upsample",

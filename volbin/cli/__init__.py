@@ -1,6 +1,6 @@
 """The `volbin` command line: flags -> Recipe -> the Python API.
 
-One module per command (`binarize`, `info`, `threshold`, `demo`, `normalize`, `batch`,
+One module per command (`binarize`, `info`, `threshold`, `demo`, `classify`, `normalize`, `batch`,
 `convert`, `export`, `preview`), each with ``add_parser(subparsers)`` and ``run(args) -> int``;
 `_common` holds what they share.  No logic lives here that the API lacks.  Errors reach the
 user as one line and an exit code
@@ -15,13 +15,13 @@ import sys
 import textwrap
 from typing import Any
 
-from . import batch, binarize, convert, demo, export, info, normalize, preview, threshold
+from . import batch, binarize, classify, convert, demo, export, info, normalize, preview, threshold
 from ._common import EXIT_DATA, EXIT_OK, EXIT_USAGE, Parser, UsageError
 
 __all__ = ["build_parser", "main"]
 
 #: The commands, in the order of ``volbin --help``.
-COMMANDS = (demo, info, threshold, binarize, normalize, batch, convert, export, preview)
+COMMANDS = (demo, info, threshold, binarize, classify, normalize, batch, convert, export, preview)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
               volbin info IN [--compare GREY]     geometry and statistics (and rendering error) of a volume
               volbin threshold IN [--mask M]      every histogram threshold method side by side
               volbin binarize IN OUT [options]    binarize a volume, write it with a JSON sidecar
+              volbin classify IN OUT --method M   tissue classes (multi-Otsu, k-means), labels or masks
               volbin normalize IN OUT --method M  z-score, histogram matching, Nyul, WhiteStripe, N4
               volbin batch INPUTS --out-dir DIR   binarize many volumes on a dask cluster, resumably
               volbin convert IN OUT               convert between NIfTI, .npy and zarr
