@@ -30,13 +30,16 @@ class BuildExt(build_ext):
         if self.compiler.compiler_type == "msvc":
             args = ["/O2", "/fp:precise", "/fp:contract-"]
         else:
-            args = ["-O3", "-fno-fast-math", "-ffp-contract=off"]
+            args = ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math"]
         for ext in self.extensions:
             ext.extra_compile_args = [*ext.extra_compile_args, *args]
         super().build_extensions()
 
 
-extensions = [Extension(f"volbin.kernels.{m}", [f"volbin/kernels/{m}.pyx"]) for m in MODULES]
+extensions = [
+    Extension(f"volbin.kernels.{m}", [f"volbin/kernels/{m}.pyx"], include_dirs=["volbin/kernels"])
+    for m in MODULES
+]
 
 setup(
     ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES),

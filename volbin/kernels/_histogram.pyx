@@ -13,6 +13,14 @@ from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, u
 from libc.stdlib cimport calloc, free, malloc
 from libc.math cimport isfinite, isnan
 
+cdef extern from "_simd.h" nogil:
+    ctypedef struct vb_bins_t:
+        double a, nm, s, flast, fnb, up_ok
+    int vb_init()
+    int vb_set_level(int level)
+    int32_t vb_bin(double fv, double a, double nm, double s, double flast, double fnb, double up_ok)
+    void vb_bins(const double* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+
 ctypedef fused real_t:
     int8_t
     uint8_t
@@ -24,6 +32,17 @@ ctypedef fused real_t:
     uint64_t
     float
     double
+
+#: Vector version of the binning loop in use: 0 scalar, 1 SSE2, 2 AVX2, 3 AVX-512.
+SIMD_LEVEL = vb_init()
+
+
+def _set_simd_level(int level):
+    """Use vector version `level` or the best below it (tests compare every version)."""
+    global SIMD_LEVEL
+    SIMD_LEVEL = vb_set_level(level)
+    return SIMD_LEVEL
+
 
 #: Fixed-point scale of the within-bin positions summed by `group_histogram_offsets`.
 OFFSET_SCALE = 2**24
@@ -176,17 +195,18 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
     cdef Py_ssize_t n0 = x.shape[0], n1 = x.shape[1], n2 = x.shape[2], n3 = x.shape[3]
     cdef Py_ssize_t ng = counts.shape[0]
     cdef Py_ssize_t i0, i1, i2, i3, gb, g, q
+    cdef int32_t k
     cdef int64_t g0s, g1s, g2s, g3s
     cdef Py_ssize_t last = nbins - 1, width = nbins + 1
-    cdef double flast = <double>last
-    cdef double fv, a, nm, s, t, kf
-    cdef int32_t k
+    cdef double flast = <double>last, fnb = <double>nbins
+    cdef double fv
     cdef const real_t* row
-    cdef double* norm
-    cdef double* step
+    cdef vb_bins_t* par
+    cdef vb_bins_t* pg
     cdef int64_t* c4
     cdef int64_t* c4g
     cdef int32_t* idx
+    cdef double* buf
     if nbins < 1:
         raise ValueError(f"`nbins` must be a positive int; got {nbins}.")
     if counts.shape[1] != nbins or lo.shape[0] < ng or hi.shape[0] < ng:
@@ -196,23 +216,28 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
     if ng == 0:
         return
     with nogil:
-        norm = <double*>malloc(ng * sizeof(double))
-        step = <double*>malloc(ng * sizeof(double))
+        par = <vb_bins_t*>malloc(ng * sizeof(vb_bins_t))
         # Four interleaved sub-histograms (hiding store-to-load latency on runs of equal
         # bins); index nbins collects non-finite values and is dropped.
         c4 = <int64_t*>calloc(4 * ng * width, sizeof(int64_t))
         idx = <int32_t*>malloc((n3 + 1) * sizeof(int32_t))
+        buf = <double*>malloc((n3 + 1) * sizeof(double))
         try:
-            if norm == NULL or step == NULL or c4 == NULL or idx == NULL:
+            if par == NULL or c4 == NULL or idx == NULL or buf == NULL:
                 with gil:
                     raise MemoryError()
             for g in range(ng):
+                pg = par + g
+                pg.a = lo[g]
+                pg.flast = flast
+                pg.fnb = fnb
                 if hi[g] > lo[g]:
-                    norm[g] = nbins / (hi[g] - lo[g])
-                    step[g] = (hi[g] - lo[g]) / nbins
+                    pg.nm = nbins / (hi[g] - lo[g])
+                    pg.s = (hi[g] - lo[g]) / nbins
                 else:
-                    norm[g] = 0.0
-                    step[g] = 0.0
+                    pg.nm = 0.0
+                    pg.s = 0.0
+                pg.up_ok = 1.0 if pg.s > 0.0 else 0.0
             if n0 * n1 * n2 * n3 != 0:
                 for i0 in range(n0):
                     for i1 in range(n1):
@@ -220,7 +245,11 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                             gb = i0 * g0s + i1 * g1s + i2 * g2s
                             row = &x[i0, i1, i2, 0]
                             if g3s == 0:
-                                _row_bins(row, n3, lo[gb], norm[gb], step[gb], last, nbins, idx)
+                                # A row of one group: bin indices for the whole row in a
+                                # vector loop, then the counting loop.
+                                for i3 in range(n3):
+                                    buf[i3] = <double>row[i3]
+                                vb_bins(buf, n3, par + gb, idx)
                                 c4g = c4 + gb * width
                                 i3 = 0
                                 while i3 + 4 <= n3:
@@ -235,58 +264,19 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                             else:
                                 for i3 in range(n3):
                                     g = gb + i3 * g3s
-                                    fv = <double>row[i3]
-                                    if not fv - fv == 0.0:
-                                        continue
-                                    a = lo[g]
-                                    s = step[g]
-                                    k = _bin_of(fv, a, norm[g], s, last)
+                                    pg = par + g
+                                    k = vb_bin(<double>row[i3], pg.a, pg.nm, pg.s, flast, fnb,
+                                               pg.up_ok)
                                     c4[((i3 & 3) * ng + g) * width + k] += 1
             for g in range(ng):
                 for q in range(nbins):
                     counts[g, q] += (c4[g * width + q] + c4[(ng + g) * width + q]
                                      + c4[(2 * ng + g) * width + q] + c4[(3 * ng + g) * width + q])
         finally:
-            free(norm)
-            free(step)
+            free(par)
             free(c4)
             free(idx)
-
-
-cdef inline int32_t _bin_of(double fv, double a, double nm, double s, Py_ssize_t last) noexcept nogil:
-    """np.histogram's bin of the finite `fv` among the edges ``k * s + a`` (clipped)."""
-    cdef double f = _min(_max((fv - a) * nm, 0.0), <double>last)
-    cdef int32_t k
-    if not f >= 0.0:  # NaN: only when s == 0 and fv - a overflows; every value goes to bin 0
-        return 0
-    k = <int32_t>f
-    if fv < k * s + a and k > 0:
-        k -= 1
-    elif fv >= (k + 1) * s + a and k < last and s > 0.0:
-        k += 1
-    return k
-
-
-cdef inline void _row_bins(const real_t* row, Py_ssize_t n, double a, double nm, double s,
-                           Py_ssize_t last, Py_ssize_t nbins, int32_t* idx) noexcept nogil:
-    """Bin indices of a row of one group into `idx` (nbins for non-finite values).
-
-    One pass without branches, so that it vectorises: the clipped position truncated to an
-    integer, then moved down or up by one against the exact edges ``k * s + a``.
-    """
-    cdef Py_ssize_t i
-    cdef double fv, t, kf, flast = <double>last, up_ok = 1.0 if s > 0.0 else 0.0
-    cdef double fnb = <double>nbins
-    cdef int32_t k
-    for i in range(n):
-        fv = <double>row[i]
-        t = (fv - a) * nm
-        t = t if t > 0.0 else 0.0  # NaN (non-finite fv, or s == 0 with overflow) gives 0
-        t = t if t < flast else flast
-        kf = <double>(<int32_t>t)
-        kf = (kf - <double>((fv < kf * s + a) & (kf > 0.0))
-              + <double>((fv >= (kf + 1.0) * s + a) & (kf < flast)) * up_ok)
-        idx[i] = <int32_t>(kf if fv - fv == 0.0 else fnb)
+            free(buf)
 
 
 def group_histogram_offsets(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,

@@ -9,6 +9,26 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from ._splitmix cimport mix64 as _mix64
 from ._splitmix cimport uniform01 as _uniform01
 
+
+cdef extern from "_simd.h" nogil:
+    int vb_init()
+    int vb_set_level(int level)
+    void vb_uniforms(uint64_t key, uint64_t base, Py_ssize_t n, double* out)
+    void vb_bernoulli_vb_f32(uint64_t key, uint64_t base, Py_ssize_t n, const float* p, uint8_t* out)
+    void vb_bernoulli_vb_f64(uint64_t key, uint64_t base, Py_ssize_t n, const double* p,
+                             uint8_t* out)
+
+
+#: Vector version of the generator in use: 0 scalar, 1 SSE2, 2 AVX2, 3 AVX-512.
+SIMD_LEVEL = vb_init()
+
+
+def _set_simd_level(int level):
+    """Use vector version `level` or the best below it (tests compare every version)."""
+    global SIMD_LEVEL
+    SIMD_LEVEL = vb_set_level(level)
+    return SIMD_LEVEL
+
 ctypedef fused prob_t:
     float
     double
@@ -33,7 +53,6 @@ def uniform_block(uint64_t key, const int64_t[::1] shape4, const int64_t[::1] of
     cdef uint64_t o0 = <uint64_t>offset4[0], o1 = <uint64_t>offset4[1]
     cdef uint64_t o2 = <uint64_t>offset4[2], o3 = <uint64_t>offset4[3]
     cdef uint64_t g1, base
-    cdef double* row
     if n0 * n1 * n2 * n3 == 0:
         return
     with nogil:
@@ -42,9 +61,7 @@ def uniform_block(uint64_t key, const int64_t[::1] shape4, const int64_t[::1] of
                 g1 = (o0 + <uint64_t>i0) * s1 + o1 + <uint64_t>i1
                 for i2 in range(n2):
                     base = (g1 * s2 + o2 + <uint64_t>i2) * s3 + o3
-                    row = &out[i0, i1, i2, 0]
-                    for i3 in range(n3):
-                        row[i3] = _uniform01(key, base + <uint64_t>i3)
+                    vb_uniforms(key, base, n3, &out[i0, i1, i2, 0])
 
 
 def bernoulli_block(const prob_t[:, :, :, ::1] p, uint64_t key, const int64_t[::1] shape4,
@@ -73,5 +90,7 @@ def bernoulli_block(const prob_t[:, :, :, ::1] p, uint64_t key, const int64_t[::
                     base = (g1 * s2 + o2 + <uint64_t>i2) * s3 + o3
                     prow = &p[i0, i1, i2, 0]
                     orow = &out[i0, i1, i2, 0]
-                    for i3 in range(n3):
-                        orow[i3] = _uniform01(key, base + <uint64_t>i3) < prow[i3]
+                    if prob_t is float:
+                        vb_bernoulli_vb_f32(key, base, n3, prow, orow)
+                    else:
+                        vb_bernoulli_vb_f64(key, base, n3, prow, orow)
