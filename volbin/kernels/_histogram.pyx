@@ -20,6 +20,7 @@ cdef extern from "_simd.h" nogil:
     int vb_set_level(int level)
     int32_t vb_bin(double fv, double a, double nm, double s, double flast, double fnb, double up_ok)
     void vb_bins(const double* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_minmax(const double* x, Py_ssize_t n, double* lo, double* hi, int64_t* bad)
 
 ctypedef fused real_t:
     int8_t
@@ -141,45 +142,41 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
     cdef Py_ssize_t i0, i1, i2, i3, gb, g
     cdef int64_t g0s, g1s, g2s, g3s
     cdef const real_t* row
-    cdef double fv, lo, hi
-    cdef int64_t bad
+    cdef double fv
     cdef double* mn = &out_min[0]
     cdef double* mx = &out_max[0]
     cdef int64_t* nf = &out_nonfinite[0]
+    cdef double* buf
     _check_groups(n0, n1, n2, n3, gstrides, min(out_min.shape[0], out_max.shape[0],
                   out_nonfinite.shape[0]))
     g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
     if n0 * n1 * n2 * n3 == 0:
         return
     with nogil:
+        buf = <double*>malloc(n3 * sizeof(double))
+        if buf == NULL:
+            with gil:
+                raise MemoryError()
         for i0 in range(n0):
             for i1 in range(n1):
                 for i2 in range(n2):
                     gb = i0 * g0s + i1 * g1s + i2 * g2s
                     row = &x[i0, i1, i2, 0]
                     if g3s == 0:
-                        lo = mn[gb]
-                        hi = mx[gb]
-                        bad = 0
+                        # A row of one group: the vector loop over the row as doubles.
                         for i3 in range(n3):
-                            fv = <double>row[i3]
-                            if fv - fv == 0.0:  # finite
-                                lo = _min(lo, fv)
-                                hi = _max(hi, fv)
-                            else:
-                                bad += 1
-                        mn[gb] = lo
-                        mx[gb] = hi
-                        nf[gb] += bad
+                            buf[i3] = <double>row[i3]
+                        vb_minmax(buf, n3, mn + gb, mx + gb, nf + gb)
                     else:
                         for i3 in range(n3):
                             g = gb + i3 * g3s
                             fv = <double>row[i3]
-                            if fv - fv == 0.0:
+                            if fv - fv == 0.0:  # finite
                                 mn[g] = _min(mn[g], fv)
                                 mx[g] = _max(mx[g], fv)
                             else:
                                 nf[g] += 1
+        free(buf)
 
 
 def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,

@@ -172,6 +172,147 @@ static inline void vb_bins(const double *x, ptrdiff_t n, const vb_bins_t *p, int
 }
 
 /* ---------------------------------------------------------------------------------------
+ * Finite range of a row of doubles (see _histogram.pyx, group_minmax).
+ *
+ * The definition is the sequential loop of vb_minmax_1: lo = fv < lo ? fv : lo over the
+ * finite values (and hi likewise), so the result is numerically the least value and, among
+ * values equal to it, the first (only 0.0 and -0.0 are equal with different bits).  The
+ * vector versions take the numeric minimum in any order, then, if it is zero, the first
+ * zero: the initial lo if it is zero, else the row's first zero.
+ * ------------------------------------------------------------------------------------- */
+
+static inline void vb_minmax_1(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+    double lo = *lo_p, hi = *hi_p;
+    int64_t bad = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double fv = x[i];
+        if (fv - fv == 0.0) {
+            lo = fv < lo ? fv : lo;
+            hi = fv > hi ? fv : hi;
+        } else {
+            bad++;
+        }
+    }
+    *lo_p = lo;
+    *hi_p = hi;
+    *bad_p += bad;
+}
+
+/* The sequential result from the numeric extremes m (min) and M (max) of the finite x[i]. */
+static inline void vb_minmax_finish(const double *x, ptrdiff_t n, double m, double M, double *lo_p,
+                                    double *hi_p) {
+    double lo = *lo_p, hi = *hi_p;
+    double nlo = m < lo ? m : lo, nhi = M > hi ? M : hi;
+    if (nlo == 0.0 && lo != 0.0) {
+        for (ptrdiff_t i = 0; i < n; i++) if (x[i] == 0.0) { nlo = x[i]; break; }
+    } else if (nlo == 0.0) {
+        nlo = lo;
+    }
+    if (nhi == 0.0 && hi != 0.0) {
+        for (ptrdiff_t i = 0; i < n; i++) if (x[i] == 0.0) { nhi = x[i]; break; }
+    } else if (nhi == 0.0) {
+        nhi = hi;
+    }
+    *lo_p = nlo;
+    *hi_p = nhi;
+}
+
+#if defined(VB_SSE2)
+static void vb_minmax_sse2(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+    const __m128d Z = _mm_setzero_pd(), PINF = _mm_set1_pd(1.0 / 0.0), NINF = _mm_set1_pd(-1.0 / 0.0);
+    __m128d vlo = PINF, vhi = NINF;
+    int64_t bad = 0;
+    ptrdiff_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        __m128d v = _mm_loadu_pd(x + i);
+        __m128d fin = _mm_cmpeq_pd(_mm_sub_pd(v, v), Z);
+        vlo = _mm_min_pd(vlo, _mm_or_pd(_mm_and_pd(fin, v), _mm_andnot_pd(fin, PINF)));
+        vhi = _mm_max_pd(vhi, _mm_or_pd(_mm_and_pd(fin, v), _mm_andnot_pd(fin, NINF)));
+        bad += 2 - __builtin_popcount((unsigned)_mm_movemask_pd(fin));
+    }
+    double l[2], h[2];
+    _mm_storeu_pd(l, vlo);
+    _mm_storeu_pd(h, vhi);
+    double m = l[1] < l[0] ? l[1] : l[0], M = h[1] > h[0] ? h[1] : h[0];
+    for (; i < n; i++) {
+        double fv = x[i];
+        if (fv - fv == 0.0) { m = fv < m ? fv : m; M = fv > M ? fv : M; } else bad++;
+    }
+    vb_minmax_finish(x, n, m, M, lo_p, hi_p);
+    *bad_p += bad;
+}
+#endif
+
+#if defined(VB_DISPATCH)
+VB_AVX2 static void vb_minmax_avx2(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+    const __m256d Z = _mm256_setzero_pd(), PINF = _mm256_set1_pd(1.0 / 0.0), NINF = _mm256_set1_pd(-1.0 / 0.0);
+    __m256d vlo = PINF, vhi = NINF, vlo2 = PINF, vhi2 = NINF;
+    int64_t bad = 0;
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256d v = _mm256_loadu_pd(x + i), w = _mm256_loadu_pd(x + i + 4);
+        __m256d fin = _mm256_cmp_pd(_mm256_sub_pd(v, v), Z, _CMP_EQ_OQ);
+        __m256d fin2 = _mm256_cmp_pd(_mm256_sub_pd(w, w), Z, _CMP_EQ_OQ);
+        vlo = _mm256_min_pd(vlo, _mm256_blendv_pd(PINF, v, fin));
+        vhi = _mm256_max_pd(vhi, _mm256_blendv_pd(NINF, v, fin));
+        vlo2 = _mm256_min_pd(vlo2, _mm256_blendv_pd(PINF, w, fin2));
+        vhi2 = _mm256_max_pd(vhi2, _mm256_blendv_pd(NINF, w, fin2));
+        bad += 8 - __builtin_popcount((unsigned)(_mm256_movemask_pd(fin) | _mm256_movemask_pd(fin2) << 4));
+    }
+    vlo = _mm256_min_pd(vlo, vlo2);
+    vhi = _mm256_max_pd(vhi, vhi2);
+    double l[4], h[4];
+    _mm256_storeu_pd(l, vlo);
+    _mm256_storeu_pd(h, vhi);
+    double m = l[0], M = h[0];
+    for (int j = 1; j < 4; j++) { m = l[j] < m ? l[j] : m; M = h[j] > M ? h[j] : M; }
+    for (; i < n; i++) {
+        double fv = x[i];
+        if (fv - fv == 0.0) { m = fv < m ? fv : m; M = fv > M ? fv : M; } else bad++;
+    }
+    vb_minmax_finish(x, n, m, M, lo_p, hi_p);
+    *bad_p += bad;
+}
+
+VB_AVX512 static void vb_minmax_avx512(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+    const __m512d Z = _mm512_setzero_pd(), PINF = _mm512_set1_pd(1.0 / 0.0), NINF = _mm512_set1_pd(-1.0 / 0.0);
+    __m512d vlo = PINF, vhi = NINF;
+    int64_t bad = 0;
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m512d v = _mm512_loadu_pd(x + i);
+        __mmask8 fin = _mm512_cmp_pd_mask(_mm512_sub_pd(v, v), Z, _CMP_EQ_OQ);
+        vlo = _mm512_mask_min_pd(vlo, fin, vlo, v);
+        vhi = _mm512_mask_max_pd(vhi, fin, vhi, v);
+        bad += 8 - __builtin_popcount((unsigned)fin);
+    }
+    double l[8], h[8];
+    _mm512_storeu_pd(l, vlo);
+    _mm512_storeu_pd(h, vhi);
+    double m = l[0], M = h[0];
+    for (int j = 1; j < 8; j++) { m = l[j] < m ? l[j] : m; M = h[j] > M ? h[j] : M; }
+    for (; i < n; i++) {
+        double fv = x[i];
+        if (fv - fv == 0.0) { m = fv < m ? fv : m; M = fv > M ? fv : M; } else bad++;
+    }
+    vb_minmax_finish(x, n, m, M, lo_p, hi_p);
+    *bad_p += bad;
+}
+#endif
+
+/* *lo_p, *hi_p: the finite range of x[:n] joined to theirs; *bad_p += non-finite count. */
+static inline void vb_minmax(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+#if defined(VB_DISPATCH)
+    if (vb_level >= 3) { vb_minmax_avx512(x, n, lo_p, hi_p, bad_p); return; }
+    if (vb_level == 2) { vb_minmax_avx2(x, n, lo_p, hi_p, bad_p); return; }
+#endif
+#if defined(VB_SSE2)
+    if (vb_level == 1) { vb_minmax_sse2(x, n, lo_p, hi_p, bad_p); return; }
+#endif
+    vb_minmax_1(x, n, lo_p, hi_p, bad_p);
+}
+
+/* ---------------------------------------------------------------------------------------
  * SplitMix64 uniforms of consecutive counters (see _splitmix.pxd).
  * ------------------------------------------------------------------------------------- */
 
