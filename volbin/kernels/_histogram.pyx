@@ -92,7 +92,8 @@ def group_stats(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, Py_ss
     cdef Py_ssize_t i0, i1, i2, i3, gb, g
     cdef int64_t g0s, g1s, g2s, g3s
     cdef const real_t* row
-    cdef double fv
+    cdef double fv, lo, hi, s, ss
+    cdef int64_t n, nan, pinf, ninf
     cdef double* mn = &out_min[0]
     cdef double* mx = &out_max[0]
     cdef int64_t* cnt = &out_n[0]
@@ -113,6 +114,30 @@ def group_stats(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, Py_ss
                 for i2 in range(n2):
                     gb = i0 * g0s + i1 * g1s + i2 * g2s
                     row = &x[i0, i1, i2, 0]
+                    if g3s == 0:
+                        # A row of one group: the same operations in the same order, on
+                        # local accumulators (the output arrays might alias each other).
+                        lo, hi, n, s, ss = mn[gb], mx[gb], cnt[gb], sm[gb], sq[gb]
+                        nan, pinf, ninf = nf[3 * gb], nf[3 * gb + 1], nf[3 * gb + 2]
+                        for i3 in range(n3):
+                            fv = <double>row[i3]
+                            if isfinite(fv):
+                                if fv < lo:
+                                    lo = fv
+                                if fv > hi:
+                                    hi = fv
+                                n += 1
+                                s += fv
+                                ss += fv * fv
+                            elif isnan(fv):
+                                nan += 1
+                            elif fv > 0:
+                                pinf += 1
+                            else:
+                                ninf += 1
+                        mn[gb], mx[gb], cnt[gb], sm[gb], sq[gb] = lo, hi, n, s, ss
+                        nf[3 * gb], nf[3 * gb + 1], nf[3 * gb + 2] = nan, pinf, ninf
+                        continue
                     for i3 in range(n3):
                         g = gb + i3 * g3s
                         fv = <double>row[i3]
