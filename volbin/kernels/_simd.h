@@ -313,6 +313,95 @@ static inline void vb_minmax(const double *x, ptrdiff_t n, double *lo_p, double 
 }
 
 /* ---------------------------------------------------------------------------------------
+ * Integer helpers of void-and-cluster (see _void_cluster.pyx): exact in any order, so
+ * these are plain loops compiled for each instruction set and vectorised by the compiler.
+ * ------------------------------------------------------------------------------------- */
+
+#define VB_INT_HELPERS(SUF, ATTR)                                                                \
+    ATTR static void vb_range64_##SUF(const int64_t *v, ptrdiff_t n, int64_t *lo_p, int64_t *hi_p) { \
+        int64_t lo = v[0], hi = v[0];                                                            \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                      \
+            lo = v[i] < lo ? v[i] : lo;                                                          \
+            hi = v[i] > hi ? v[i] : hi;                                                          \
+        }                                                                                        \
+        *lo_p = lo;                                                                              \
+        *hi_p = hi;                                                                              \
+    }                                                                                            \
+    ATTR static int64_t vb_min64_##SUF(const int64_t *v, ptrdiff_t n) {                          \
+        int64_t lo = v[0];                                                                       \
+        for (ptrdiff_t i = 0; i < n; i++) lo = v[i] < lo ? v[i] : lo;                            \
+        return lo;                                                                               \
+    }                                                                                            \
+    ATTR static int64_t vb_max64_##SUF(const int64_t *v, ptrdiff_t n) {                          \
+        int64_t hi = v[0];                                                                       \
+        for (ptrdiff_t i = 0; i < n; i++) hi = v[i] > hi ? v[i] : hi;                            \
+        return hi;                                                                               \
+    }                                                                                            \
+    ATTR static void vb_toggle_row_##SUF(int64_t *row, const int64_t *g, ptrdiff_t nx, ptrdiff_t px, \
+                                         int64_t sign, int64_t *lo_p, int64_t *hi_p) {          \
+        int64_t *tail = row + px;                                                                \
+        const int64_t *g_head = g + (nx - px);                                                   \
+        int64_t lo = INT64_MAX, hi = INT64_MIN, v;                                               \
+        if (sign > 0) {                                                                          \
+            for (ptrdiff_t i = 0; i < nx - px; i++) {                                            \
+                v = tail[i] + g[i]; tail[i] = v;                                                 \
+                lo = v < lo ? v : lo; hi = v > hi ? v : hi;                                      \
+            }                                                                                    \
+            for (ptrdiff_t i = 0; i < px; i++) {                                                 \
+                v = row[i] + g_head[i]; row[i] = v;                                              \
+                lo = v < lo ? v : lo; hi = v > hi ? v : hi;                                      \
+            }                                                                                    \
+        } else {                                                                                 \
+            for (ptrdiff_t i = 0; i < nx - px; i++) {                                            \
+                v = tail[i] - g[i]; tail[i] = v;                                                 \
+                lo = v < lo ? v : lo; hi = v > hi ? v : hi;                                      \
+            }                                                                                    \
+            for (ptrdiff_t i = 0; i < px; i++) {                                                 \
+                v = row[i] - g_head[i]; row[i] = v;                                              \
+                lo = v < lo ? v : lo; hi = v > hi ? v : hi;                                      \
+            }                                                                                    \
+        }                                                                                        \
+        *lo_p = lo;                                                                              \
+        *hi_p = hi;                                                                              \
+    }
+
+VB_INT_HELPERS(base, )
+#if defined(VB_DISPATCH)
+VB_INT_HELPERS(avx2, VB_AVX2)
+VB_INT_HELPERS(avx512, __attribute__((target("avx512f,avx512dq,avx512vl"))))
+#define VB_INT_CALL(NAME, ...)                                                                   \
+    (vb_level >= 3 ? NAME##_avx512(__VA_ARGS__) : vb_level == 2 ? NAME##_avx2(__VA_ARGS__) : NAME##_base(__VA_ARGS__))
+#else
+#define VB_INT_CALL(NAME, ...) NAME##_base(__VA_ARGS__)
+#endif
+
+/* Least and largest of v[:n] (n >= 1). */
+static inline void vb_range64(const int64_t *v, ptrdiff_t n, int64_t *lo, int64_t *hi) {
+    VB_INT_CALL(vb_range64, v, n, lo, hi);
+}
+
+/* Lowest index of the least (largest) of v[:n] (n >= 1). */
+static inline ptrdiff_t vb_argmin64(const int64_t *v, ptrdiff_t n) {
+    int64_t m = VB_INT_CALL(vb_min64, v, n);
+    ptrdiff_t i = 0;
+    while (v[i] != m) i++;
+    return i;
+}
+
+static inline ptrdiff_t vb_argmax64(const int64_t *v, ptrdiff_t n) {
+    int64_t m = VB_INT_CALL(vb_max64, v, n);
+    ptrdiff_t i = 0;
+    while (v[i] != m) i++;
+    return i;
+}
+
+/* row += sign * g shifted right by px (toroidally), sign +-1; *lo, *hi: the row's new range. */
+static inline void vb_toggle_row(int64_t *row, const int64_t *g, ptrdiff_t nx, ptrdiff_t px,
+                                 int64_t sign, int64_t *lo, int64_t *hi) {
+    VB_INT_CALL(vb_toggle_row, row, g, nx, px, sign, lo, hi);
+}
+
+/* ---------------------------------------------------------------------------------------
  * SplitMix64 uniforms of consecutive counters (see _splitmix.pxd).
  * ------------------------------------------------------------------------------------- */
 

@@ -9,6 +9,27 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
+cdef extern from "_simd.h" nogil:
+    int vb_init()
+    int vb_set_level(int level)
+    void vb_range64(const int64_t* v, Py_ssize_t n, int64_t* lo, int64_t* hi)
+    Py_ssize_t vb_argmin64(const int64_t* v, Py_ssize_t n)
+    Py_ssize_t vb_argmax64(const int64_t* v, Py_ssize_t n)
+    void vb_toggle_row(int64_t* row, const int64_t* g, Py_ssize_t nx, Py_ssize_t px, int64_t sign,
+                       int64_t* lo, int64_t* hi)
+
+
+#: Vector version of the row loops in use: 0 scalar, 1 SSE2, 2 AVX2, 3 AVX-512.
+SIMD_LEVEL = vb_init()
+
+
+def _set_simd_level(int level):
+    """Use vector version `level` or the best below it (tests compare every version)."""
+    global SIMD_LEVEL
+    SIMD_LEVEL = vb_set_level(level)
+    return SIMD_LEVEL
+
+
 cdef int64_t _ONE_FLAG = 1LL << 42  # added to the energy of cells holding a one (energies < 2**41)
 
 
@@ -29,14 +50,7 @@ cdef struct Filter:
 
 cdef inline void _refresh_row(Field* f, Py_ssize_t r, Py_ssize_t nx) noexcept nogil:
     """Recompute the summaries (least and largest energy) of row `r` of length `nx`."""
-    cdef const int64_t* row = f.energy + r * nx
-    cdef int64_t lo = row[0], hi = row[0]
-    cdef Py_ssize_t i
-    for i in range(nx):
-        lo = row[i] if row[i] < lo else lo
-        hi = row[i] if row[i] > hi else hi
-    f.row_min[r] = lo
-    f.row_max[r] = hi
+    vb_range64(f.energy + r * nx, nx, f.row_min + r, f.row_max + r)
 
 
 cdef void _toggle(Field* f, const Filter* flt, Py_ssize_t p, int64_t sign) noexcept nogil:
@@ -47,11 +61,7 @@ cdef void _toggle(Field* f, const Filter* flt, Py_ssize_t p, int64_t sign) noexc
     """
     cdef Py_ssize_t nz = flt.nz, ny = flt.ny, nx = flt.nx
     cdef Py_ssize_t pz = p // (ny * nx), py = (p // nx) % ny, px = p % nx
-    cdef Py_ssize_t z, y, i, gz, gy, r
-    cdef int64_t* tail
-    cdef int64_t* head
-    cdef const int64_t* g_tail
-    cdef const int64_t* g_head
+    cdef Py_ssize_t z, y, gz, gy, r
     f.energy[p] += sign * _ONE_FLAG
     for z in range(nz):
         gz = z - pz
@@ -64,49 +74,20 @@ cdef void _toggle(Field* f, const Filter* flt, Py_ssize_t p, int64_t sign) noexc
             if not flt.g_rows[gz * ny + gy]:
                 continue
             r = z * ny + y
-            tail = f.energy + r * nx + px
-            head = f.energy + r * nx
-            g_tail = flt.g + (gz * ny + gy) * nx
-            g_head = g_tail + nx - px
-            if sign > 0:
-                for i in range(nx - px):
-                    tail[i] += g_tail[i]
-                for i in range(px):
-                    head[i] += g_head[i]
-            else:
-                for i in range(nx - px):
-                    tail[i] -= g_tail[i]
-                for i in range(px):
-                    head[i] -= g_head[i]
-            _refresh_row(f, r, nx)
+            vb_toggle_row(f.energy + r * nx, flt.g + (gz * ny + gy) * nx, nx, px, sign,
+                          f.row_min + r, f.row_max + r)
 
 
 cdef Py_ssize_t _first_min(const Field* f, Py_ssize_t nx) noexcept nogil:
     """Lowest flat index of the least energy, through the row summaries."""
-    cdef Py_ssize_t r = 0, i
-    cdef int64_t m
-    for i in range(f.nrows):
-        if f.row_min[i] < f.row_min[r]:
-            r = i
-    m = f.row_min[r]
-    for i in range(r * nx, (r + 1) * nx):
-        if f.energy[i] == m:
-            return i
-    return -1
+    cdef Py_ssize_t r = vb_argmin64(f.row_min, f.nrows)
+    return r * nx + vb_argmin64(f.energy + r * nx, nx)
 
 
 cdef Py_ssize_t _first_max(const Field* f, Py_ssize_t nx) noexcept nogil:
     """Lowest flat index of the largest energy, through the row summaries."""
-    cdef Py_ssize_t r = 0, i
-    cdef int64_t m
-    for i in range(f.nrows):
-        if f.row_max[i] > f.row_max[r]:
-            r = i
-    m = f.row_max[r]
-    for i in range(r * nx, (r + 1) * nx):
-        if f.energy[i] == m:
-            return i
-    return -1
+    cdef Py_ssize_t r = vb_argmax64(f.row_max, f.nrows)
+    return r * nx + vb_argmax64(f.energy + r * nx, nx)
 
 
 def void_and_cluster_ranks(const uint8_t[::1] pattern, int64_t[::1] energy,
