@@ -51,7 +51,9 @@ def median_time(fn, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shape", type=int, nargs=3, default=(181, 217, 181))
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
@@ -98,7 +100,9 @@ def main() -> None:
     out_b = np.empty(p4.shape, bool)
     out_u = np.empty(p4.shape)
     cases["uniform_block"] = lambda: K.uniform_block(key, shape4, np.zeros(4, np.int64), out_u)
-    cases["bernoulli_block float32"] = lambda: K.bernoulli_block(p4, key, shape4, np.zeros(4, np.int64), out_b)
+    cases["bernoulli_block float32"] = lambda: K.bernoulli_block(
+        p4, key, shape4, np.zeros(4, np.int64), out_b
+    )
     out = np.empty(vol.shape, np.uint8)
     for kern in ("floyd-steinberg", "jarvis-judice-ninke"):
         cases[f"diffuse_2d {kern}"] = lambda k=kern: dk.diffuse_2d(vol, out, k)
