@@ -17,15 +17,11 @@ import numpy as np
 
 from .kernels import _histogram, _random
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
-_S11 = np.uint64(11)
-_ONE = np.uint64(1)
-_INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 
 def mix64(z: np.uint64) -> np.uint64:

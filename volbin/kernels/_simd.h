@@ -10,9 +10,14 @@
 #ifndef VOLBIN_SIMD_H
 #define VOLBIN_SIMD_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(_MSC_VER) && !defined(__cplusplus)
+#define inline __inline
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -219,7 +224,7 @@ static inline void vb_minmax_finish(const double *x, ptrdiff_t n, double m, doub
 
 #if defined(VB_SSE2)
 static void vb_minmax_sse2(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
-    const __m128d Z = _mm_setzero_pd(), PINF = _mm_set1_pd(1.0 / 0.0), NINF = _mm_set1_pd(-1.0 / 0.0);
+    const __m128d Z = _mm_setzero_pd(), PINF = _mm_set1_pd(INFINITY), NINF = _mm_set1_pd(-INFINITY);
     __m128d vlo = PINF, vhi = NINF;
     int64_t bad = 0;
     ptrdiff_t i = 0;
@@ -228,7 +233,8 @@ static void vb_minmax_sse2(const double *x, ptrdiff_t n, double *lo_p, double *h
         __m128d fin = _mm_cmpeq_pd(_mm_sub_pd(v, v), Z);
         vlo = _mm_min_pd(vlo, _mm_or_pd(_mm_and_pd(fin, v), _mm_andnot_pd(fin, PINF)));
         vhi = _mm_max_pd(vhi, _mm_or_pd(_mm_and_pd(fin, v), _mm_andnot_pd(fin, NINF)));
-        bad += 2 - __builtin_popcount((unsigned)_mm_movemask_pd(fin));
+        int m = _mm_movemask_pd(fin);
+        bad += 2 - (m & 1) - (m >> 1);
     }
     double l[2], h[2];
     _mm_storeu_pd(l, vlo);
@@ -245,7 +251,7 @@ static void vb_minmax_sse2(const double *x, ptrdiff_t n, double *lo_p, double *h
 
 #if defined(VB_DISPATCH)
 VB_AVX2 static void vb_minmax_avx2(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
-    const __m256d Z = _mm256_setzero_pd(), PINF = _mm256_set1_pd(1.0 / 0.0), NINF = _mm256_set1_pd(-1.0 / 0.0);
+    const __m256d Z = _mm256_setzero_pd(), PINF = _mm256_set1_pd(INFINITY), NINF = _mm256_set1_pd(-INFINITY);
     __m256d vlo = PINF, vhi = NINF, vlo2 = PINF, vhi2 = NINF;
     int64_t bad = 0;
     ptrdiff_t i = 0;
@@ -275,7 +281,7 @@ VB_AVX2 static void vb_minmax_avx2(const double *x, ptrdiff_t n, double *lo_p, d
 }
 
 VB_AVX512 static void vb_minmax_avx512(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
-    const __m512d Z = _mm512_setzero_pd(), PINF = _mm512_set1_pd(1.0 / 0.0), NINF = _mm512_set1_pd(-1.0 / 0.0);
+    const __m512d Z = _mm512_setzero_pd(), PINF = _mm512_set1_pd(INFINITY), NINF = _mm512_set1_pd(-INFINITY);
     __m512d vlo = PINF, vhi = NINF;
     int64_t bad = 0;
     ptrdiff_t i = 0;
