@@ -30,7 +30,7 @@ class BuildExt(build_ext):
         if self.compiler.compiler_type == "msvc":
             args = ["/O2", "/fp:precise", "/fp:contract-"]
         else:
-            args = ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math"]
+            args = ["-O3", "-g0", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math"]
         for ext in self.extensions:
             ext.extra_compile_args = [*ext.extra_compile_args, *args]
         super().build_extensions()
