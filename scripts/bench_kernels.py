@@ -2,26 +2,31 @@
 
     python scripts/bench_kernels.py                  # a (181, 217, 181) head-like volume
     python scripts/bench_kernels.py --repeat 9 --shape 96 112 96
+    python scripts/bench_kernels.py --tree /old/checkout --tree . --rounds 3
 
 Times the loops through their Python entry points (`volbin._kernels`,
 `volbin._dither_kernels`), after one untimed call, as the median of --repeat runs of this
-process's CPU time.  Run it with PYTHONPATH pointing at another checkout to compare two
-builds on the same machine; the output is one line per loop.
+process's CPU time; one line per loop.  With --tree, the checkouts are put on PYTHONPATH in
+turn, in alternating child processes (--rounds of them each, so that a busy machine slows
+them alike), and the table gives each tree's median and the ratio to the first tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.ndimage as ndi
 
-import volbin
-from volbin import _dither_kernels as dk
-from volbin import _kernels as K
-from volbin import ordered
+if not os.environ.get("PYTHONPATH"):  # this checkout, unless told otherwise
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def head(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -56,9 +61,50 @@ def main() -> None:
     )
     parser.add_argument("--shape", type=int, nargs=3, default=(181, 217, 181))
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--tree", type=Path, action="append", help="checkout to compare (repeatable)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    shape = tuple(args.shape)
-    vol = head(shape)
+    if args.tree:
+        compare(args)
+        return
+    results = measure(tuple(args.shape), args.repeat, quiet=args.json)
+    if args.json:
+        print(json.dumps(results))
+
+
+def compare(args: argparse.Namespace) -> None:
+    trees = [t.resolve() for t in args.tree]
+    runs: dict[Path, list[dict[str, float]]] = {t: [] for t in trees}
+    cmd = [sys.executable, __file__, "--json", "--repeat", str(args.repeat), "--shape", *map(str, args.shape)]
+    for _ in range(args.rounds):
+        for t in trees:
+            env = dict(os.environ, PYTHONPATH=str(t))
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            runs[t].append(json.loads(out.splitlines()[-1]))
+    names = list(runs[trees[0]][0])
+    print(f"shape {tuple(args.shape)}; median over {args.rounds} rounds of the medians of {args.repeat}")
+    heads = "".join(f" {f'tree {i}':>9s}" for i in range(len(trees)))
+    heads += "".join(f" {f'{i}/0':>6s}" for i in range(1, len(trees)))
+    print(f"{'loop (ns/voxel; blue noise: s)':48s}{heads}")
+    for i, t in enumerate(trees):
+        print(f"  tree {i}: {t}")
+    for name in names:
+        med = [statistics.median(r[name] for r in runs[t]) for t in trees]
+        print(
+            f"{name:48s}"
+            + "".join(f" {m:9.3f}" for m in med)
+            + "".join(f" {m / med[0]:6.2f}" for m in med[1:])
+        )
+
+
+def measure(shape: tuple[int, ...], repeat: int, quiet: bool = False) -> dict[str, float]:
+    import volbin
+    from volbin import _dither_kernels as dk
+    from volbin import _kernels as K
+    from volbin import ordered
+
+    vol = head(shape)  # type: ignore[arg-type]
     n = vol.size
     f32 = np.ascontiguousarray(vol * 1000)
     i16 = f32.astype(np.int16)
@@ -110,14 +156,18 @@ def main() -> None:
     cases["diffuse_2d floyd-steinberg jitter 0.2"] = lambda: dk.diffuse_2d(vol, out, jitter=0.2, key=key)
     cases["diffuse_3d floyd-steinberg-3d"] = lambda: dk.diffuse_3d(vol, out)
     cases["diffuse_3d floyd-steinberg-3d serpentine"] = lambda: dk.diffuse_3d(vol, out, serpentine=True)
-    print(f"volbin from {volbin.__file__}; shape {shape}, {n} voxels, median of {args.repeat} (CPU time)")
+    say = (lambda *a: None) if quiet else print
+    say(f"volbin from {volbin.__file__}; shape {shape}, {n} voxels, median of {repeat} (CPU time)")
+    results = {}
     for name, fn in cases.items():
-        t = median_time(fn, args.repeat)
-        print(f"{name:48s} {t * 1e9 / n:8.3f} ns/voxel")
+        results[name] = median_time(fn, repeat) * 1e9 / n
+        say(f"{name:48s} {results[name]:8.3f} ns/voxel")
     vac = ordered._blue_noise.__wrapped__
-    for size, ndim in ((64, 2), (32, 3)):
-        t = median_time(lambda s=size, d=ndim: vac(s, d, 0, 1.5), max(1, args.repeat // 2))
-        print(f"{f'blue_noise {size}^{ndim} (void-and-cluster)':48s} {t:8.3f} s")
+    for size, ndim in ((64, 2), (128, 2), (32, 3)):
+        name = f"blue_noise {size}^{ndim} (void-and-cluster)"
+        results[name] = median_time(lambda s=size, d=ndim: vac(s, d, 0, 1.5), max(1, repeat // 2))
+        say(f"{name:48s} {results[name]:8.3f} s")
+    return results
 
 
 if __name__ == "__main__":
