@@ -19,7 +19,12 @@ cdef extern from "_simd.h" nogil:
     int vb_init()
     int vb_set_level(int level)
     int32_t vb_bin(double fv, double a, double nm, double s, double flast, double fnb, double up_ok)
-    void vb_bins(const double* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_f64(const double* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_f32(const float* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_i32(const int32_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_i16(const int16_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_u16(const uint16_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_u8(const uint8_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
     void vb_minmax(const double* x, Py_ssize_t n, double* lo, double* hi, int64_t* bad)
 
 ctypedef fused real_t:
@@ -269,9 +274,22 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                             if g3s == 0:
                                 # A row of one group: bin indices for the whole row in a
                                 # vector loop, then the counting loop.
-                                for i3 in range(n3):
-                                    buf[i3] = <double>row[i3]
-                                vb_bins(buf, n3, par + gb, idx)
+                                if real_t is double:
+                                    vb_bins_f64(row, n3, par + gb, idx)
+                                elif real_t is float:
+                                    vb_bins_f32(row, n3, par + gb, idx)
+                                elif real_t is int32_t:
+                                    vb_bins_i32(row, n3, par + gb, idx)
+                                elif real_t is int16_t:
+                                    vb_bins_i16(row, n3, par + gb, idx)
+                                elif real_t is uint16_t:
+                                    vb_bins_u16(row, n3, par + gb, idx)
+                                elif real_t is uint8_t:
+                                    vb_bins_u8(row, n3, par + gb, idx)
+                                else:
+                                    for i3 in range(n3):
+                                        buf[i3] = <double>row[i3]
+                                    vb_bins_f64(buf, n3, par + gb, idx)
                                 c4g = c4 + gb * width
                                 i3 = 0
                                 while i3 + 4 <= n3:

@@ -96,85 +96,155 @@ static inline int32_t vb_bin_1(double fv, const vb_bins_t *p) {
     return vb_bin(fv, p->a, p->nm, p->s, p->flast, p->fnb, p->up_ok);
 }
 
+/* Loads of 2, 4 or 8 values of each input type as doubles (exact conversions). */
 #if defined(VB_SSE2)
-static void vb_bins_sse2(const double *x, ptrdiff_t n, const vb_bins_t *p, int32_t *idx) {
-    const __m128d A = _mm_set1_pd(p->a), NM = _mm_set1_pd(p->nm), S = _mm_set1_pd(p->s);
-    const __m128d FL = _mm_set1_pd(p->flast), FN = _mm_set1_pd(p->fnb), UP = _mm_set1_pd(p->up_ok);
-    const __m128d ONE = _mm_set1_pd(1.0), Z = _mm_setzero_pd();
-    ptrdiff_t i = 0;
-    for (; i + 2 <= n; i += 2) {
-        __m128d v = _mm_loadu_pd(x + i);
-        __m128d t = _mm_min_pd(_mm_max_pd(_mm_mul_pd(_mm_sub_pd(v, A), NM), Z), FL);
-        __m128d kf = _mm_cvtepi32_pd(_mm_cvttpd_epi32(t));
-        __m128d e0 = _mm_add_pd(_mm_mul_pd(kf, S), A);
-        __m128d e1 = _mm_add_pd(_mm_mul_pd(_mm_add_pd(kf, ONE), S), A);
-        __m128d dn = _mm_and_pd(_mm_and_pd(_mm_cmplt_pd(v, e0), _mm_cmpgt_pd(kf, Z)), ONE);
-        __m128d up = _mm_and_pd(_mm_and_pd(_mm_cmpge_pd(v, e1), _mm_cmplt_pd(kf, FL)), UP);
-        kf = _mm_add_pd(_mm_sub_pd(kf, dn), up);
-        __m128d fin = _mm_cmpeq_pd(_mm_sub_pd(v, v), Z);
-        kf = _mm_or_pd(_mm_and_pd(fin, kf), _mm_andnot_pd(fin, FN));
-        _mm_storel_epi64((__m128i *)(idx + i), _mm_cvttpd_epi32(kf));
-    }
-    for (; i < n; i++) idx[i] = vb_bin_1(x[i], p);
+#define VB_L2_f64(p) _mm_loadu_pd(p)
+#define VB_L2_f32(p) _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(p))))
+#define VB_L2_i32(p) _mm_cvtepi32_pd(_mm_loadl_epi64((const __m128i *)(p)))
+static inline __m128d vb_l2_16(const void *p, int is_signed) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    __m128i v = _mm_cvtsi32_si128((int)w);
+    v = is_signed ? _mm_srai_epi32(_mm_unpacklo_epi16(v, v), 16) : _mm_unpacklo_epi16(v, _mm_setzero_si128());
+    return _mm_cvtepi32_pd(v);
 }
+static inline __m128d vb_l2_u8(const uint8_t *p) {
+    return _mm_set_pd((double)p[1], (double)p[0]);
+}
+#define VB_L2_i16(p) vb_l2_16(p, 1)
+#define VB_L2_u16(p) vb_l2_16(p, 0)
+#define VB_L2_u8(p) vb_l2_u8(p)
+#endif
+#if defined(VB_DISPATCH)
+#define VB_L4_f64(p) _mm256_loadu_pd(p)
+#define VB_L4_f32(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define VB_L4_i32(p) _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(p)))
+#define VB_L4_i16(p) _mm256_cvtepi32_pd(_mm_cvtepi16_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define VB_L4_u16(p) _mm256_cvtepi32_pd(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define VB_L4_u8(p) _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(vb_load32(p))))
+#define VB_L8_f64(p) _mm512_loadu_pd(p)
+#define VB_L8_f32(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define VB_L8_i32(p) _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(p)))
+#define VB_L8_i16(p) _mm512_cvtepi32_pd(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VB_L8_u16(p) _mm512_cvtepi32_pd(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VB_L8_u8(p) _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+static inline int vb_load32(const uint8_t *p) {
+    int32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+#endif
+
+typedef double vb_t_f64;
+typedef float vb_t_f32;
+typedef int32_t vb_t_i32;
+typedef int16_t vb_t_i16;
+typedef uint16_t vb_t_u16;
+typedef uint8_t vb_t_u8;
+
+#if defined(VB_SSE2)
+#define VB_BINS_SSE2(T)                                                                          \
+    static void vb_bins_##T##_sse2(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p, int32_t *idx) { \
+        const __m128d A = _mm_set1_pd(p->a), NM = _mm_set1_pd(p->nm), S = _mm_set1_pd(p->s);    \
+        const __m128d FL = _mm_set1_pd(p->flast), FN = _mm_set1_pd(p->fnb);                      \
+        const __m128d UP = _mm_set1_pd(p->up_ok), ONE = _mm_set1_pd(1.0), Z = _mm_setzero_pd();  \
+        ptrdiff_t i = 0;                                                                         \
+        for (; i + 2 <= n; i += 2) {                                                             \
+            __m128d v = VB_L2_##T(x + i);                                                        \
+            __m128d t = _mm_min_pd(_mm_max_pd(_mm_mul_pd(_mm_sub_pd(v, A), NM), Z), FL);         \
+            __m128d kf = _mm_cvtepi32_pd(_mm_cvttpd_epi32(t));                                   \
+            __m128d e0 = _mm_add_pd(_mm_mul_pd(kf, S), A);                                       \
+            __m128d e1 = _mm_add_pd(_mm_mul_pd(_mm_add_pd(kf, ONE), S), A);                      \
+            __m128d dn = _mm_and_pd(_mm_and_pd(_mm_cmplt_pd(v, e0), _mm_cmpgt_pd(kf, Z)), ONE);  \
+            __m128d up = _mm_and_pd(_mm_and_pd(_mm_cmpge_pd(v, e1), _mm_cmplt_pd(kf, FL)), UP);  \
+            kf = _mm_add_pd(_mm_sub_pd(kf, dn), up);                                             \
+            __m128d fin = _mm_cmpeq_pd(_mm_sub_pd(v, v), Z);                                     \
+            kf = _mm_or_pd(_mm_and_pd(fin, kf), _mm_andnot_pd(fin, FN));                         \
+            _mm_storel_epi64((__m128i *)(idx + i), _mm_cvttpd_epi32(kf));                        \
+        }                                                                                        \
+        for (; i < n; i++) idx[i] = vb_bin_1((double)x[i], p);                                   \
+    }
+#else
+#define VB_BINS_SSE2(T)
 #endif
 
 #if defined(VB_DISPATCH)
-VB_AVX2 static void vb_bins_avx2(const double *x, ptrdiff_t n, const vb_bins_t *p, int32_t *idx) {
-    const __m256d A = _mm256_set1_pd(p->a), NM = _mm256_set1_pd(p->nm), S = _mm256_set1_pd(p->s);
-    const __m256d FL = _mm256_set1_pd(p->flast), FN = _mm256_set1_pd(p->fnb);
-    const __m256d UP = _mm256_set1_pd(p->up_ok), ONE = _mm256_set1_pd(1.0), Z = _mm256_setzero_pd();
-    ptrdiff_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        __m256d v = _mm256_loadu_pd(x + i);
-        __m256d t = _mm256_min_pd(_mm256_max_pd(_mm256_mul_pd(_mm256_sub_pd(v, A), NM), Z), FL);
-        __m256d kf = _mm256_cvtepi32_pd(_mm256_cvttpd_epi32(t));
-        __m256d e0 = _mm256_add_pd(_mm256_mul_pd(kf, S), A);
-        __m256d e1 = _mm256_add_pd(_mm256_mul_pd(_mm256_add_pd(kf, ONE), S), A);
-        __m256d dn = _mm256_and_pd(
-            _mm256_and_pd(_mm256_cmp_pd(v, e0, _CMP_LT_OQ), _mm256_cmp_pd(kf, Z, _CMP_GT_OQ)), ONE);
-        __m256d up = _mm256_and_pd(
-            _mm256_and_pd(_mm256_cmp_pd(v, e1, _CMP_GE_OQ), _mm256_cmp_pd(kf, FL, _CMP_LT_OQ)), UP);
-        kf = _mm256_add_pd(_mm256_sub_pd(kf, dn), up);
-        __m256d fin = _mm256_cmp_pd(_mm256_sub_pd(v, v), Z, _CMP_EQ_OQ);
-        kf = _mm256_blendv_pd(FN, kf, fin);
-        _mm_storeu_si128((__m128i *)(idx + i), _mm256_cvttpd_epi32(kf));
+#define VB_BINS_VEC(T)                                                                           \
+    VB_AVX2 static void vb_bins_##T##_avx2(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p,   \
+                                           int32_t *idx) {                                       \
+        const __m256d A = _mm256_set1_pd(p->a), NM = _mm256_set1_pd(p->nm);                     \
+        const __m256d S = _mm256_set1_pd(p->s), FL = _mm256_set1_pd(p->flast);                   \
+        const __m256d FN = _mm256_set1_pd(p->fnb), UP = _mm256_set1_pd(p->up_ok);                \
+        const __m256d ONE = _mm256_set1_pd(1.0), Z = _mm256_setzero_pd();                        \
+        ptrdiff_t i = 0;                                                                         \
+        for (; i + 4 <= n; i += 4) {                                                             \
+            __m256d v = VB_L4_##T(x + i);                                                        \
+            __m256d t = _mm256_min_pd(_mm256_max_pd(_mm256_mul_pd(_mm256_sub_pd(v, A), NM), Z), FL); \
+            __m256d kf = _mm256_cvtepi32_pd(_mm256_cvttpd_epi32(t));                             \
+            __m256d e0 = _mm256_add_pd(_mm256_mul_pd(kf, S), A);                                 \
+            __m256d e1 = _mm256_add_pd(_mm256_mul_pd(_mm256_add_pd(kf, ONE), S), A);             \
+            __m256d dn = _mm256_and_pd(                                                          \
+                _mm256_and_pd(_mm256_cmp_pd(v, e0, _CMP_LT_OQ), _mm256_cmp_pd(kf, Z, _CMP_GT_OQ)), ONE); \
+            __m256d up = _mm256_and_pd(                                                          \
+                _mm256_and_pd(_mm256_cmp_pd(v, e1, _CMP_GE_OQ), _mm256_cmp_pd(kf, FL, _CMP_LT_OQ)), UP); \
+            kf = _mm256_add_pd(_mm256_sub_pd(kf, dn), up);                                       \
+            __m256d fin = _mm256_cmp_pd(_mm256_sub_pd(v, v), Z, _CMP_EQ_OQ);                     \
+            kf = _mm256_blendv_pd(FN, kf, fin);                                                  \
+            _mm_storeu_si128((__m128i *)(idx + i), _mm256_cvttpd_epi32(kf));                     \
+        }                                                                                        \
+        for (; i < n; i++) idx[i] = vb_bin_1((double)x[i], p);                                   \
+    }                                                                                            \
+    VB_AVX512 static void vb_bins_##T##_avx512(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p, \
+                                               int32_t *idx) {                                   \
+        const __m512d A = _mm512_set1_pd(p->a), NM = _mm512_set1_pd(p->nm);                     \
+        const __m512d S = _mm512_set1_pd(p->s), FL = _mm512_set1_pd(p->flast);                   \
+        const __m512d FN = _mm512_set1_pd(p->fnb), UP = _mm512_set1_pd(p->up_ok);                \
+        const __m512d ONE = _mm512_set1_pd(1.0), Z = _mm512_setzero_pd();                        \
+        ptrdiff_t i = 0;                                                                         \
+        for (; i + 8 <= n; i += 8) {                                                             \
+            __m512d v = VB_L8_##T(x + i);                                                        \
+            __m512d t = _mm512_min_pd(_mm512_max_pd(_mm512_mul_pd(_mm512_sub_pd(v, A), NM), Z), FL); \
+            __m512d kf = _mm512_cvtepi32_pd(_mm512_cvttpd_epi32(t));                             \
+            __m512d e0 = _mm512_add_pd(_mm512_mul_pd(kf, S), A);                                 \
+            __m512d e1 = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(kf, ONE), S), A);             \
+            __mmask8 dn = _mm512_cmp_pd_mask(v, e0, _CMP_LT_OQ) & _mm512_cmp_pd_mask(kf, Z, _CMP_GT_OQ); \
+            __mmask8 up = _mm512_cmp_pd_mask(v, e1, _CMP_GE_OQ) & _mm512_cmp_pd_mask(kf, FL, _CMP_LT_OQ); \
+            kf = _mm512_add_pd(_mm512_sub_pd(kf, _mm512_maskz_mov_pd(dn, ONE)), _mm512_maskz_mov_pd(up, UP)); \
+            __mmask8 fin = _mm512_cmp_pd_mask(_mm512_sub_pd(v, v), Z, _CMP_EQ_OQ);               \
+            kf = _mm512_mask_blend_pd(fin, FN, kf);                                              \
+            _mm256_storeu_si256((__m256i *)(idx + i), _mm512_cvttpd_epi32(kf));                  \
+        }                                                                                        \
+        for (; i < n; i++) idx[i] = vb_bin_1((double)x[i], p);                                   \
     }
-    for (; i < n; i++) idx[i] = vb_bin_1(x[i], p);
-}
-
-VB_AVX512 static void vb_bins_avx512(const double *x, ptrdiff_t n, const vb_bins_t *p, int32_t *idx) {
-    const __m512d A = _mm512_set1_pd(p->a), NM = _mm512_set1_pd(p->nm), S = _mm512_set1_pd(p->s);
-    const __m512d FL = _mm512_set1_pd(p->flast), FN = _mm512_set1_pd(p->fnb);
-    const __m512d UP = _mm512_set1_pd(p->up_ok), ONE = _mm512_set1_pd(1.0), Z = _mm512_setzero_pd();
-    ptrdiff_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m512d v = _mm512_loadu_pd(x + i);
-        __m512d t = _mm512_min_pd(_mm512_max_pd(_mm512_mul_pd(_mm512_sub_pd(v, A), NM), Z), FL);
-        __m512d kf = _mm512_cvtepi32_pd(_mm512_cvttpd_epi32(t));
-        __m512d e0 = _mm512_add_pd(_mm512_mul_pd(kf, S), A);
-        __m512d e1 = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(kf, ONE), S), A);
-        __mmask8 dn = _mm512_cmp_pd_mask(v, e0, _CMP_LT_OQ) & _mm512_cmp_pd_mask(kf, Z, _CMP_GT_OQ);
-        __mmask8 up = _mm512_cmp_pd_mask(v, e1, _CMP_GE_OQ) & _mm512_cmp_pd_mask(kf, FL, _CMP_LT_OQ);
-        kf = _mm512_add_pd(_mm512_sub_pd(kf, _mm512_maskz_mov_pd(dn, ONE)), _mm512_maskz_mov_pd(up, UP));
-        __mmask8 fin = _mm512_cmp_pd_mask(_mm512_sub_pd(v, v), Z, _CMP_EQ_OQ);
-        kf = _mm512_mask_blend_pd(fin, FN, kf);
-        _mm256_storeu_si256((__m256i *)(idx + i), _mm512_cvttpd_epi32(kf));
-    }
-    for (; i < n; i++) idx[i] = vb_bin_1(x[i], p);
-}
-#endif
-
-static inline void vb_bins(const double *x, ptrdiff_t n, const vb_bins_t *p, int32_t *idx) {
-#if defined(VB_DISPATCH)
-    if (vb_level >= 3) { vb_bins_avx512(x, n, p, idx); return; }
-    if (vb_level == 2) { vb_bins_avx2(x, n, p, idx); return; }
+#define VB_BINS_DISPATCH(T)                                                                      \
+    if (vb_level >= 3) { vb_bins_##T##_avx512(x, n, p, idx); return; }                           \
+    if (vb_level == 2) { vb_bins_##T##_avx2(x, n, p, idx); return; }
+#else
+#define VB_BINS_VEC(T)
+#define VB_BINS_DISPATCH(T)
 #endif
 #if defined(VB_SSE2)
-    if (vb_level == 1) { vb_bins_sse2(x, n, p, idx); return; }
+#define VB_BINS_DISPATCH_SSE2(T)                                                                 \
+    if (vb_level == 1) { vb_bins_##T##_sse2(x, n, p, idx); return; }
+#else
+#define VB_BINS_DISPATCH_SSE2(T)
 #endif
-    for (ptrdiff_t i = 0; i < n; i++) idx[i] = vb_bin_1(x[i], p);
-}
+
+/* idx[i] = vb_bin_1(x[i], p) for i < n, for x of type T. */
+#define VB_BINS(T)                                                                               \
+    VB_BINS_SSE2(T)                                                                              \
+    VB_BINS_VEC(T)                                                                               \
+    static inline void vb_bins_##T(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p, int32_t *idx) { \
+        VB_BINS_DISPATCH(T)                                                                      \
+        VB_BINS_DISPATCH_SSE2(T)                                                                 \
+        for (ptrdiff_t i = 0; i < n; i++) idx[i] = vb_bin_1((double)x[i], p);                    \
+    }
+VB_BINS(f64)
+VB_BINS(f32)
+VB_BINS(i32)
+VB_BINS(i16)
+VB_BINS(u16)
+VB_BINS(u8)
 
 /* ---------------------------------------------------------------------------------------
  * Finite range of a row of doubles (see _histogram.pyx, group_minmax).
