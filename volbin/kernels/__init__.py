@@ -15,6 +15,11 @@ _diffusion
     their error to the next slab (`diffuse_volume`).
 _void_cluster
     Void-and-cluster ranks of blue-noise threshold arrays (`void_and_cluster_ranks`).
+_simd.h
+    Vector versions (SSE2, AVX2, AVX-512) of the hot row loops of binning, finite range,
+    random draws and void-and-cluster, picked at import from the CPU (``SIMD_LEVEL`` of
+    each module).  Each computes lane by lane the IEEE operations of its scalar version, so
+    the machine changes the speed, never a result; the tests run every version.
 
 The loops take C-contiguous arrays of fixed types, read no module globals but constants,
 release the GIL (dask's threads run them in parallel) and know nothing of dask, files or
