@@ -495,11 +495,11 @@ def _local(vol: Volume, tr: Transform, recipe: Recipe) -> tuple[da.Array, dict[s
     out = threshold_local(
         vol.derive(x), method, block_size=recipe.block_size, dims=dims, axis=recipe.axis, rescale=None, **kw
     )
-    rec = {k: v for k, v in out.steps[-1].items() if k not in ("step", "rescale", "scope")}
+    rec = {k: v for k, v in out.steps[-1].items() if k not in ("step", "method", "rescale", "scope")}
     decision = {
         "method": "local",
+        "local_method": method,
         **rec,
-        "local_method": rec.pop("method"),
         "scope": recipe.scope,
         "comparison": ">",
         "compared": "rescaled",

@@ -113,13 +113,13 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
     cleaning = method in CLEAN_METHODS
     components = cleaning and bool(d["keep_largest"] or d["min_size"] or d["fill_holes"])
     if hysteresis:
-        units_why = f"{m} without low or high"
+        units_why = f"{m} without `low` or `high`"
     else:
         units_why = f"{m} without upper" if given else f"{from_file} without upper"
     uses: dict[str, tuple[bool, str]] = {
         "axis": (
             d["scope"] == "slice" or method in DITHER_METHODS or (cleaning and d["fill_holes"] == "2d"),
-            f"scope={d['scope']!r} with {m}" + (" without fill_holes='2d'" if cleaning else ""),
+            f"scope={d['scope']!r} with {m}" + (" without `fill_holes` '2d'" if cleaning else ""),
         ),
         "percentiles": (d["rescale"] == "percentile", f"rescale={d['rescale']!r}"),
         "value_range": (d["rescale"] == "fixed", f"rescale={d['rescale']!r}"),
@@ -138,7 +138,7 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
         ),
         "nbins": (
             (method in HISTOGRAM_METHODS and given) or by_method,
-            f"{m} without low_method or high_method" if hysteresis else m if given else from_file,
+            f"{m} without `low_method` or `high_method`" if hysteresis else m if given else from_file,
         ),
         "upper": (thresholding, m),
         "inclusive": (thresholding, m),
@@ -169,7 +169,7 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
         "high_method": (hysteresis, m),
         "connectivity": (
             hysteresis or components,
-            f"{m} without keep_largest, min_size or fill_holes" if cleaning else m,
+            f"{m} without `keep_largest`, `min_size` or `fill_holes`" if cleaning else m,
         ),
         "keep_largest": (cleaning, m),
         "min_size": (cleaning, m),
@@ -178,7 +178,7 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
         "closing": (cleaning, m),
         "radius_units": (
             cleaning and bool(d["opening"] or d["closing"]),
-            f"{m} without opening or closing" if cleaning else m,
+            f"{m} without `opening` or `closing`" if cleaning else m,
         ),
     }
     if names is None:
@@ -589,10 +589,11 @@ class Recipe:
             return
         for name in ("low", "high"):
             value, by = getattr(self, name), getattr(self, f"{name}_method")
-            if (value is None) == (by is None):
+            if value is None and by is None:
+                raise ValueError(f"`method='hysteresis'` needs `{name}` or `{name}_method`; got neither.")
+            if value is not None and by is not None:
                 raise ValueError(
-                    f"`method='hysteresis'` needs one of `{name}` and `{name}_method` "
-                    f"(CLI: --{name} T or --{name}-method M); got {name}={value!r}, {name}_method={by!r}."
+                    f"give `{name}` or `{name}_method`, not both; got {name}={value!r}, {name}_method={by!r}."
                 )
         if self.low is not None and self.high is not None and self.low > self.high:
             raise ValueError(f"`low` must not exceed `high`; got low={self.low!r}, high={self.high!r}.")
