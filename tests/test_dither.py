@@ -53,10 +53,13 @@ def test_checkerboard_and_constants():
 
 @pytest.mark.parametrize("kernel", [k for k in KERNEL_NAMES if k != "atkinson"])
 @pytest.mark.parametrize("scope", ["slice", "volume"])
-def test_mean_preserved_within_half_percent(head, kernel, scope):
+def test_mean_density_close_to_the_input(head, kernel, scope):
+    # The phantom has Rician background everywhere; the error it carries "in flight" is
+    # dropped at the end of the scan (scan-end rule), so the density runs a little low: by
+    # 1-3 % on this phantom (0.4-1.4 % on the 181 x 217 x 181 one, docs/methods.md).
     r = volbin.rescale(head.intensity)
     d = volbin.dither(head.intensity, kernel, scope=scope, serpentine=True)
-    assert abs(d.mean() - r.mean()) <= 0.005 * r.mean()
+    assert -0.035 * r.mean() <= d.mean() - r.mean() <= 0.005 * r.mean()
 
 
 def test_atkinson_is_lossy_by_design(head):

@@ -114,6 +114,7 @@ def test_user_matrix_matches_reference(normalize):
 
 
 KERNELS_3D = {
+    "sierra-lite-3d": dk.KERNELS_3D["sierra-lite-3d"],
     "floyd-steinberg-3d": dk.KERNELS_3D["floyd-steinberg-3d"],
     "jjn-extended": dk.diffusion_kernel_3d("jarvis-judice-ninke"),
     # Reaches two slices ahead, so slabs carry two slices of error.
