@@ -227,10 +227,10 @@ def extend_to_3d(kernel, share: float = NEXT_SLICE_SHARE) -> DiffusionKernel3D:
         raise ValueError(f"`share` must be in (0, 1); got {share}.")
     total = sum(k2.weights)
     return DiffusionKernel3D(
-        (0,) * len(k2.weights) + (1,),
-        tuple(k2.dy) + (0,),
-        tuple(k2.dx) + (0,),
-        tuple(v * (1.0 - share) for v in k2.weights) + (share * total,),
+        (*(0,) * len(k2.weights), 1),
+        (*k2.dy, 0),
+        (*k2.dx, 0),
+        (*(v * (1.0 - share) for v in k2.weights), share * total),
     )
 
 

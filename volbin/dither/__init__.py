@@ -8,9 +8,10 @@ over dask blocks:
   re-shaped to hold whole slices, and slices run in parallel on the workers.
 * ``scope="volume"`` (and ``"stack"``): true 3D error diffusion, the error also pushed into
   the next slice along `axis`; by default Sierra Lite with 1/16 of the error straight into
-  the next slice, on one continuous boustrophedon path through the volume.  It is sequential, so each 3D volume streams slab by slab,
-  every slab task taking the error buffer carried by the previous one: memory follows the
-  slab size, and the result is identical to diffusing the volume in one piece.
+  the next slice, on one continuous boustrophedon path through the volume.  It is
+  sequential, so each 3D volume streams slab by slab, every slab task taking the error
+  buffer carried by the previous one: memory follows the slab size, and the result is
+  identical to diffusing the volume in one piece.
 * ordered dithering tiles a 2D (slice scope) or 3D threshold array at each block's global
   position.
 
