@@ -402,7 +402,9 @@ def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1,
 
     `carry_in` (max(dz), rows, cols) holds the error already sent into this slab's first
     slices; `carry_out` receives the error sent past its end.  The error lives in a ring of
-    ``max(dz) + 1`` slices, so memory does not grow with the slab.
+    ``max(dz) + 1`` slices, so memory does not grow with the slab.  With `serpentine` the
+    scan is the boustrophedon path of ``volbin._dither_kernels``, set by the global slice
+    index ``z0 + z``, so any slab size gives the same bytes.
     """
     cdef Py_ssize_t n = vol.shape[0], rows = vol.shape[1], cols = vol.shape[2]
     cdef Py_ssize_t plane = rows * cols, nring, dzmax, z, gz, pz, y, k, j, ty, lo, hi, base, p0
