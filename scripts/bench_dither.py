@@ -5,16 +5,18 @@
 
 Pillow's ``Image.convert("1")`` is Floyd-Steinberg on 8-bit images (integer arithmetic,
 raster scan, error off the edges dropped).  volbin gets the same uint8 slices as float32
-``value / 255`` and works in float (edge error kept, see ``volbin/_dither_kernels.py``).
+``value / 255`` and works in float (edge rule "scan-end", see ``volbin/_dither_kernels.py``).
 Pillow images are made before timing, so both sides time the dithering only.  Runs of the
 methods are interleaved and each figure is the median of --repeat runs, as wall-clock time
 and as this process's CPU time (the latter is steadier on a busy machine).
 
 Two volumes: a head-like phantom (dark background, as in MRI) and smooth random texture
 (mid-grey everywhere, the hard case for the quantiser's branch).  For each, also volumetric
-(3D) diffusion of the float32 volume, in one piece and streamed in slabs; then once:
-compile time of the loops (first call in a fresh process with an empty numba cache) against
-a cached start; the blue-noise array generation; and the process's peak RSS.
+(3D) diffusion of the float32 volume, in one piece and streamed in slabs.  Then, end to
+end on the phantom as a float32 (X, Y, Z) volume in memory: ``volbin.dither(scope="slice")``
+and ``scope="volume"`` (rescaling, dask graph and default scheduler included) against Pillow
+slice by slice along z, the conversion to uint8 included; then the blue-noise generation
+against a read from the on-disk cache, and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import argparse
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import volbin
 from volbin import _dither_kernels as dk
 from volbin.dither import ordered
 
@@ -72,35 +74,28 @@ def run_interleaved(methods: dict, repeat: int) -> dict:
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in methods}
 
 
-COMPILE_PROBE = """
-import time, numpy as np
-t = time.perf_counter()
-from volbin import _dither_kernels as dk
-t_import = time.perf_counter() - t
-x = np.full((2, 8, 8), 0.5, np.float32)
-t = time.perf_counter(); dk.diffuse_2d(x); t2 = time.perf_counter() - t
-t = time.perf_counter(); dk.diffuse_3d(x); t3 = time.perf_counter() - t
-t = time.perf_counter(); dk.diffuse_2d(x); t2b = time.perf_counter() - t
-print(t_import, t2, t3, t2b)
-"""
+def bench_end_to_end(vol: np.ndarray, args: argparse.Namespace) -> None:
+    """volbin.dither on a float32 (X, Y, Z) volume in memory against Pillow per z slice."""
+    n = vol.size
 
+    def pillow():
+        u8 = np.rint(vol * np.float32(255)).astype(np.uint8)
+        return [Image.fromarray(np.ascontiguousarray(u8[:, :, k])).convert("1") for k in range(vol.shape[2])]
 
-def compile_times() -> tuple[list[float], list[float]]:
-    """(cold, cached) timings of import, first 2D call, first 3D call, second 2D call."""
-    root = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(root))
-        runs = []
-        for _ in range(2):
-            res = subprocess.run(
-                [sys.executable, "-c", COMPILE_PROBE],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            runs.append([float(v) for v in res.stdout.split()])
-    return runs[0], runs[1]
+    methods = {
+        'Pillow convert("1") per z slice, with uint8': pillow,
+        'volbin.dither(scope="slice")': lambda: volbin.dither(vol, scope="slice"),
+        'volbin.dither(scope="volume")': lambda: volbin.dither(vol, scope="volume"),
+    }
+    for fn in methods.values():  # warm up
+        fn()
+    res = run_interleaved(methods, args.repeat)
+    base_w, base_c = res['Pillow convert("1") per z slice, with uint8']
+    print(f"== end to end, {vol.shape} float32 in memory; median of {args.repeat} runs")
+    print(f"{'':46s} {'wall s':>8s} {'ns/vox':>7s} {'ratio':>6s} {'cpu s':>8s} {'ratio':>6s}")
+    for name, (w, c) in res.items():
+        print(f"{name:46s} {w:8.3f} {w / n * 1e9:7.1f} {w / base_w:6.2f} {c:8.3f} {c / base_c:6.2f}")
+    print()
 
 
 def smooth_random(shape: tuple[int, int, int], seed: int = 1) -> np.ndarray:
@@ -124,7 +119,7 @@ def bench_volume(label: str, vol: np.ndarray, args: argparse.Namespace) -> None:
         f"{shape[1:]}; mean intensity {f32.mean():.3f}; median of {args.repeat} runs"
     )
 
-    # Warm up (compile or load from cache) before timing.
+    # Warm up before timing.
     dk.diffuse_2d(f32[:3], out[:3])
     dk.diffuse_3d(f32[:3], out[:3])
     pil = np.stack([np.asarray(im.convert("1")) for im in images])
@@ -171,8 +166,8 @@ def bench_volume(label: str, vol: np.ndarray, args: argparse.Namespace) -> None:
 
     res3 = run_interleaved(
         {
-            "volbin floyd-steinberg-3d, one piece": lambda: dk.diffuse_3d(f32, out),
-            f"volbin floyd-steinberg-3d, slabs of {args.slab}": streamed,
+            "volbin sierra-lite-3d (default), one piece": lambda: dk.diffuse_3d(f32, out),
+            f"volbin sierra-lite-3d, slabs of {args.slab}": streamed,
             "volbin jarvis-judice-ninke extended to 3D": lambda: dk.diffuse_3d(
                 f32, out, "jarvis-judice-ninke"
             ),
@@ -186,7 +181,7 @@ def bench_volume(label: str, vol: np.ndarray, args: argparse.Namespace) -> None:
     for name, (w, c) in res3.items():
         print(f"{name:42s} {w:11.3f} {w / n * 1e9:6.1f} {c:11.3f} {c / n * 1e9:6.1f}")
     one, _ = dk.diffuse_3d(f32)
-    print(f"fraction of ones: input mean {f32.mean():.4f}, volbin FS-3D {one.mean():.4f}")
+    print(f"fraction of ones: input mean {f32.mean():.4f}, volbin sierra-lite-3d {one.mean():.4f}")
     print()
 
 
@@ -203,20 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.data in ("smooth", "both"):
         bench_volume("smooth random texture", smooth_random(shape), args)
 
-    cold, cached = compile_times()
-    print(
-        f"{'numba compilation (fresh process)':42s} {'import s':>9s} {'1st 2D s':>9s} "
-        f"{'1st 3D s':>9s} {'2nd 2D s':>9s}"
-    )
-    for label, t in (("empty cache (compiles)", cold), ("cache filled (loads)", cached)):
-        print(f"{label:42s} " + " ".join(f"{v:9.3f}" for v in t))
+    bench_end_to_end(np.ascontiguousarray(head_phantom(shape).transpose(2, 1, 0)), args)
 
-    print()
-    for size, ndim in ((64, 2), (32, 3)):
-        ordered._blue_noise.cache_clear()
-        t = time.perf_counter()
-        ordered.blue_noise(size, ndim)
-        print(f"blue_noise({size}, ndim={ndim}): {time.perf_counter() - t:.3f} s")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["VOLBIN_CACHE_DIR"] = cache
+        for size, ndim in ((64, 2), (256, 2), (32, 3), (64, 3)):
+            times = []
+            for _ in range(2):  # generated (empty cache), then read from the cache
+                ordered._blue_noise.cache_clear()
+                t = time.perf_counter()
+                ordered.blue_noise(size, ndim)
+                times.append(time.perf_counter() - t)
+            print(f"blue_noise({size}, ndim={ndim}): {times[0]:.3f} s, then {times[1]:.3f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mib = np.prod(shape) / 2**20
     print(

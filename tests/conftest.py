@@ -8,7 +8,7 @@ latter skip when dipy is absent.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -164,3 +164,15 @@ def itk_t1() -> tuple[np.ndarray, np.ndarray]:
     for a in (x, m):
         a.flags.writeable = False
     return x, m
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep volbin's on-disk cache (blue-noise patterns) out of the user's cache folder."""
+    old = os.environ.get("VOLBIN_CACHE_DIR")
+    os.environ["VOLBIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("volbin-cache"))
+    yield
+    if old is None:
+        os.environ.pop("VOLBIN_CACHE_DIR", None)
+    else:
+        os.environ["VOLBIN_CACHE_DIR"] = old

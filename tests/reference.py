@@ -4,11 +4,18 @@ They follow the definitions in ``volbin/_dither_kernels.py`` and ``volbin/ordere
 operation by operation, in float32 numpy scalars, so the compiled loops must agree with them
 bit for bit:
 
-* scan rows in order; with ``serpentine`` odd rows run right to left, kernel mirrored;
+* scan rows in order; with ``serpentine`` odd rows run right to left, kernel mirrored; a
+  volumetric serpentine scan is one boustrophedon path: odd slices scan their rows backwards
+  (kernel ``dy`` mirrored) and the r-th row scanned in slice z runs right to left when
+  ``(z * rows + r) % 2 == 1``;
 * ``v = (value + error from earlier rows and slices) + error from this row``;
 * the pixel is 1 where ``float(v) > threshold + jitter * (u - 0.5)``, ``e = v - output``;
-* at a pixel whose kernel reaches outside, ``s = e * (wsum / insum)`` in float64 over the
-  in-bounds taps (``s = e`` when every tap is inside, ``s = 0`` when none is);
+* edge rule "scan-end": an out-of-bounds tap past the last slice, past the last row of its
+  slice in scan order, or (raster scans only) past the end of the row is *far* and its error
+  is dropped; the other out-of-bounds taps are *side* taps, whose weight is spread over the
+  in-bounds taps: ``s = e * (wkeep / insum)`` in float64, ``wkeep`` the float32 sum of the
+  weights of the taps that are not far (``s = e`` when every tap is inside, ``s = 0`` when
+  none is);
 * ``float32(w * s)`` goes at once to the one or two next pixels of the row; to later rows and
   slices ``w * float32(s)`` is added once the row is finished, tap after tap.
 """
@@ -57,16 +64,22 @@ def floyd_steinberg(image_u8: np.ndarray, serpentine: bool = False) -> np.ndarra
             if has_next and has_below and has_left and has_right:
                 s = float(e)
             else:
+                # Scan-end rule: error past the last row, or past a raster row's end, is
+                # dropped; error leaving through a side the scan comes back along is spread.
+                ahead_far = not serpentine
                 insum = F32(0)
-                for w, ok in (
-                    (right, has_next),
-                    (down_left, has_left),
-                    (down, has_below),
-                    (down_right, has_right),
+                wkeep = F32(0)
+                for w, ok, far in (
+                    (right, has_next, ahead_far),
+                    (down_left, has_left, not has_below),
+                    (down, has_below, not has_below),
+                    (down_right, has_right, not has_below or ahead_far),
                 ):
                     if ok:
                         insum += w
-                s = float(e) * (1.0 / float(insum)) if insum > 0 else 0.0
+                    if ok or not far:
+                        wkeep += w
+                s = float(e) * (float(wkeep) / float(insum)) if insum > 0 else 0.0
             sent[x] = F32(s)
             if has_next:
                 ahead[x + step] += F32(float(right) * s)
@@ -135,12 +148,14 @@ def diffuse(
                 index_strides=index_strides,
             )[0]
         return out
-    c1, c2, rest, wsum = _taps(kernel)
+    c1, c2, rest, _wsum = _taps(kernel)
     err = np.zeros((n, rows, cols), F32)
     out = np.zeros((n, rows, cols), np.uint8)
     for z in range(n):
-        for y in range(rows):
-            step = -1 if serpentine and y % 2 else 1
+        ysgn = -1 if serpentine and z % 2 else 1
+        for r in range(rows):
+            y = r if ysgn == 1 else rows - 1 - r
+            step = -1 if serpentine and (z * rows + r) % 2 else 1
             xs = range(cols) if step == 1 else range(cols - 1, -1, -1)
             ahead = np.zeros(cols, F32)
             sent = np.zeros(cols, F32)
@@ -160,19 +175,32 @@ def diffuse(
                 ok2 = c2 != 0 and 0 <= x + 2 * step < cols
                 allin = (ok1 or c1 == 0) and (ok2 or c2 == 0)
                 insum = F32(0)
-                if ok1:
-                    insum += c1
-                if ok2:
-                    insum += c2
+                wkeep = F32(0)
+                if c1 != 0:
+                    if ok1:
+                        insum += c1
+                    if ok1 or serpentine:  # a raster row's end is the end of the scan
+                        wkeep += c1
+                if c2 != 0:
+                    if ok2:
+                        insum += c2
+                    if ok2 or serpentine:
+                        wkeep += c2
                 for dz, dy, dx, w in rest:
-                    if z + dz < n and 0 <= y + dy < rows and 0 <= x + step * dx < cols:
+                    tz, ty, tx = z + dz, y + ysgn * dy, x + step * dx
+                    if tz < n and 0 <= ty < rows and 0 <= tx < cols:
                         insum += w
-                    else:
-                        allin = False
+                        wkeep += w
+                        continue
+                    allin = False
+                    past_row = ty >= rows if ysgn == 1 else ty < 0
+                    past_col = not serpentine and tx >= cols
+                    if not (tz >= n or past_row or past_col):
+                        wkeep += w
                 if allin:
                     s = float(e)
                 elif insum > 0:
-                    s = float(e) * (float(wsum) / float(insum))
+                    s = float(e) * (float(wkeep) / float(insum))
                 else:
                     s = 0.0
                 sent[x] = F32(s)
@@ -181,10 +209,11 @@ def diffuse(
                 if ok1:
                     ahead[x + step] += F32(float(c1) * s)
             for dz, dy, dx, w in rest:
-                if z + dz < n and 0 <= y + dy < rows:
+                tz, ty = z + dz, y + ysgn * dy
+                if tz < n and 0 <= ty < rows:
                     for x in range(cols):
                         if 0 <= x + step * dx < cols:
-                            err[z + dz, y + dy, x + step * dx] += w * sent[x]
+                            err[tz, ty, x + step * dx] += w * sent[x]
     return out
 
 

@@ -245,7 +245,7 @@ def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):
         )
         == 0
     )
-    assert "quality: blurred RMS error" in capsys.readouterr().out
+    assert "quality: rendering error" in capsys.readouterr().out
     side = json.loads((tmp_path / "d.json").read_text())
     q = side["quality"]
     assert q["scope"] == "volume" and abs(q["mean_density_error"]) < 0.005

@@ -53,10 +53,13 @@ def test_checkerboard_and_constants():
 
 @pytest.mark.parametrize("kernel", [k for k in KERNEL_NAMES if k != "atkinson"])
 @pytest.mark.parametrize("scope", ["slice", "volume"])
-def test_mean_preserved_within_half_percent(head, kernel, scope):
+def test_mean_density_close_to_the_input(head, kernel, scope):
+    # The phantom has Rician background everywhere; the error it carries "in flight" is
+    # dropped at the end of the scan (scan-end rule), so the density runs a little low: by
+    # 1-3 % on this phantom (0.4-1.4 % on the 181 x 217 x 181 one, docs/methods.md).
     r = volbin.rescale(head.intensity)
     d = volbin.dither(head.intensity, kernel, scope=scope, serpentine=True)
-    assert abs(d.mean() - r.mean()) <= 0.005 * r.mean()
+    assert -0.035 * r.mean() <= d.mean() - r.mean() <= 0.005 * r.mean()
 
 
 def test_atkinson_is_lossy_by_design(head):
@@ -164,3 +167,41 @@ def test_sidecar_records_kernel(tmp_path, head):
         and dec["kernel"]["name"] == "stucki"
         and sum(dec["kernel"]["weights"]) == pytest.approx(1)
     )
+
+
+def test_blue_noise_is_cached_on_disk_exactly(tmp_path, monkeypatch, capsys):
+    from volbin.dither import ordered
+
+    monkeypatch.setenv("VOLBIN_CACHE_DIR", str(tmp_path / "cache"))
+    ordered._blue_noise.cache_clear()
+    first = ordered.blue_noise(32, 3, seed=5)
+    assert "blue-noise pattern" in capsys.readouterr().err
+    files = list((tmp_path / "cache").glob("blue-noise-*.npy"))
+    assert len(files) == 1
+    np.testing.assert_array_equal(np.load(files[0]), first)
+    # A fresh process (no in-memory cache) reads the file: same array, nothing generated.
+    ordered._blue_noise.cache_clear()
+    np.testing.assert_array_equal(ordered.blue_noise(32, 3, seed=5), first)
+    assert capsys.readouterr().err == ""
+    # A corrupt file is ignored and regenerated, giving the same array.
+    for corrupt in (b"not an npy file", files[0].read_bytes()[:200]):
+        files[0].write_bytes(corrupt)
+        ordered._blue_noise.cache_clear()
+        np.testing.assert_array_equal(ordered.blue_noise(32, 3, seed=5), first)
+        np.testing.assert_array_equal(np.load(files[0]), first)
+    # Valid .npy but not a permutation's thresholds: regenerated too.
+    np.save(files[0], np.zeros_like(first))
+    ordered._blue_noise.cache_clear()
+    np.testing.assert_array_equal(ordered.blue_noise(32, 3, seed=5), first)
+    ordered._blue_noise.cache_clear()
+
+
+def test_blue_noise_cache_folder(monkeypatch, tmp_path):
+    from volbin.dither.ordered import cache_dir
+
+    monkeypatch.delenv("VOLBIN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "volbin"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "volbin"

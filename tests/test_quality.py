@@ -127,9 +127,10 @@ def test_info_compare_without_sidecar_rescales_minmax(tmp_path, grey_path, capsy
     mask_path = volbin.save(mask, tmp_path / "m.nii", sidecar=False)
     assert main(["info", str(mask_path), "--compare", str(grey_path), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "perceptual RMS" in text and "minmax per volume" in text
+    assert "rendering error" in text and "minmax per volume" in text
     expected = dither_error(mask, r)
-    assert f"{expected['perceptual_rms']:.5f}" in text
+    assert f"{expected['support_rms']:.5f} inside the input's support" in text
+    assert f"{expected['perceptual_rms']:.5f} overall" in text
 
 
 def test_info_compare_shape_mismatch_is_one_line(tmp_path, grey_path, capsys):
@@ -161,3 +162,27 @@ def test_info_compare_warns_about_another_input(tmp_path, grey_path, capsys):
     capsys.readouterr()
     assert main(["info", str(mask), "--compare", str(other), "--no-progress"]) == 0
     assert "differs from the one recorded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+@pytest.mark.parametrize("scope", ["slice", "volume"])
+def test_support_rms_matches_direct_computation(sigma, scope):
+    # A bright ball in an empty box: the support is the ball, not the background.
+    zz, yy, xx = np.indices((30, 31, 29))
+    ball = np.clip(1.5 - np.sqrt((zz - 14) ** 2 + (yy - 16) ** 2 + (xx - 12) ** 2) / 6, 0, 1)
+    grey = (ball * GREY).astype(np.float32)
+    binary = RNG.random(grey.shape) < grey
+    got = dither_error(da.from_array(binary, chunks=(6, 31, 29)), grey, sigma=sigma, scope=scope)
+    sig = (sigma, sigma, sigma) if scope == "volume" else (sigma, sigma, 0)
+    gb = ndimage.gaussian_filter(binary.astype(np.float32), sig).astype(np.float64)
+    gr = ndimage.gaussian_filter(grey, sig).astype(np.float64)
+    support = ndimage.gaussian_filter(grey, (1, 1, 1) if scope == "volume" else (1, 1, 0)) > 0.1
+    assert 0.05 < support.mean() < 0.5
+    assert got["support_fraction"] == pytest.approx(support.mean())
+    assert got["support_rms"] == pytest.approx(np.sqrt(np.mean((gb - gr)[support] ** 2)), rel=1e-6)
+    assert got["support_rms"] > got["perceptual_rms"]  # the background dilutes the overall figure
+
+
+def test_support_rms_of_an_empty_reference_is_none():
+    zero = np.zeros((8, 8, 8), np.float32)
+    assert dither_error(zero > 0, zero)["support_rms"] is None

@@ -310,7 +310,9 @@ class Recipe:
     seed : int
         Seed of stochastic choices (``stochastic``, dither jitter, blue noise).
     kernel, serpentine, jitter, upsample, matrix, pattern
-        Dithering options (see `volbin.dither`).
+        Dithering options (see `volbin.dither`).  `kernel` and `serpentine` default (None) to
+        ``"floyd-steinberg"`` and False, except for ``method="dither"`` with scope
+        ``"volume"`` or ``"stack"``: ``"sierra-lite-3d"`` on the boustrophedon path (True).
     local_method : str
         The local threshold of ``method="local"``, computed on the rescaled volume as
         scikit-image does (`volbin.local.threshold_local`): ``gaussian`` (default), ``mean``,
@@ -367,8 +369,8 @@ class Recipe:
     threshold_from: str | None = None
     nbins: int = 256
     seed: int = 0
-    kernel: Any = "floyd-steinberg"
-    serpentine: bool = False
+    kernel: Any = None
+    serpentine: bool | None = None
     jitter: float = 0.0
     upsample: tuple[float, float, float] | None = None
     matrix: int = 8
@@ -392,6 +394,13 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Error diffusion defaults by scope: Floyd-Steinberg raster per slice; through volumes
+        # Sierra Lite extended to 3D on the boustrophedon path (docs/methods.md).
+        volumetric = self.method == "dither" and self.scope != "slice"
+        if self.kernel is None:
+            object.__setattr__(self, "kernel", "sierra-lite-3d" if volumetric else "floyd-steinberg")
+        if self.serpentine is None:
+            object.__setattr__(self, "serpentine", volumetric)
         _check_choice("method", self.method, METHODS)
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("rescale", self.rescale, RESCALE_METHODS)
@@ -695,3 +704,6 @@ def merge(recipe: Recipe | None, options: Mapping[str, Any], method: str | None 
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING
 }
+# What a recipe records for the dithering defaults when it does not dither.
+_DEFAULTS["kernel"] = "floyd-steinberg"
+_DEFAULTS["serpentine"] = False

@@ -336,11 +336,18 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
         ),
         "kernel": (
             "--kernel",
-            {"help": "error-diffusion kernel for --method dither (default floyd-steinberg)"},
+            {
+                "help": "error-diffusion kernel for --method dither (default floyd-steinberg with "
+                "--scope slice, sierra-lite-3d otherwise)"
+            },
         ),
         "serpentine": (
             "--serpentine",
-            {"action": "store_true", "default": None, "help": "serpentine scan for --method dither"},
+            {
+                "action": "store_true",
+                "default": None,
+                "help": "serpentine scan for --method dither (default: on through volumes, off per slice)",
+            },
         ),
         "jitter": (
             "--jitter",

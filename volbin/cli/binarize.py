@@ -114,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {png}")
     if quality is not None:
         print(
-            f"quality: blurred RMS error {quality['blurred_rms']:.4f} (sigma {quality['sigma']:g} voxel, "
-            f"per {quality['scope']}), mean density error {quality['mean_density_error']:+.2e}"
+            f"quality: rendering error {_fmt(quality['support_rms'], 4)} inside the input's support, "
+            f"{quality['perceptual_rms']:.4f} overall (RMS, both blurred, sigma {quality['sigma']:g} "
+            f"voxel, per {quality['scope']}); blurred RMS {quality['blurred_rms']:.4f}; "
+            f"mean density error {quality['mean_density_error']:+.2e}"
         )
     return EXIT_OK
 
@@ -146,6 +148,10 @@ def _write_preview(path: Path, args: argparse.Namespace, out: Any, recipe: Any) 
         )
     update_sidecar(path, preview=png.name)
     return png
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _record_quality(path: Path, args: argparse.Namespace, cb: int | None, recipe: Any) -> dict[str, Any]:

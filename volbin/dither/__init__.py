@@ -7,9 +7,11 @@ over dask blocks:
 * ``scope="slice"``: every 2D slice along `axis` is diffused on its own.  Chunks are
   re-shaped to hold whole slices, and slices run in parallel on the workers.
 * ``scope="volume"`` (and ``"stack"``): true 3D error diffusion, the error also pushed into
-  the next slice along `axis`.  It is sequential, so each 3D volume streams slab by slab,
-  every slab task taking the error buffer carried by the previous one: memory follows the
-  slab size, and the result is identical to diffusing the volume in one piece.
+  the next slice along `axis`; by default Sierra Lite with 1/16 of the error straight into
+  the next slice, on one continuous boustrophedon path through the volume.  It is
+  sequential, so each 3D volume streams slab by slab, every slab task taking the error
+  buffer carried by the previous one: memory follows the slab size, and the result is
+  identical to diffusing the volume in one piece.
 * ordered dithering tiles a 2D (slice scope) or 3D threshold array at each block's global
   position.
 
@@ -319,7 +321,7 @@ def dither(
     *,
     scope: Scope = ...,
     axis: str | int = ...,
-    serpentine: bool = ...,
+    serpentine: bool | None = ...,
     jitter: float = ...,
     seed: int = ...,
     upsample: Any = ...,
@@ -333,7 +335,7 @@ def dither(
     *,
     scope: Scope = ...,
     axis: str | int = ...,
-    serpentine: bool = ...,
+    serpentine: bool | None = ...,
     jitter: float = ...,
     seed: int = ...,
     upsample: Any = ...,
@@ -347,7 +349,7 @@ def dither(
     *,
     scope: Scope = ...,
     axis: str | int = ...,
-    serpentine: bool = ...,
+    serpentine: bool | None = ...,
     jitter: float = ...,
     seed: int = ...,
     upsample: Any = ...,
@@ -358,11 +360,11 @@ def dither(
 
 def dither(
     volume: Any,
-    kernel: Any = "floyd-steinberg",
+    kernel: Any = None,
     *,
     scope: Scope = "slice",
     axis: str | int = "z",
-    serpentine: bool = False,
+    serpentine: bool | None = None,
     jitter: float = 0.0,
     seed: int = 0,
     upsample: Any = None,
@@ -374,19 +376,24 @@ def dither(
     Parameters
     ----------
     volume : (X, Y, Z[, T]) ndarray, dask array or Volume
-    kernel : str or (rows, cols) array_like
+    kernel : str or (rows, cols) array_like, optional
         ``floyd-steinberg``, ``jarvis-judice-ninke``, ``stucki``, ``burkes``, ``sierra``,
         ``sierra-2row``, ``sierra-lite``, ``atkinson``, or a weight matrix whose first row
         holds the current pixel at its centre column (see
         `volbin._dither_kernels.diffusion_kernel`).  With ``scope="volume"`` 2D kernels are
-        extended into the next slice (see `volbin._dither_kernels.extend_to_3d`);
-        ``floyd-steinberg-3d`` names a kernel designed for volumes.
+        extended with 1/16 of their weight straight into the next slice (see
+        `volbin._dither_kernels.extend_to_3d`); ``sierra-lite-3d`` and ``floyd-steinberg-3d``
+        name volumetric kernels.  Default: ``floyd-steinberg`` per slice, ``sierra-lite-3d``
+        (Sierra Lite so extended) through volumes, which renders real scans best
+        (docs/methods.md).
     scope : {'slice', 'volume', 'stack'}
         ``slice``: 2D diffusion in each slice along `axis`; ``volume``: 3D diffusion through
         each volume along `axis`; ``stack``: as ``volume``, rescaled once for the stack.
     axis : {'x', 'y', 'z'} or int
-    serpentine : bool
-        Scan odd rows right to left (fewer directional artefacts).
+    serpentine : bool, optional
+        Per slice: scan odd rows right to left (fewer directional artefacts).  Through
+        volumes: scan one continuous boustrophedon path (odd slices backwards, rows
+        alternating across slice boundaries).  Default: False per slice, True through volumes.
     jitter : float
         Amplitude in [0, 1] of seeded threshold noise (breaks up worm artefacts).
     seed : int

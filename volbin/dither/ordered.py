@@ -9,11 +9,17 @@ global position, so dithering a volume chunk by chunk gives the same bytes as in
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .._dither_kernels import void_and_cluster_ranks
+from ..errors import VolbinError
+from ..io import write_atomic
 
 __all__ = ["bayer_matrix", "blue_noise", "ordered_dither_block"]
 
@@ -107,8 +113,75 @@ def _gaussian_response(shape: tuple[int, ...], sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
+#: Arrays of at least this many cells are kept on disk (`cache_dir`) and announced on stderr
+#: while they are generated (64**3 takes 15 s or so).
+_DISK_CACHE_CELLS = 2**15
+
+
+def cache_dir() -> Path:
+    """Folder of volbin's on-disk cache: ``$VOLBIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/volbin``,
+    else ``~/.cache/volbin``."""
+    if os.environ.get("VOLBIN_CACHE_DIR"):
+        return Path(os.environ["VOLBIN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "volbin"
+
+
+def _cache_path(size: int, ndim: int, seed: int, sigma: float) -> Path:
+    return cache_dir() / f"blue-noise-v1-{ndim}d-{size}-seed{seed}-sigma{sigma!r}.npy"
+
+
+def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached thresholds, or None when missing or not exactly a valid array of `shape`."""
+    try:
+        with open(path, "rb") as f:
+            a = np.load(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    n = int(np.prod(shape))
+    if a.shape != shape or a.dtype != np.float64:
+        return None
+    ranks = np.rint(a.ravel() * n - 0.5)
+    exact = np.array_equal((ranks + 0.5) / n, a.ravel())
+    if not (exact and np.array_equal(np.sort(ranks), np.arange(n, dtype=np.float64))):
+        return None  # corrupt: not the thresholds of a permutation
+    return a
+
+
+def _write_cached(path: Path, a: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda f: np.save(f, a, allow_pickle=False))
+    except (OSError, VolbinError):
+        pass  # a cache that cannot be written is only a cache
+
+
 @functools.lru_cache(maxsize=16)
 def _blue_noise(size: int, ndim: int, seed: int, sigma: float) -> np.ndarray:
+    shape = (size,) * ndim
+    n = size**ndim
+    if n < _DISK_CACHE_CELLS:
+        return _readonly(_void_and_cluster(size, ndim, seed, sigma))
+    path = _cache_path(size, ndim, seed, sigma)
+    cached = _read_cached(path, shape)
+    if cached is not None:
+        return _readonly(cached)
+    t0 = time.perf_counter()
+    print(
+        f"volbin: generating a {'x'.join([str(size)] * ndim)} blue-noise pattern (seed {seed}), "
+        f"once: it is cached in {path.parent} ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    a = _void_and_cluster(size, ndim, seed, sigma)
+    print(
+        f"volbin: blue-noise pattern ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True
+    )
+    _write_cached(path, a)
+    return _readonly(a)
+
+
+def _void_and_cluster(size: int, ndim: int, seed: int, sigma: float) -> np.ndarray:
     shape = (size,) * ndim
     n = size**ndim
     g = np.rint(_gaussian_response(shape, sigma) * _ENERGY_SCALE).astype(np.int64)
@@ -121,7 +194,7 @@ def _blue_noise(size: int, ndim: int, seed: int, sigma: float) -> np.ndarray:
     energy = np.rint(energy).astype(np.int64).reshape(n)
     g3 = np.ascontiguousarray(g.reshape((1,) * (3 - ndim) + shape))
     ranks = void_and_cluster_ranks(pattern, energy, g3, 4 * n)
-    return _readonly(((ranks + 0.5) / n).reshape(shape))
+    return ((ranks + 0.5) / n).reshape(shape)
 
 
 def blue_noise(size: int, ndim: int = 2, seed: int = 0, sigma: float = 1.5) -> np.ndarray:
@@ -155,6 +228,13 @@ def blue_noise(size: int, ndim: int = 2, seed: int = 0, sigma: float = 1.5) -> n
     cluster into its largest void until they coincide; its ones are ranked by removing
     tightest clusters, the rest by filling largest voids.  Energies are updated incrementally
     in exact integers, so each step costs one pass over the array.
+
+    Arrays of 2**15 cells or more (32**3, 64**3, 256**2) are generated once and kept in
+    `cache_dir` (``$VOLBIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/volbin``, else
+    ``~/.cache/volbin``), one ``.npy`` file per (size, ndim, seed, sigma); generation is
+    deterministic, so the cached array is exactly the generated one.  Files are written
+    atomically (concurrent runs are safe); a file that is not a valid array of thresholds is
+    ignored and regenerated.  A line on stderr announces the generation.
 
     References
     ----------

@@ -44,9 +44,14 @@ cdef struct Taps:
     Py_ssize_t ntap
     const int64_t* dx
     const float* w
-    # Per row: target offsets into the error buffer, and whether each tap's row/slice exists.
+    # Per row: target offsets into the error buffer, whether each tap's row/slice exists, and
+    # whether a tap whose row/slice is missing leaves past the end of the scan (its error is
+    # then dropped) rather than through a side the scan comes back along.
     int64_t* offs
     uint8_t* tap_ok
+    uint8_t* tap_far
+    # Raster scan: a tap past the end of the row is dropped too (serpentine rows come back).
+    bint raster
 
 
 cdef struct Quant:
@@ -62,13 +67,16 @@ cdef inline void _edge_run(const float* src, uint8_t* dst, const float* err, flo
                            const Taps* tp, Py_ssize_t x0, Py_ssize_t step, Py_ssize_t count,
                            Py_ssize_t cols, float* r1p, float* r2p, const Quant* qt,
                            uint64_t rowidx) noexcept nogil:
-    """Pixels of one row whose kernel reaches outside: rescale weights over in-bounds taps.
+    """Pixels of one row whose kernel reaches outside: the "scan-end" edge rule.
 
+    Out-of-bounds taps past the end of the scan (``tp.tap_far``, and in raster scans past the
+    end of the row) are dropped; the weight of the other out-of-bounds taps (sides the scan
+    comes back along) is spread over the in-bounds taps: ``s = e * wkeep / insum``.
     `src`, `dst`, `err` and `srow` point at the row's first pixel; ``tp.tap_ok[k]`` says
     whether tap k's row and slice exist; columns are checked here.  ``*r1p, *r2p`` are the
     current-row error registers, updated for the next pixel.
     """
-    cdef float zero = 0.0, one = 1.0, a, v, e, insum, r1 = r1p[0], r2 = r2p[0], r1n
+    cdef float zero = 0.0, one = 1.0, a, v, e, insum, wkeep, r1 = r1p[0], r2 = r2p[0], r1n
     cdef float c1 = tp.c1, c2 = tp.c2
     cdef double s
     cdef Py_ssize_t i, k, x, tx
@@ -85,32 +93,41 @@ cdef inline void _edge_run(const float* src, uint8_t* dst, const float* err, flo
         in1 = c1 != zero and 0 <= x + step < cols
         in2 = c2 != zero and 0 <= x + 2 * step < cols
         insum = zero
+        wkeep = zero
         allin = True
         if c1 != zero:
             if in1:
                 insum = insum + c1
+                wkeep = wkeep + c1
             else:
                 allin = False
+                if not tp.raster:
+                    wkeep = wkeep + c1
         if c2 != zero:
             if in2:
                 insum = insum + c2
+                wkeep = wkeep + c2
             else:
                 allin = False
+                if not tp.raster:
+                    wkeep = wkeep + c2
         for k in range(tp.ntap):
             tx = x + step * tp.dx[k]
             if tp.tap_ok[k] and 0 <= tx < cols:
                 insum = insum + tp.w[k]
+                wkeep = wkeep + tp.w[k]
             else:
                 allin = False
-        # The rescaled share is formed in float64 and each product rounded once to float32:
-        # with a single tap left (the last row) that tap then gets exactly `e`, so no rounding
-        # drift builds up along the row.  With every tap inside this equals the inner loop.
+                if not (tp.tap_far[k] or (tp.raster and tx >= cols)):
+                    wkeep = wkeep + tp.w[k]
+        # The rescaled share is formed in float64 and each product rounded once to float32.
+        # With every tap inside this equals the inner loop.
         if allin:
             s = <double>e
         elif insum > zero:
-            s = <double>e * (<double>tp.wsum / <double>insum)
+            s = <double>e * (<double>wkeep / <double>insum)
         else:
-            s = 0.0  # no unprocessed neighbour: the last pixel of the image
+            s = 0.0  # no unprocessed neighbour: the last pixel of the scan
         srow[x] = <float>s
         r1n = r2 + <float>(<double>c1 * s) if in1 else r2
         r2 = <float>(<double>c2 * s) if in2 else zero
@@ -298,6 +315,7 @@ def diffuse_slices(const float[:, :, ::1] img, uint8_t[:, :, ::1] out, float c1,
         return
     tp.c1 = c1
     tp.c2 = c2
+    tp.raster = not serpentine
     tp.ntap = w.shape[0]
     tp.dx = &dx[0] if tp.ntap else NULL
     tp.w = &w[0] if tp.ntap else NULL
@@ -316,8 +334,10 @@ def diffuse_slices(const float[:, :, ::1] img, uint8_t[:, :, ::1] out, float c1,
         srows = <float*>calloc(2 * cols, sizeof(float))
         tp.offs = <int64_t*>malloc((tp.ntap + 1) * sizeof(int64_t))
         tp.tap_ok = <uint8_t*>malloc((tp.ntap + 1) * sizeof(uint8_t))
+        tp.tap_far = <uint8_t*>malloc((tp.ntap + 1) * sizeof(uint8_t))
         try:
-            if ring == NULL or srows == NULL or tp.offs == NULL or tp.tap_ok == NULL:
+            if (ring == NULL or srows == NULL or tp.offs == NULL or tp.tap_ok == NULL
+                    or tp.tap_far == NULL):
                 with gil:
                     raise MemoryError()
             erra = ring
@@ -334,6 +354,7 @@ def diffuse_slices(const float[:, :, ::1] img, uint8_t[:, :, ::1] out, float c1,
                     for k in range(tp.ntap):
                         tp.offs[k] = ((y + dyp[k]) % nring) * cols
                         tp.tap_ok[k] = y + dyp[k] < rows
+                        tp.tap_far[k] = not tp.tap_ok[k]  # past the slice's last row
                     _inner_range(cols, step, ext[2], ext[3], y + ext[1] < rows, &lo, &hi)
                     _segments(cols, step, lo, hi, seg)
                     pa = s * plane + y * cols
@@ -369,6 +390,7 @@ def diffuse_slices(const float[:, :, ::1] img, uint8_t[:, :, ::1] out, float c1,
             free(srows)
             free(tp.offs)
             free(tp.tap_ok)
+            free(tp.tap_far)
 
 
 def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1, float c2,
@@ -380,11 +402,13 @@ def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1,
 
     `carry_in` (max(dz), rows, cols) holds the error already sent into this slab's first
     slices; `carry_out` receives the error sent past its end.  The error lives in a ring of
-    ``max(dz) + 1`` slices, so memory does not grow with the slab.
+    ``max(dz) + 1`` slices, so memory does not grow with the slab.  With `serpentine` the
+    scan is the boustrophedon path of ``volbin._dither_kernels``, set by the global slice
+    index ``z0 + z``, so any slab size gives the same bytes.
     """
     cdef Py_ssize_t n = vol.shape[0], rows = vol.shape[1], cols = vol.shape[2]
     cdef Py_ssize_t plane = rows * cols, nring, dzmax, z, gz, pz, y, k, j, ty, lo, hi, base, p0
-    cdef Py_ssize_t step
+    cdef Py_ssize_t step, ysgn, r
     cdef Py_ssize_t ext[4]
     cdef Py_ssize_t seg[6]
     cdef uint64_t s0, s1, row
@@ -417,6 +441,7 @@ def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1,
     s1 = <uint64_t><int64_t>index_strides[1]
     tp.c1 = c1
     tp.c2 = c2
+    tp.raster = not serpentine
     tp.ntap = w.shape[0]
     tp.dx = &dx[0]
     tp.w = &w[0]
@@ -439,8 +464,10 @@ def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1,
         srow = <float*>calloc(cols, sizeof(float))
         tp.offs = <int64_t*>malloc((tp.ntap + 1) * sizeof(int64_t))
         tp.tap_ok = <uint8_t*>malloc((tp.ntap + 1) * sizeof(uint8_t))
+        tp.tap_far = <uint8_t*>malloc((tp.ntap + 1) * sizeof(uint8_t))
         try:
-            if ring == NULL or srow == NULL or tp.offs == NULL or tp.tap_ok == NULL:
+            if (ring == NULL or srow == NULL or tp.offs == NULL or tp.tap_ok == NULL
+                    or tp.tap_far == NULL):
                 with gil:
                     raise MemoryError()
             for j in range(dzmax):
@@ -450,14 +477,25 @@ def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1,
             for z in range(n):
                 gz = z0 + z
                 pz = (z % nring) * plane
-                for y in range(rows):
-                    step = -1 if serpentine and y % 2 == 1 else 1
+                # Boustrophedon (serpentine): odd slices scan their rows backwards (kernel dy
+                # mirrored) and the r-th row of slice gz runs right to left when
+                # (gz * rows + r) is odd, so the path is one continuous back-and-forth line.
+                ysgn = -1 if serpentine and gz % 2 == 1 else 1
+                for r in range(rows):
+                    y = r if ysgn == 1 else rows - 1 - r
+                    step = -1 if serpentine and (gz * rows + r) % 2 == 1 else 1
                     base = pz + y * cols
                     for k in range(tp.ntap):
-                        ty = y + dyp[k]
+                        ty = y + ysgn * dyp[k]
                         tp.offs[k] = ((z + dzp[k]) % nring) * plane + ty * cols
                         tp.tap_ok[k] = 0 <= ty < rows and gz + dzp[k] < n_slices
-                    inside = y + ext[0] >= 0 and y + ext[1] < rows and gz + dzmax < n_slices
+                        tp.tap_far[k] = gz + dzp[k] >= n_slices or (
+                            ty >= rows if ysgn == 1 else ty < 0)
+                    if ysgn == 1:
+                        inside = y + ext[0] >= 0 and y + ext[1] < rows
+                    else:
+                        inside = y - ext[1] >= 0 and y - ext[0] < rows
+                    inside = inside and gz + dzmax < n_slices
                     _inner_range(cols, step, ext[2], ext[3], inside, &lo, &hi)
                     _segments(cols, step, lo, hi, seg)
                     p0 = z * plane + y * cols
@@ -482,3 +520,4 @@ def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1,
             free(srow)
             free(tp.offs)
             free(tp.tap_ok)
+            free(tp.tap_far)

@@ -350,6 +350,9 @@ def export_slices(
         raise ValueError("`scope='volume'` applies to grey levels; label stacks are not dithered.")
     if kernel is not None:
         options["kernel"] = kernel
+    if recipe is None:  # the layer loop's defaults, whatever the recipe's scope
+        options.setdefault("kernel", "floyd-steinberg")
+        options.setdefault("serpentine", False)
     recipe = merge(recipe, options, "dither")
     if recipe.upsample is not None:
         raise ValueError("`upsample` does not apply to export_slices: the printer grid sets the resolution.")
