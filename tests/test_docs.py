@@ -529,3 +529,132 @@ def test_python_example(block: Block, tmp_path: Path) -> None:
         f"{block.where}: the example exited {proc.returncode}\n{block.text}\n"
         f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
     )
+
+
+# --- the generated pages, the pictures, the site's pages ----------------------------------------
+def _load_script(path: Path, name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+HOOK = _load_script(ROOT / "docs" / "hooks" / "volbin_docs.py", "volbin_docs_hook")
+
+
+def test_cli_page_holds_every_commands_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's ``--help`` as `main` prints it is on the page, under its own heading."""
+    from volbin.cli import main
+
+    page = HOOK.cli_markdown()
+    names = [name for name, _, _ in HOOK.commands()]
+    assert {"binarize", "batch", "info"} <= set(names)
+    with HOOK._columns(HOOK.HELP_COLUMNS):
+        for argv in ([], *([name] for name in names)):
+            assert main([*argv, "--help"]) == 0
+            printed = capsys.readouterr().out
+            assert printed.strip() and printed.rstrip() in page, argv
+    headings = re.findall(r"^## volbin (\S+)$", page, flags=re.MULTILINE)
+    assert headings == names
+
+
+def test_api_page_documents_every_public_name() -> None:
+    import importlib
+
+    import volbin
+
+    page = HOOK.api_markdown()
+    directives = re.findall(r"^::: (\S+)$", page, flags=re.MULTILINE)
+    assert "volbin.recipe.Recipe" in directives and "volbin.io" in directives
+    for name in volbin.__all__:
+        if name in HOOK.SKIP_NAMES:
+            assert name.startswith("__")
+            continue
+        documented = [d for d in directives if d.rsplit(".", 1)[-1] == name]
+        in_module = [m for m in HOOK.MODULES if name in getattr(importlib.import_module(m), "__all__", ())]
+        assert documented or in_module, name
+        for path in documented:
+            module, attr = path.rsplit(".", 1)
+            assert getattr(importlib.import_module(module), attr) is getattr(volbin, name), path
+        assert f"[`volbin.{name}`]" in page
+
+
+def test_home_page_is_the_readme_with_site_links() -> None:
+    page = HOOK.readme_markdown()
+    assert page.splitlines()[0] == (ROOT / "README.md").read_text(encoding="utf-8").splitlines()[0]
+    assert "](docs/" not in page and "](methods.md)" in page
+
+
+FIGURES_SCRIPT = ROOT / "scripts" / "make_figures.py"
+IMAGE_REF = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_docs_show_exactly_the_pictures_the_script_makes() -> None:
+    figures = _load_script(FIGURES_SCRIPT, "volbin_make_figures")
+    shown = {ref for path in DOC_FILES for ref in IMAGE_REF.findall(path.read_text(encoding="utf-8"))}
+    shown = {ref.removeprefix("docs/") for ref in shown}
+    assert shown == {f"img/{name}" for name in figures.FIGURES}
+    on_disk = {f"img/{p.name}" for p in (ROOT / "docs" / "img").iterdir()}
+    assert on_disk == shown, "pictures in docs/img that no page shows, or missing ones"
+
+
+@pytest.mark.slow
+def test_pictures_are_deterministic(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    for run in ("a", "b"):
+        subprocess.run(
+            [sys.executable, str(FIGURES_SCRIPT), "--out", str(tmp_path / run)],
+            check=True,
+            env=env,
+            timeout=900,
+        )
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (ROOT / "docs" / "img").iterdir())
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def _nav_pages(nav: object) -> list[str]:
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [p for v in nav.values() for p in _nav_pages(v)]
+    if isinstance(nav, list):
+        return [p for v in nav for p in _nav_pages(v)]
+    return []
+
+
+def test_site_navigation_holds_every_page() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    pages = _nav_pages(config["nav"])
+    assert len(pages) == len(set(pages))
+    assert set(pages) == {p.name for p in (ROOT / "docs").glob("*.md")} | set(HOOK.PAGES)
+    assert config["theme"]["font"] is False  # no web fonts
+
+
+LINK = re.compile(r"(?<!!)\[[^\]]+\]\(([^)\s#]+)(#[^)\s]*)?\)")
+
+
+def test_relative_links_resolve() -> None:
+    """Links between pages point at files (README: in the repository; docs: in docs/ or a page
+    the site makes)."""
+    for path in DOC_FILES:
+        for target, _ in LINK.findall(path.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if path.parent == ROOT / "docs" and target in HOOK.PAGES:
+                continue
+            assert (path.parent / target).exists(), f"{path.relative_to(ROOT)}: broken link {target}"
+
+
+def test_json_examples_parse() -> None:
+    blocks = [b for b in all_blocks() if b.lang == "json"]
+    assert blocks
+    for b in blocks:
+        json.loads(b.text)

@@ -15,6 +15,7 @@ import argparse
 import inspect
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,13 @@ def readme_markdown() -> str:
 
 #: Generated pages: site path -> function returning its Markdown.
 PAGES = {"index.md": readme_markdown, "cli.md": cli_markdown, "api.md": api_markdown}
+
+
+def on_config(config: Any) -> Any:
+    """Document this tree's volbin, as mkdocstrings does (``paths: [.]``)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return config
 
 
 def on_files(files: Any, config: Any) -> Any:
