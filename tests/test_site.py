@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -52,7 +53,7 @@ CHROMIUM_FLAGS = (
     "--hide-scrollbars",
 )
 CHECK_ID = "volbin-site-check"
-#: Added before </body> of every HTML page served.
+#: Added at the start of <head> of every HTML page served.
 CHECK_SCRIPT = """
 <script>
 (function () {
@@ -248,7 +249,7 @@ def make_report(folder: Path) -> Path:
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    """Files of one folder; HTML gets `CHECK_SCRIPT`; every request is recorded."""
+    """Files of one folder; HTML pages get `CHECK_SCRIPT`; every request is recorded."""
 
     requests: list[tuple[str, int]]
 
@@ -265,7 +266,9 @@ class _Handler(SimpleHTTPRequestHandler):
         if path.suffix != ".html" or not path.is_file():
             return super().send_head()
         body = path.read_bytes()
-        body = body.replace(b"</body>", CHECK_SCRIPT.encode() + b"</body>", 1)
+        head = re.search(rb"<head[^>]*>", body)  # first, to see the errors of every other script
+        at = head.end() if head else 0
+        body = body[:at] + CHECK_SCRIPT.encode() + body[at:]
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -298,8 +301,10 @@ def chromium() -> str:
     pytest.skip("no Chromium (Debian: apt-get install chromium); the browser check did not run")
 
 
-def run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
-    profile.mkdir(parents=True, exist_ok=True)
+def run_chromium(args: list[str], profiles: Path) -> subprocess.CompletedProcess[str]:
+    """Chromium with `args`, in a fresh profile under `profiles`."""
+    profiles.mkdir(parents=True, exist_ok=True)
+    profile = Path(tempfile.mkdtemp(dir=profiles))
     return subprocess.run(
         [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
         capture_output=True,
@@ -310,8 +315,11 @@ def run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[
 
 def browse(url: str, profile: Path) -> dict:
     """What `CHECK_SCRIPT` saw on the page at `url`."""
-    proc = run_chromium(["--virtual-time-budget=15000", "--dump-dom", url], profile)
-    m = re.search(rf'<pre id="{CHECK_ID}">(.*?)</pre>', proc.stdout, flags=re.S)
+    for _ in range(2):  # a second try for a browser that did not start
+        proc = run_chromium(["--virtual-time-budget=15000", "--dump-dom", url], profile)
+        m = re.search(rf'<pre id="{CHECK_ID}"[^>]*>(.*?)</pre>', proc.stdout, flags=re.S)
+        if m:
+            break
     assert m, f"{url}: the page did not finish loading (exit {proc.returncode})\n{proc.stderr[-2000:]}"
     return json.loads(html.unescape(m.group(1)))
 
@@ -350,6 +358,14 @@ def test_site_and_report_in_a_browser(tmp_path: Path) -> None:
                 assert img["naturalWidth"] > 0, f"{page}: picture not shown: {img['src']}"
             for url in result["resources"]:
                 assert urlsplit(url).netloc == urlsplit(base).netloc, f"{page}: fetched {url} from elsewhere"
+        # The check sees a picture that does not load, and a script that fails.
+        (root / "broken").mkdir()
+        (root / "broken" / "index.html").write_text(
+            '<html><body><img src="missing.png"><script>undefined_function();</script></body></html>'
+        )
+        broken = browse(f"{base}/broken/index.html", profile)
+        assert [i["naturalWidth"] for i in broken["images"]] == [0] and broken["errors"]
+        requests.remove(("/broken/missing.png", 404))
         for page in SCREENSHOTS:
             name = page.replace("/", "-").removesuffix(".html") + ".png"
             screenshot(f"{base}/{page}", ARTIFACTS / name, profile)
