@@ -658,3 +658,91 @@ def test_json_examples_parse() -> None:
     assert blocks
     for b in blocks:
         json.loads(b.text)
+
+
+# --- the example runner itself ------------------------------------------------------------------
+def _block(text: str, lang: str = "bash") -> Block:
+    return Block(ROOT / "README.md", 1, lang, text)
+
+
+def test_commands_are_split_and_commented() -> None:
+    block = _block(
+        "pip install -e . && volbin demo   # install, then the demo\n"
+        "volbin info 'a b.nii.gz' --json > info.json\n"
+        "volbin binarize x.nii.gz y.nii.gz \\\n    --method otsu --seed 3   # exit 2: not used\n"
+        "echo '#' && volbin batch 'sub-*/*.nii.gz' -o out/ --scheduler tcp://h:8786\n"
+    )
+    got = [(c.line, c.argv, c.stdout_to, c.expected, c.skip is not None) for c in commands(block)]
+    assert got == [
+        (2, ("demo",), None, 0, False),
+        (3, ("info", "a b.nii.gz", "--json"), "info.json", 0, False),
+        (4, ("binarize", "x.nii.gz", "y.nii.gz", "--method", "otsu", "--seed", "3"), None, 2, False),
+        (6, ("batch", "sub-*/*.nii.gz", "-o", "out/", "--scheduler", "tcp://h:8786"), None, 0, True),
+    ]
+    with pytest.raises(DocError, match="quote the glob"):
+        commands(_block("volbin batch data/*.nii.gz --out-dir m/\n"))
+
+
+def test_fenced_blocks_inside_lists() -> None:
+    path = ROOT / "docs" / "cluster.md"
+    yaml_blocks = [b for b in fenced_blocks(path) if b.lang == "yaml"]
+    assert yaml_blocks and yaml_blocks[0].text.startswith("distributed:\n")
+
+
+def test_inputs_and_outputs_come_from_the_parser() -> None:
+    inputs, ns = cli_inputs(
+        ("preview", "t1.nii.gz", "--mask", "m.nii.gz", "--out", "p.png", "--slices", "4", "--axis", "z")
+    )
+    assert inputs == [("input", "t1.nii.gz"), ("mask", "m.nii.gz")] and ns["slices"] == 4
+    inputs, _ = cli_inputs(("binarize", "a.npy", "b.npy", "--recipe", "a.json", "--kernel", "stucki"))
+    assert inputs == [("input", "a.npy"), ("recipe", "a.json")]
+    inputs, _ = cli_inputs(("batch", "list.txt", "dir/", "--out-dir", "o/", "--report", "r.json"))
+    assert inputs == [("inputs", "list.txt"), ("inputs", "dir/")]
+    assert python_inputs(
+        'import volbin\nv = volbin.load("in.nii.gz")\nvolbin.save(v, "out.nii.gz")\n'
+        'volbin.preview("out.nii.gz", mask="m.nii.gz", out="p.png")\n'
+        'volbin.batch(["a.npy", "b.zarr"], "o/")\n'
+    ) == [("", "in.nii.gz"), ("mask", "m.nii.gz"), ("", "a.npy"), ("", "b.zarr")]
+
+
+def test_inputs_are_made_as_their_role_says(tmp_path: Path) -> None:
+    import volbin
+
+    make_input("data/sub-*/anat/*_T1w.nii.gz", "inputs", tmp_path, volume_axis=None, labels=False)
+    assert sorted(glob.glob("data/**/*", root_dir=tmp_path, recursive=True)) == [
+        "data/sub-01",
+        "data/sub-01/anat",
+        "data/sub-01/anat/sub-01_T1w.json",
+        "data/sub-01/anat/sub-01_T1w.nii.gz",
+        "data/sub-02",
+        "data/sub-02/anat",
+        "data/sub-02/anat/sub-02_T1w.json",
+        "data/sub-02/anat/sub-02_T1w.nii.gz",
+    ]
+    make_input("stack.npy", "input", tmp_path, volume_axis=0, labels=False)
+    assert np.load(tmp_path / "stack.npy").shape == (N_VOLUMES, *SHAPE)
+    make_input("brains.nii.gz", "input", tmp_path, volume_axis=None, labels=False)
+    assert volbin.load(tmp_path / "brains.nii.gz").shape == (*SHAPE, N_VOLUMES)
+    make_input("brain.zarr", "input", tmp_path, volume_axis=None, labels=False)
+    assert volbin.load(tmp_path / "brain.zarr").shape == SHAPE
+    make_input("m.nii.gz", "mask", tmp_path, volume_axis=None, labels=False)
+    mask = np.asarray(nib.load(tmp_path / "m.nii.gz").dataobj)
+    assert set(np.unique(mask)) == {0, 1} and volbin.read_sidecar(tmp_path / "m.nii.gz")["steps"]
+    make_input("seg.nii.gz", "input", tmp_path, volume_axis=None, labels=False)
+    assert np.array_equal(
+        np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj),
+        volbin.phantom(SHAPE, seed=_seed("seg.nii.gz")).labels,
+    )
+    make_input("inputs.txt", "inputs", tmp_path, volume_axis=None, labels=False)
+    listed = [ln for ln in (tmp_path / "inputs.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert len(listed) == 2 and all((tmp_path / p).is_file() for p in listed)
+    with pytest.raises(DocError, match="before a line above writes it"):
+        make_input("recipe.json", "recipe", tmp_path, volume_axis=None, labels=False)
+
+
+def test_a_block_writing_an_output_twice_fails(tmp_path: Path) -> None:
+    block = _block(
+        "volbin binarize brain.nii.gz mask.nii.gz\nvolbin binarize brain.nii.gz mask.nii.gz --method li\n"
+    )
+    with pytest.raises(AssertionError, match=r"README.md:3: .* exited 1, expected 0"):
+        test_shell_example(block, tmp_path)
