@@ -226,7 +226,11 @@ def path_like(value: str) -> bool:
 def is_output(dest: str, help_text: str | None) -> bool:
     """An argument naming something the command writes (``output``, ``--out-dir``, ``--out``,
     ``--report``)."""
-    return dest.startswith("out") or dest == "report" or (help_text or "").lower().startswith("output")
+    return (
+        dest.startswith("out")
+        or dest == "report"
+        or (help_text or "").lower().startswith(("output", "write"))
+    )
 
 
 def _stem(name: str) -> str:
