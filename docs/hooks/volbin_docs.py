@@ -139,14 +139,11 @@ def api_markdown() -> str:
 
 
 def _directive(path: str, members: bool = False) -> str:
+    """A mkdocstrings directive: one object with its heading, or a module's members without."""
     opts = ["::: " + path, "    options:", "      heading_level: 3"]
     if members:
-        opts += [
-            "      show_root_heading: false",
-            "      show_root_toc_entry: false",
-            "      heading_level: 3",
-        ]
-    return "\n".join(dict.fromkeys(opts)) + "\n"
+        opts += ["      show_root_heading: false", "      show_root_toc_entry: false"]
+    return "\n".join(opts) + "\n"
 
 
 def readme_markdown() -> str:
