@@ -337,17 +337,26 @@ def screenshot(url: str, dest: Path, profile: Path) -> None:
     assert hi - lo > 50, f"{url}: the screenshot is blank"
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_site(tmp_path_factory.mktemp("site") / "built")
+
+
 @pytest.mark.slow
-def test_site_and_report_in_a_browser(tmp_path: Path) -> None:
-    site = build_site(tmp_path / "built")
+def test_built_site_fetches_nothing_remote(site: Path) -> None:
     remote = remote_assets_in(site)
     assert not remote, f"remote assets in the built site: {remote}"
+    assert (site / "search" / "search_index.json").is_file()  # search works offline
+
+
+@pytest.mark.slow
+def test_site_and_report_in_a_browser(site: Path, tmp_path: Path) -> None:
+    chromium()
     root = tmp_path / "served"
     shutil.copytree(site, root)
     make_report(root / "report")
     pages = sorted(str(p.relative_to(root)) for p in root.rglob("*.html"))
     assert "index.html" in pages and "report/index.html" in pages and "api.html" in pages
-    chromium()
     profile = tmp_path / "profile"
     with serve(root) as (base, requests):
         seen = {}
