@@ -146,3 +146,21 @@ def nifti_factory(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+#: A real T1 head (128x128x62 int16, 2 x 2 x 3 mm) and its brain mask, from Debian's
+#: insighttoolkit5-examples.
+ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
+
+
+@pytest.fixture(scope="session")
+def itk_t1() -> tuple[np.ndarray, np.ndarray]:
+    """ITK's ``KmeansTest_T1UCharRaw.nii.gz`` (int16) and its skull-strip mask (bool)."""
+    t1, brain = ITK_DATA / "KmeansTest_T1UCharRaw.nii.gz", ITK_DATA / "KmeansTest_T1RawSkullStrip.nii.gz"
+    if not (t1.is_file() and brain.is_file()):
+        pytest.skip("insighttoolkit5-examples (the ITK T1 head) is not installed")
+    x = np.asanyarray(nib.load(t1).dataobj)
+    m = np.asanyarray(nib.load(brain).dataobj) > 0
+    for a in (x, m):
+        a.flags.writeable = False
+    return x, m

@@ -404,3 +404,206 @@ def test_binarize_preview_writes_a_png_named_in_the_sidecar(brain, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert main(["preview", str(src), "--out", str(tmp_path / "p.png")]) == 1  # exists: refused
     assert main(["preview", str(src), "--axis", "x"]) == 2  # --axis without --slices
+
+
+def test_normalize_zscore_matches_numpy_inside_the_mask(brain, tmp_path):
+    src, ph = brain
+    mask = tmp_path / "brainmask.nii.gz"
+    nib.save(nib.Nifti1Image(ph.brain.astype(np.uint8), ph.affine), mask)
+    out = tmp_path / "z.nii.gz"
+    assert main(["normalize", str(src), str(out), "--method", "zscore", "--mask", str(mask)]) == 0
+    z = nib.load(out).get_fdata(dtype=np.float32)
+    x = nib.load(src).get_fdata(dtype=np.float64)
+    for i in range(x.shape[3]):
+        inside = x[..., i][ph.brain]
+        ref = (x[..., i] - inside.mean()) / inside.std()
+        np.testing.assert_allclose(z[..., i], ref, rtol=1e-5, atol=1e-5)
+    assert z.dtype == np.float32 and "normalize" in json.dumps(json.loads((tmp_path / "z.json").read_text()))
+
+
+def test_normalize_nyul_cohort_then_new_volume(tmp_path):
+    srcs = []
+    for i in range(3):
+        p = phantom((24, 28, 22), seed=i)
+        path = tmp_path / f"sub-0{i}.nii.gz"
+        nib.save(nib.Nifti1Image(p.intensity * (1 + 0.5 * i) + 20 * i, p.affine), path)
+        srcs.append(path)
+    lm = tmp_path / "nyul.json"
+    args = ["normalize", str(srcs[0]), str(srcs[1]), "--out-dir", str(tmp_path / "norm"), "--method", "nyul"]
+    assert main([*args, "--save-landmarks", str(lm)]) == 0
+    assert json.loads(lm.read_text())
+    out = tmp_path / "new.nii.gz"
+    assert main(["normalize", str(srcs[2]), str(out), "--method", "nyul", "--landmarks", str(lm)]) == 0
+    a = nib.load(tmp_path / "norm" / "sub-00_norm.nii.gz").get_fdata()
+    c = nib.load(out).get_fdata()
+    # Gain and offset differ by 2x and 40: after standardisation the medians of the heads agree.
+    assert abs(np.median(a[a > 5]) - np.median(c[c > 5])) < 10
+    assert main(["normalize", str(srcs[0]), str(tmp_path / "x.nii.gz"), "--method", "nyul"]) == 2
+    assert (
+        main(
+            ["normalize", str(srcs[0]), str(tmp_path / "x.nii.gz"), "--method", "zscore", "--contrast", "t1"]
+        )
+        == 2
+    )
+
+
+def test_info_histogram_prints_exposure_statistics(brain, capsys):
+    src, _ = brain
+    assert main(["info", str(src), "--histogram"]) == 0
+    out = capsys.readouterr().out
+    assert "histogram (log counts)" in out and "median" in out
+
+
+# --- masks, comparisons, counts, the threshold table, binary info ---------------------------------
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    d = tmp_path_factory.mktemp("masks")
+    ph = phantom((36, 40, 32), seed=4)
+    t1 = d / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(ph.intensity, ph.affine), t1)
+    brain = ph.labels > 0
+    m = d / "brain.nii.gz"
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), ph.affine), m)
+    other = d / "shifted.nii.gz"
+    aff = ph.affine.copy()
+    aff[2, 3] += 1.0
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), aff), other)
+    return t1, m, other, np.asarray(ph.intensity, dtype=np.float64), brain
+
+
+def test_cli_mask_and_stats_mask(head, tmp_path, capsys):
+    t1, m, _, x, brain = head
+    t = threshold_otsu(x[brain])
+    assert main(["binarize", str(t1), str(tmp_path / "a.nii"), "--mask", str(m), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    a = np.asanyarray(nib.load(tmp_path / "a.nii").dataobj).astype(bool)
+    np.testing.assert_array_equal(a, brain & (x > t))
+    n = int(a.sum())
+    mm3 = n * float(np.prod(nib.load(t1).header.get_zooms()[:3]))
+    assert f"foreground {n} voxels" in out and f"{mm3:.6g} mm^3" in out and "of the mask" in out
+    side = json.loads((tmp_path / "a.json").read_text())["steps"][-1]
+    assert side["foreground"]["voxels"] == n and side["recipe"]["mask"] == str(m)
+    assert main(["binarize", str(t1), str(tmp_path / "b.nii"), "--stats-mask", str(m), "--no-progress"]) == 0
+    b = np.asanyarray(nib.load(tmp_path / "b.nii").dataobj).astype(bool)
+    np.testing.assert_array_equal(b, x > t)
+    # re-running the sidecar's recipe reproduces the output, mask included
+    assert main(["binarize", str(t1), str(tmp_path / "c.nii"), "--recipe", str(tmp_path / "a.json")]) == 0
+    assert (tmp_path / "c.nii").read_bytes() == (tmp_path / "a.nii").read_bytes()
+
+
+def test_cli_upper_inclusive_invert(head, tmp_path):
+    t1, m, _, x, brain = head
+    args = ["--method", "value", "--threshold", "200", "--upper", "600", "--units", "raw", "--inclusive"]
+    assert main(["binarize", str(t1), str(tmp_path / "a.nii"), *args, "--no-progress"]) == 0
+    a = np.asanyarray(nib.load(tmp_path / "a.nii").dataobj).astype(bool)
+    xs = x.astype(np.float32)
+    np.testing.assert_array_equal(a, (xs >= 200) & (xs <= 600))
+    assert (
+        main(["binarize", str(t1), str(tmp_path / "i.nii"), "--invert", "--mask", str(m), "--no-progress"])
+        == 0
+    )
+    i = np.asanyarray(nib.load(tmp_path / "i.nii").dataobj).astype(bool)
+    np.testing.assert_array_equal(i, brain & ~(x > threshold_otsu(x[brain])))
+
+
+@pytest.mark.parametrize(
+    "extra, code, words",
+    [
+        (["--mask", "{other}"], 1, "another grid"),
+        (["--mask", "{missing}"], 1, "no such file"),
+        (["--method", "value", "--threshold", "0.5", "--upper", "0.2"], 2, "--upper must not lie below"),
+        (["--method", "dither", "--mask", "nonzero"], 2, "--mask is not used by --method dither"),
+        (["--mask", "nonzero", "--stats-mask", "nonzero"], 2, "not both"),
+        (["--scope", "cohort"], 2, "volbin batch"),
+    ],
+)
+def test_cli_mask_errors_one_line_nothing_written(head, tmp_path, capsys, extra, code, words):
+    t1, _, other, _, _ = head
+    extra = [e.format(other=other, missing=tmp_path / "none.nii.gz") for e in extra]
+    out = tmp_path / "o.nii"
+    assert main(["binarize", str(t1), str(out), *extra, "--no-progress"]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert words in err[-1] and err[-1].startswith("volbin: error:")
+    assert not out.exists() and not (tmp_path / "o.json").exists()
+
+
+def test_cli_all_zero_input_with_nonzero(tmp_path, capsys):
+    src = tmp_path / "z.nii"
+    nib.save(nib.Nifti1Image(np.zeros((6, 6, 6), np.float32), np.eye(4)), src)
+    assert main(["binarize", str(src), str(tmp_path / "o.nii"), "--mask", "nonzero", "--no-progress"]) == 1
+    assert "every voxel of the input is 0" in capsys.readouterr().err
+
+
+def test_cli_threshold_table_and_json(head, capsys):
+    t1, m, _, x, brain = head
+    assert main(["threshold", str(t1), "--mask", str(m), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "otsu" in text and "shanbhag" in text and "needs a percentile" in text
+    assert (
+        main(["threshold", str(t1), "--mask", str(m), "--json", "--percentile", "90", "--no-progress"]) == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    rows = {r["method"]: r for r in res["methods"]}
+    xs = x.astype(np.float32)
+    assert rows["otsu"]["threshold_raw"] == [threshold_otsu(xs.astype(np.float64)[brain])]
+    assert rows["otsu"]["foreground"] == [int((brain & (xs > rows["otsu"]["threshold_raw"][0])).sum())]
+    p = rows["percentile"]["threshold_raw"][0]
+    assert abs(p - np.percentile(xs[brain], 90)) <= (xs[brain].max() - xs[brain].min()) / 65536
+    assert res["voxels"] == [int(brain.sum())]
+
+
+def test_cli_threshold_many_groups_summary(brain, capsys):
+    src, _ = brain
+    assert main(["threshold", str(src), "--scope", "slice", "--methods", "otsu", "li", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "min/median/max" in text and "120 group(s)" in text
+
+
+def test_cli_info_binary_and_compare_masks(head, tmp_path, capsys):
+    t1, m, _, x, brain = head
+    a = tmp_path / "a.nii"
+    assert main(["binarize", str(t1), str(a), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(a), "--json", "--no-progress"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    fg = x > threshold_otsu(x)
+    voxel = float(np.prod(nib.load(t1).header.get_zooms()[:3]))
+    assert info["binary"]["voxels"] == int(fg.sum()) and info["binary"]["mm3"] == pytest.approx(
+        fg.sum() * voxel
+    )
+    assert "stats" not in info
+    assert main(["info", str(a), "--compare", str(m), "--json", "--no-progress"]) == 0
+    ov = json.loads(capsys.readouterr().out)["compare"]["overlap"]
+    both = int((fg & brain).sum())
+    assert ov["dice"] == pytest.approx(2 * both / (fg.sum() + brain.sum()))
+    assert ov["jaccard"] == pytest.approx(both / (fg | brain).sum())
+    assert ov["difference_mm3"] == pytest.approx((int(fg.sum()) - int(brain.sum())) * voxel)
+    assert main(["info", str(a), "--compare", str(m), "--no-progress"]) == 0
+    assert "Dice" in capsys.readouterr().out
+    # a binary volume against a grey one is still the rendering error
+    assert main(["info", str(a), "--compare", str(t1), "--json", "--no-progress"]) == 0
+    assert "blurred_rms" in json.loads(capsys.readouterr().out)["compare"]
+
+
+def test_classify_multi_otsu_labels_match_skimage_and_split_masks(tmp_path):
+    from skimage.filters import threshold_multiotsu
+
+    p = phantom((32, 36, 30), seed=2)
+    src = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(p.intensity.astype(np.float64), p.affine), src)
+    out = tmp_path / "labels.nii.gz"
+    assert main(["classify", str(src), str(out), "--method", "multi-otsu", "--classes", "3"]) == 0
+    labels = np.asanyarray(nib.load(out).dataobj)
+    x = nib.load(src).get_fdata()
+    t = threshold_multiotsu(x, classes=3)
+    ref = (x > t[0]).astype(np.uint8) + (x > t[1])
+    assert np.mean(labels == ref) > 0.999  # within one bin of scikit-image
+    side = json.loads((tmp_path / "labels.json").read_text())
+    assert any(s.get("step") == "classify" for s in side["steps"])
+    assert main(["classify", str(src), str(out), "--method", "kmeans", "--split", "--seed", "1"]) == 0
+    masks = [np.asanyarray(nib.load(tmp_path / f"labels_class-{k}.nii.gz").dataobj) for k in (1, 2, 3)]
+    np.testing.assert_array_equal(sum(masks), np.ones_like(masks[0]))  # a partition of the volume
+    assert main(["classify", str(src), str(out), "--method", "multi-otsu"]) == 2  # exists
+    assert (
+        main(["classify", str(src), str(tmp_path / "l2.nii"), "--method", "multi-otsu", "--warm-start"]) == 2
+    )

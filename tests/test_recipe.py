@@ -23,7 +23,20 @@ BAD = [
     ({"method": "otsuu"}, "method", "'otsuu'"),
     ({"scope": "voxel"}, "scope", "'voxel'"),
     ({"rescale": "zscore"}, "rescale", "'zscore'"),
-    ({"curve": "sigmoid"}, "curve", "'sigmoid'"),
+    ({"curve": "s-curve"}, "curve", "'s-curve'"),
+    ({"curve": "gamma", "gain": 3.0}, "gain", "curve='gamma'"),
+    ({"curve": "sigmoid", "gamma": 2.0}, "gamma", "curve='sigmoid'"),
+    ({"curve": "sigmoid", "clip_limit": 0.1}, "clip_limit", "curve='sigmoid'"),
+    ({"curve": "linear", "kernel_mm": 5.0}, "kernel_mm", "curve='linear'"),
+    ({"curve": "sigmoid", "gain": 0.0}, "gain", "0.0"),
+    ({"curve": "sigmoid", "cutoff": "x"}, "cutoff", "'x'"),
+    ({"curve": "clahe", "clip_limit": 1.5}, "clip_limit", "1.5"),
+    ({"curve": "clahe", "kernel_size": (4, 4)}, "kernel_size", "(4, 4)"),
+    ({"curve": "clahe", "kernel_size": 0}, "kernel_size", "0"),
+    ({"curve": "clahe", "kernel_mm": -1.0}, "kernel_mm", "-1.0"),
+    ({"curve": "clahe", "kernel_mm": 5.0, "kernel_size": 3}, "kernel_mm", "5.0"),
+    ({"curve": "clahe", "method": "value", "threshold": 0.5, "units": "raw"}, "units", "'raw'"),
+    ({"curve": "clahe", "scope": "slice"}, "scope", "'slice'"),
     ({"units": "hu"}, "units", "'hu'"),
     ({"axis": "w"}, "axis", "'w'"),
     ({"axis": 3}, "axis", "3"),
@@ -119,21 +132,28 @@ def recipes(draw) -> Recipe:
         )
     )
     up = draw(st.one_of(st.none(), st.tuples(*[st.floats(1, 8)] * 3)))
+    curve = draw(st.sampled_from(CURVES))
     return Recipe(
         **used(
             dict(
                 method=method,
-                scope=draw(st.sampled_from(["stack", "volume", "slice"])),
+                scope=draw(
+                    st.sampled_from(["stack", "volume"] if curve == "clahe" else ["stack", "volume", "slice"])
+                ),
                 axis=draw(st.sampled_from(["x", "y", "z", 0, 1, 2])),
                 rescale=rescale,
                 percentiles=(p_lo, draw(st.floats(p_lo + 0.5, 100))),
                 value_range=value_range,
-                curve=draw(st.sampled_from(CURVES)),
+                curve=curve,
                 gamma=draw(st.floats(1e-3, 1e3)),
                 log_gain=draw(st.floats(1e-3, 1e6)),
+                gain=draw(st.floats(1e-3, 1e3)),
+                cutoff=draw(finite),
+                clip_limit=draw(st.floats(1e-3, 1)),
+                kernel_size=draw(st.one_of(st.none(), st.integers(1, 64))),
                 threshold=draw(finite) if method == "value" else None,
                 percentile=draw(st.floats(0, 100)) if method == "percentile" else None,
-                units=draw(st.sampled_from(["rescaled", "raw"])),
+                units=draw(st.sampled_from(["rescaled"] if curve == "clahe" else ["rescaled", "raw"])),
                 nbins=draw(st.integers(2, 2**16)),
                 seed=draw(st.integers(0, 2**64 - 1)),
                 kernel=kernel,

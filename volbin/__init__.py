@@ -36,6 +36,22 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 #: Public name -> the module that defines it.
 _LAZY = {
+    "survey": "volbin.survey",
+    "compare_masks": "volbin.overlap",
+    "binary_summary": "volbin.overlap",
+    "classify": "volbin.classify",
+    "Classification": "volbin.classify",
+    "clean": "volbin.clean",
+    "CleanResult": "volbin.clean",
+    "normalize": "volbin.normalize",
+    "fit_normalize": "volbin.normalize",
+    "fit_nyul": "volbin.normalize",
+    "NyulLandmarks": "volbin.normalize",
+    "Normalization": "volbin.normalize",
+    "exposure_stats": "volbin.exposure",
+    "threshold_local": "volbin.local",
+    "binarize_local": "volbin.local",
+    "apply_hysteresis_threshold": "volbin.local",
     "Grouping": "volbin.volume",
     "Phantom": "volbin.phantom",
     "Recipe": "volbin.recipe",
@@ -63,9 +79,15 @@ _LAZY = {
 if TYPE_CHECKING:
     from .batch import batch
     from .binarize import binarize
+    from .classify import Classification, classify
+    from .clean import CleanResult, clean
     from .dither import dither
     from .dither.quality import dither_error
+    from .exposure import exposure_stats
     from .io import convert, load, read_sidecar, save
+    from .local import apply_hysteresis_threshold, binarize_local, threshold_local
+    from .normalize import Normalization, NyulLandmarks, fit_normalize, fit_nyul, normalize
+    from .overlap import binary_summary, compare_masks
     from .phantom import Phantom, phantom
     from .preview import preview
     from .printer import export_slices
@@ -74,6 +96,7 @@ if TYPE_CHECKING:
     from .report_html import write_index_html
     from .resample import resample_to_grid, upsample
     from .rescale import rescale
+    from .survey import survey
     from .threshold import threshold
     from .volume import Grouping, Volume
 
@@ -107,8 +130,12 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 __all__ = [
+    "Classification",
+    "CleanResult",
     "Grouping",
     "InputFileError",
+    "Normalization",
+    "NyulLandmarks",
     "OutputFileError",
     "Phantom",
     "Recipe",
@@ -118,22 +145,34 @@ __all__ = [
     "VolbinWarning",
     "Volume",
     "__version__",
+    "apply_hysteresis_threshold",
     "batch",
     "binarize",
+    "binarize_local",
+    "binary_summary",
+    "classify",
+    "clean",
+    "compare_masks",
     "convert",
     "describe",
     "dice",
     "dither",
     "dither_error",
     "export_slices",
+    "exposure_stats",
+    "fit_normalize",
+    "fit_nyul",
     "load",
+    "normalize",
     "phantom",
     "preview",
     "read_sidecar",
     "resample_to_grid",
     "rescale",
     "save",
+    "survey",
     "threshold",
+    "threshold_local",
     "upsample",
     "write_index_html",
 ]

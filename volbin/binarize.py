@@ -8,43 +8,189 @@ NaN and ±Inf voxels are always 0.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import threading
 from typing import Any, overload
 
 import dask.array as da
 import numpy as np
 
 from . import _kernels as K
-from .recipe import DITHER_METHODS, HISTOGRAM_METHODS, Method, Recipe, merge
+from .errors import VolbinDataError
+from .masks import mask_fields, recipe_mask
+from .recipe import DITHER_METHODS, THRESHOLD_METHODS, Method, Recipe, merge
 from .rescale import Transform, fit_transform
-from .threshold import decide
+from .threshold import Decision, decide, grouping_for, with_bounds
 from .volume import Grouping, Volume, as_volume, like_input
 
-__all__ = ["apply_thresholds", "binarize", "foreground", "stochastic_graph"]
+__all__ = ["ForegroundTally", "apply_thresholds", "binarize", "foreground", "stochastic_graph"]
 
 
-def foreground(block: np.ndarray, threshold: Any) -> np.ndarray:
-    """The one definition of foreground: ``block > threshold`` (NaN is never foreground)."""
-    return np.greater(block, threshold)
+def foreground(
+    block: np.ndarray, threshold: Any, *, upper: Any = None, inclusive: bool = False
+) -> np.ndarray:
+    """The one definition of foreground: ``block > threshold`` (``>=`` when `inclusive`), and
+    ``block <= upper`` when an upper bound is given.  NaN is never foreground.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([1.0, 2.0, 3.0, np.nan])
+    >>> foreground(x, 2.0).tolist(), foreground(x, 2.0, inclusive=True).tolist()
+    ([False, False, True, False], [False, True, True, False])
+    >>> foreground(x, 1.0, upper=2.0).tolist()
+    [False, True, False, False]
+    """
+    fg = np.greater_equal(block, threshold) if inclusive else np.greater(block, threshold)
+    if upper is not None:
+        fg &= np.less_equal(block, upper)
+    return fg
+
+
+class ForegroundTally:
+    """Foreground voxels counted block by block while a mask is computed (by its writer).
+
+    Each block's count is stored under the block's location, so a block computed twice is
+    counted once.  `to_dict` (what a sidecar stores) gives the voxel count, its fraction of
+    the voxels considered (those inside the mask, or all) and its volume in mm^3, in total and
+    per volume of 4D data; blocks not computed yet are counted then, in one more pass.
+    """
+
+    def __init__(self, volume_axis: int | None, voxel_mm3: float, masked: bool) -> None:
+        self._data: da.Array | None = None
+        self._masked = masked
+        self._vaxis = volume_axis
+        self._voxel_mm3 = float(voxel_mm3)
+        self._parts: dict[tuple[int, ...], tuple[int, np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, data: da.Array) -> da.Array:
+        """Count the blocks of `data`, the boolean output whose block function calls `add`."""
+        self._data = data
+        return data
+
+    def add(self, location: Any, fg: np.ndarray, inside: np.ndarray | None) -> None:
+        """Count block `fg` (and the mask's `inside` voxels) at array `location`."""
+        axes = tuple(a for a in range(fg.ndim) if a != self._vaxis)
+        n_fg = np.count_nonzero(fg, axis=axes).reshape(-1)
+        if inside is None:
+            n_in = np.full(n_fg.shape, fg.size // max(n_fg.size, 1), dtype=np.int64)
+        else:
+            n_in = np.count_nonzero(np.broadcast_to(inside, fg.shape), axis=axes).reshape(-1)
+        start = 0 if self._vaxis is None else int(location[self._vaxis][0])
+        key = tuple(int(lo) for lo, _ in location)
+        with self._lock:
+            self._parts[key] = (start, n_fg.astype(np.int64), n_in.astype(np.int64))
+
+    @property
+    def complete(self) -> bool:
+        assert self._data is not None
+        return len(self._parts) >= math.prod(len(c) for c in self._data.chunks)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(foreground voxels, voxels considered) per volume (one entry for 3D data)."""
+        assert self._data is not None
+        if not self.complete:
+            # Not written yet: one streamed pass computes (and so counts) every block.
+            self._data.sum().compute()
+        n_volumes = 1 if self._vaxis is None else int(self._data.shape[self._vaxis])
+        fg = np.zeros(n_volumes, dtype=np.int64)
+        n = np.zeros(n_volumes, dtype=np.int64)
+        with self._lock:
+            for start, f, i in self._parts.values():
+                fg[start : start + f.size] += f
+                n[start : start + i.size] += i
+        return fg, n
+
+    def to_dict(self) -> dict[str, Any]:
+        fg, n = self.counts()
+
+        def entry(f: int, total: int) -> dict[str, Any]:
+            return {
+                "voxels": int(f),
+                "fraction": float(f / total) if total else 0.0,
+                "mm3": float(f * self._voxel_mm3),
+                "of_voxels": int(total),
+            }
+
+        rec = entry(int(fg.sum()), int(n.sum()))
+        rec["within"] = "mask" if self._masked else "volume"
+        if self._vaxis is not None:
+            rec["per_volume"] = [entry(int(f), int(t)) for f, t in zip(fg, n, strict=True)]
+        return rec
+
+    def summary(self) -> str:
+        """``foreground 12345 voxels (23.4% of the mask), 12345 mm^3``."""
+        d = self.to_dict()
+        text = (
+            f"foreground {d['voxels']} voxels ({100 * d['fraction']:.3g}% of the {d['within']}), "
+            f"{d['mm3']:.6g} mm^3"
+        )
+        if "per_volume" in d and len(d["per_volume"]) > 1:
+            fr = [100 * v["fraction"] for v in d["per_volume"]]
+            text += f"; per volume {min(fr):.3g}%..{max(fr):.3g}%"
+        return text
 
 
 def apply_thresholds(
-    data: da.Array, grouping: Grouping, raw: np.ndarray, exclude_nonfinite: bool = True
+    data: da.Array,
+    grouping: Grouping,
+    raw: np.ndarray,
+    exclude_nonfinite: bool = True,
+    *,
+    upper: np.ndarray | None = None,
+    inclusive: bool = False,
+    invert: bool = False,
+    mask: da.Array | None = None,
+    tally: ForegroundTally | None = None,
 ) -> da.Array:
-    """Lazy boolean mask ``data > raw`` with per-group raw thresholds broadcast per block."""
+    """Lazy boolean mask of `foreground` with per-group raw thresholds (and upper bounds)
+    broadcast per block; `invert` takes the complement of the foreground, and `mask` (boolean,
+    the data's shape and chunks) sets everything outside it to 0.  `tally` counts the
+    foreground of each block as it is computed."""
     raw = np.asarray(raw, dtype=np.float64)
+    up = None if upper is None else np.asarray(upper, dtype=np.float64)
 
-    def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
-        t = grouping.block_values(raw, block_info[0]["array-location"])  # type: ignore[index]
+    def scalar(t: np.ndarray, block: np.ndarray) -> Any:
         if t.size == 1:
             t = t.reshape(())
             if np.issubdtype(block.dtype, np.floating) and np.can_cast(np.min_scalar_type(t), block.dtype):
                 t = block.dtype.type(t) if float(block.dtype.type(t)) == float(t) else t
-        mask = foreground(block, t)
-        if exclude_nonfinite and np.issubdtype(block.dtype, np.floating):
-            mask &= np.isfinite(block)
-        return mask
+        return t
 
-    return da.map_blocks(run, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
+    def run(block: np.ndarray, *inside: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        loc = block_info[0]["array-location"]  # type: ignore[index]
+        t = scalar(grouping.block_values(raw, loc), block)
+        u = None if up is None else scalar(grouping.block_values(up, loc), block)
+        out = foreground(block, t, upper=u, inclusive=inclusive)
+        if invert:
+            np.logical_not(out, out=out)
+        if exclude_nonfinite and np.issubdtype(block.dtype, np.floating):
+            out &= np.isfinite(block)
+        if inside:
+            out &= inside[0]
+        if tally is not None:
+            tally.add(loc, out, inside[0] if inside else None)
+        return out
+
+    args = (data,) if mask is None else (data, mask)
+    return da.map_blocks(run, *args, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
+
+
+def _masked(data: da.Array, mask: da.Array | None, tally: ForegroundTally | None) -> da.Array:
+    """`data` (boolean) set to 0 outside `mask`, counted by `tally`."""
+    if mask is None and tally is None:
+        return data
+
+    def run(block: np.ndarray, *inside: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        out = block & inside[0] if inside else block
+        if tally is not None:
+            tally.add(block_info[0]["array-location"], out, inside[0] if inside else None)  # type: ignore[index]
+        return out
+
+    args = (data,) if mask is None else (data, mask)
+    return da.map_blocks(run, *args, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
 
 
 def stochastic_graph(data: da.Array, tr: Transform, seed: int, volume_axis: int | None = None) -> da.Array:
@@ -87,6 +233,8 @@ def binarize(
     *,
     recipe: Recipe | None = ...,
     volume_axis: int | None = ...,
+    mask: Any = ...,
+    stats_mask: Any = ...,
     **options: Any,
 ) -> np.ndarray: ...
 @overload
@@ -96,6 +244,8 @@ def binarize(
     *,
     recipe: Recipe | None = ...,
     volume_axis: int | None = ...,
+    mask: Any = ...,
+    stats_mask: Any = ...,
     **options: Any,
 ) -> da.Array: ...
 @overload
@@ -105,6 +255,8 @@ def binarize(
     *,
     recipe: Recipe | None = ...,
     volume_axis: int | None = ...,
+    mask: Any = ...,
+    stats_mask: Any = ...,
     **options: Any,
 ) -> Volume: ...
 
@@ -115,6 +267,8 @@ def binarize(
     *,
     recipe: Recipe | None = None,
     volume_axis: int | None = None,
+    mask: Any = None,
+    stats_mask: Any = None,
     **options: Any,
 ) -> Any:
     """Binarize a 3D/4D volume by a threshold method, stochastically, or by dithering.
@@ -133,9 +287,20 @@ def binarize(
         options it does not use are refused).
     volume_axis : int, optional
         Volume axis of 4D numpy/dask input (default 3, NIfTI order).
+    mask : str, path, ndarray, dask array or Volume, optional
+        Compute the statistics (rescale range or percentiles, thresholds) inside this mask
+        and write 0 outside it.  A NIfTI/.npy/zarr file or an array on the input's grid
+        (same shape; a file's affine within 1e-3 mm), non-zero inside; a 3D mask serves
+        every volume of 4D input.  ``"nonzero"``: the input's own non-zero voxels
+        (fslmaths ``-thrP`` style).  Threshold methods and ``stochastic`` only.
+    stats_mask : same as `mask`, optional
+        Compute the statistics inside this mask and apply the thresholds everywhere.
     **options
         `Recipe` fields: ``scope``, ``axis``, ``rescale``, ``percentiles``,
-        ``value_range``, ``curve``, ``gamma``, ``threshold``, ``units``, ``nbins``,
+        ``value_range``, ``curve``, ``gamma``, ``threshold``, ``units``, ``upper``
+        (foreground ``threshold < x <= upper``), ``inclusive`` (``x >= threshold``),
+        ``invert`` (the complement, inside the mask), ``threshold_from`` (a sidecar whose
+        raw thresholds to apply; its method unless `method` is given), ``nbins``,
         ``seed``, and the dithering options.
 
     Returns
@@ -146,7 +311,9 @@ def binarize(
     Raises
     ------
     VolbinDataError
-        No finite voxel in a volume (or the stack), or a threshold method that fails.
+        No finite voxel in a volume (or the stack, inside the mask), a threshold method
+        that fails, an empty mask, an all-zero input with ``mask="nonzero"``, a mask on
+        another grid, or thresholds of `threshold_from` for another scope or group count.
     ValueError
         A bad option value (the message names it).
 
@@ -158,33 +325,127 @@ def binarize(
     >>> mask = volbin.binarize(x, "otsu")
     >>> bool((mask == (x > threshold_otsu(x))).all())
     True
+
+    Statistics inside a mask, zero outside it:
+
+    >>> inside = x > 1.0
+    >>> masked = volbin.binarize(x, "otsu", mask=inside)
+    >>> bool((masked == (inside & (x > threshold_otsu(x[inside])))).all())
+    True
     """
+    fields, array = mask_fields(mask, stats_mask)
+    options = {**options, **fields}
+    if method is None and recipe is None and options.get("threshold_from") is not None:
+        method = sidecar_method(options["threshold_from"])
     recipe = merge(recipe, options, method)
     vol, kind = as_volume(volume, volume_axis=volume_axis)
-    result = binarize_volume(vol, recipe)
+    result = binarize_volume(vol, recipe, mask=array)
     return like_input(result, kind)
 
 
-def binarize_volume(vol: Volume, recipe: Recipe) -> Volume:
-    """`binarize` on a Volume, returning a Volume (lazy data, decisions in `steps`)."""
+def sidecar_method(path: Any) -> str:
+    """The threshold method recorded in the sidecar `path` (what `threshold_from` applies)."""
+    from .io import read_sidecar
+
+    record = read_sidecar(path)
+    for step in reversed(record.get("steps") or []):
+        if isinstance(step, dict) and isinstance(step.get("decision"), dict):
+            method = step["decision"].get("method")
+            if method in THRESHOLD_METHODS:
+                return str(method)
+    raise VolbinDataError(f"threshold_from {path}: the sidecar records no thresholds (no threshold method).")
+
+
+def binarize_volume(
+    vol: Volume, recipe: Recipe, *, mask: Any = None, cohort: dict[str, Any] | None = None
+) -> Volume:
+    """`binarize` on a Volume, returning a Volume (lazy data, decisions in `steps`).
+
+    `mask` is the in-memory mask a recipe records as ``"<array>"``; `cohort` the pooled
+    decision of a cohort (``threshold_raw``, ``threshold_rescaled`` and what to record),
+    from `volbin.batch`.
+    """
+    tally = ForegroundTally(vol.volume_axis, math.prod(vol.zooms), recipe.mask is not None)
     if recipe.method in DITHER_METHODS:
         from .dither import dither_volume
 
-        return dither_volume(vol, recipe)
-    grouping = vol.grouping(recipe.scope, recipe.axis)
-    tr = fit_transform(vol, grouping, recipe)
+        out = dither_volume(vol, recipe)
+        step = dict(out.steps[-1], foreground=tally)
+        data = tally.attach(_masked(out.data, None, tally))
+        return dataclasses.replace(out, data=data, steps=(*out.steps[:-1], step))
+    if recipe.scope == "cohort" and recipe.threshold_from is None and cohort is None:
+        # Refused before any pass over the data.
+        decide(vol, vol.grouping("stack"), None, recipe)  # type: ignore[arg-type]
+    grouping = grouping_for(vol, recipe)
+    m = recipe_mask(recipe, vol, mask)
+    tr = fit_transform(vol, grouping, recipe, m)
     step: dict[str, Any] = {
         "step": "binarize",
         "recipe": recipe.to_dict(),
         "rescale": tr.record(),
         "nonfinite_voxels": int(tr.n_nonfinite.sum()),
     }
+    if m is not None:
+        step["mask"] = _mask_record(m, recipe)
+    zero_outside = m.data if m is not None and recipe.mask is not None else None
     if recipe.method == "stochastic":
         data = stochastic_graph(vol.data, tr, recipe.seed, vol.volume_axis)
+        data = _masked(data, zero_outside, tally)
         step["decision"] = {"method": "stochastic", "seed": recipe.seed}
     else:
-        assert recipe.method in (*HISTOGRAM_METHODS, "value")
-        dec = decide(vol, grouping, tr, recipe)
-        data = apply_thresholds(vol.data, grouping, dec.raw, bool(tr.n_nonfinite.any()))
+        assert recipe.method in THRESHOLD_METHODS
+        if cohort is not None and recipe.threshold_from is None:
+            dec = _cohort_decision(grouping, tr, recipe, cohort)
+        else:
+            dec = decide(vol, grouping, tr, recipe, m)
+        data = apply_thresholds(
+            vol.data,
+            grouping,
+            dec.raw,
+            bool(tr.n_nonfinite.any()),
+            upper=dec.upper_raw,
+            inclusive=dec.inclusive,
+            invert=dec.invert,
+            mask=zero_outside,
+            tally=tally,
+        )
         step["decision"] = dec.record()
-    return vol.derive(data, step)
+    step["foreground"] = tally
+    return vol.derive(tally.attach(data), step)
+
+
+def _mask_record(m: Any, recipe: Recipe) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "role": "mask" if recipe.mask is not None else "stats_mask",
+        "source": m.source,
+        "outside": "0" if recipe.mask is not None else "thresholded",
+    }
+    if m.source not in ("nonzero", "array"):
+        from .io import input_identity
+
+        try:
+            rec["size"], rec["mtime_ns"] = input_identity(m.source)
+        except OSError:
+            pass
+    return rec
+
+
+def _cohort_decision(grouping: Grouping, tr: Transform, recipe: Recipe, cohort: dict[str, Any]) -> Decision:
+    """The pooled threshold of a cohort, for one of its inputs."""
+    shape = grouping.group_shape
+    raw = np.full(shape, np.inf if cohort["threshold_raw"] is None else float(cohort["threshold_raw"]))
+    t = cohort.get("threshold_rescaled")
+    rescaled = np.full(shape, np.nan if t is None else float(t))
+    source = {"cohort": cohort.get("record", {})}
+    dec = Decision(grouping, recipe.method, raw, rescaled, cohort.get("nbins"), source=source)
+    if cohort.get("upper_raw") is not None:
+        dec = dataclasses.replace(
+            dec,
+            upper_raw=np.full(shape, float(cohort["upper_raw"])),
+            upper_rescaled=np.full(shape, float(cohort.get("upper_rescaled", np.nan))),
+        )
+    return (
+        with_bounds(dec, tr, recipe.replace(upper=None))
+        if recipe.upper is not None
+        else with_bounds(dec, tr, recipe)
+    )

@@ -20,6 +20,7 @@ from .volume import Grouping, Volume
 
 __all__ = [
     "GroupStats",
+    "bin_means",
     "fine_nbins",
     "group_histograms",
     "group_histograms_with_offsets",
@@ -47,35 +48,85 @@ def _partial_shape(block_shape: tuple[int, ...], grouping: Grouping) -> tuple[in
     return tuple(block_shape[a] if a in grouping.group_axes else 1 for a in range(len(block_shape)))
 
 
+@dataclass(frozen=True)
+class _Block:
+    """What a per-block kernel driver knows besides the data: the block's array location and,
+    under a mask, how many voxels of each local group the mask leaves out (flat, C order)."""
+
+    location: Sequence[tuple[int, int]]
+    excluded: np.ndarray | None
+
+
+def _exclude(block: np.ndarray, inside: np.ndarray, grouping: Grouping) -> np.ndarray:
+    """`block` with the voxels outside the mask made NaN, which every kernel skips.
+
+    Integers up to 16 bits are exact in float32, wider ones in float64 (the kernels bin
+    float64 values, so the bins do not change).  A block the mask leaves out entirely is cut
+    to length 0 along a non-group axis: the kernels then return their empty partials.
+    """
+    if inside.all():
+        return block
+    if not inside.any():
+        axis = next(a for a in range(block.ndim) if a not in grouping.group_axes)
+        return block[tuple(slice(0, 0) if a == axis else slice(None) for a in range(block.ndim))]
+    if block.dtype.kind == "f":
+        dtype = block.dtype if block.dtype.itemsize >= 4 else np.dtype(np.float32)
+    else:
+        dtype = np.dtype(np.float32 if block.dtype.itemsize <= 2 else np.float64)
+    return np.where(inside, block.astype(dtype, copy=False), dtype.type(np.nan))
+
+
+def _local_excluded(inside: np.ndarray, grouping: Grouping) -> np.ndarray:
+    """Voxels outside the mask per local group of a block (flat, C order over group axes)."""
+    axes = tuple(a for a in range(inside.ndim) if a not in grouping.group_axes)
+    return (~inside).sum(axis=axes, dtype=np.int64).ravel()
+
+
 def _map_partials(
     data: da.Array,
     grouping: Grouping,
-    kernel: Callable[[np.ndarray, np.ndarray, tuple[int, ...], Any], np.ndarray],
+    kernel: Callable[[np.ndarray, np.ndarray, tuple[int, ...], _Block], np.ndarray],
     trailing: tuple[int, ...],
     dtype: Any,
     pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+    mask: da.Array | None = None,
 ) -> da.Array:
-    """Map `kernel(block4d, gstrides4d, local_group_shape, block_info)` over blocks.
+    """Map `kernel(block4d, gstrides4d, local_group_shape, _Block)` over blocks.
 
     The kernel returns an array ``local_group_shape + trailing``; the result is a dask array
     with one entry per block along non-group axes, to be reduced by the caller.  `pre`, if
-    given, maps each block (and its array location) before the kernel sees it.
+    given, maps each block (and its array location) before the kernel sees it.  `mask` (a
+    boolean dask array of the data's shape and chunks) keeps only the voxels where it is
+    True: the others are made NaN before the kernel sees them (see `_exclude`).
     """
 
-    def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    def run(block: np.ndarray, *inside: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        loc = block_info[0]["array-location"]  # type: ignore[index]
+        shape = block.shape
         if pre is not None:
-            block = pre(block, block_info[0]["array-location"])  # type: ignore[index]
+            block = pre(block, loc)
+        excluded = None
+        if inside:
+            excluded = _local_excluded(inside[0], grouping)
+            block = _exclude(block, inside[0], grouping)
         gstrides, local_shape = _local_gstrides(block.shape, grouping)
         x4, g4 = K.as_c4d(block, gstrides)
-        res = kernel(x4, g4, local_shape, block_info)
-        return res.reshape(_partial_shape(block.shape, grouping) + trailing)
+        res = kernel(x4, g4, local_shape, _Block(loc, excluded))
+        return res.reshape(_partial_shape(shape, grouping) + trailing)
 
     chunks = tuple(
         data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a]) for a in range(data.ndim)
     ) + tuple((t,) for t in trailing)
     new_axis = list(range(data.ndim, data.ndim + len(trailing)))
     meta = np.empty((0,) * (data.ndim + len(trailing)), dtype)
-    return da.map_blocks(run, data, chunks=chunks, dtype=dtype, new_axis=new_axis or None, meta=meta)
+    args = (data,) if mask is None else (data, _aligned(mask, data))
+    return da.map_blocks(run, *args, chunks=chunks, dtype=dtype, new_axis=new_axis or None, meta=meta)
+
+
+def _aligned(mask: da.Array, data: da.Array) -> da.Array:
+    if mask.shape != data.shape:
+        raise ValueError(f"`mask` must have the data's shape {data.shape}; got {mask.shape}.")
+    return mask if mask.chunks == data.chunks else mask.rechunk(data.chunks)
 
 
 def _nongroup_axes(grouping: Grouping) -> tuple[int, ...]:
@@ -88,28 +139,36 @@ def _move_groups(arr: np.ndarray, grouping: Grouping) -> np.ndarray:
     return arr.reshape(grouping.group_shape + trailing)
 
 
-def _range_parts(data: da.Array, grouping: Grouping) -> da.Array:
-    """Per-block (min, max, n_nonfinite) partials, one entry per block on non-group axes."""
+def _range_parts(data: da.Array, grouping: Grouping, mask: da.Array | None = None) -> da.Array:
+    """Per-block (min, max, n_nonfinite, n_voxels) partials, one entry per block on non-group
+    axes; under a mask, of the voxels inside it."""
 
-    def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], _: Any) -> np.ndarray:
+    def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], b: _Block) -> np.ndarray:
         n = int(np.prod(local_shape))
         mn = np.full(n, np.inf)
         mx = np.full(n, -np.inf)
         nf = np.zeros(n, dtype=np.int64)
         K.group_minmax(x4, g4, mn, mx, nf)
-        return np.stack([mn, mx, nf.astype(np.float64)], axis=-1)
+        size = np.prod([hi - lo for lo, hi in b.location]) // max(n, 1)
+        inside = np.full(n, size, dtype=np.int64)
+        if b.excluded is not None:
+            inside -= b.excluded
+            # Voxels outside the mask reached the kernel as NaN (or not at all, for a block
+            # left out entirely, whose `nf` is 0).
+            nf -= b.excluded if x4.size else 0
+        return np.stack([mn, mx, nf.astype(np.float64), inside.astype(np.float64)], axis=-1)
 
-    return _map_partials(data, grouping, kernel, (3,), np.float64)
+    return _map_partials(data, grouping, kernel, (4,), np.float64, mask=mask)
 
 
-def range_graph(data: da.Array, grouping: Grouping) -> da.Array:
-    """Lazy per-group (min, max, n_nonfinite): shape ``group_shape + (3,)``."""
-    parts = _range_parts(data, grouping)
+def range_graph(data: da.Array, grouping: Grouping, mask: da.Array | None = None) -> da.Array:
+    """Lazy per-group (min, max, n_nonfinite, n_voxels): shape ``group_shape + (4,)``."""
+    parts = _range_parts(data, grouping, mask)
     axes = _nongroup_axes(grouping)
     lo = parts[..., 0].min(axis=axes, keepdims=True)
     hi = parts[..., 1].max(axis=axes, keepdims=True)
-    nf = parts[..., 2].sum(axis=axes, keepdims=True)
-    return da.stack([lo, hi, nf], axis=-1)
+    rest = parts[..., 2:].sum(axis=axes, keepdims=True)
+    return da.concatenate([lo[..., None], hi[..., None], rest], axis=-1)
 
 
 #: Per-block partial results up to this size are gathered and reduced in numpy: a dask
@@ -121,27 +180,33 @@ def _gather(parts: da.Array) -> bool:
     return parts.nbytes <= _GATHER_BYTES
 
 
-def group_range(volume: Volume, grouping: Grouping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def group_range(
+    volume: Volume | da.Array, grouping: Grouping, mask: da.Array | None = None, *, counts: bool = False
+) -> Any:
     """Per-group finite minimum, maximum and number of non-finite voxels (one pass).
 
-    Groups without a finite voxel get min = +inf and max = -inf.
+    Groups without a finite voxel get min = +inf and max = -inf.  With `mask` (boolean, the
+    data's shape), only the voxels where it is True count.  With `counts`, a fourth array
+    gives the number of voxels of each group (inside the mask), from the same pass.
     """
-    parts = _range_parts(volume.data, grouping)
+    data = volume.data if isinstance(volume, Volume) else volume
+    parts = _range_parts(data, grouping, mask)
     if _gather(parts):
         p = parts.compute()
         axes = _nongroup_axes(grouping)
-        res = np.stack(
+        res = np.concatenate(
             [
-                p[..., 0].min(axis=axes, keepdims=True),
-                p[..., 1].max(axis=axes, keepdims=True),
-                p[..., 2].sum(axis=axes, keepdims=True),
+                p[..., 0:1].min(axis=axes, keepdims=True),
+                p[..., 1:2].max(axis=axes, keepdims=True),
+                p[..., 2:].sum(axis=axes, keepdims=True),
             ],
             axis=-1,
         )
     else:
-        res = range_graph(volume.data, grouping).compute()
+        res = range_graph(data, grouping, mask).compute()
     res = _move_groups(res, grouping)
-    return res[..., 0], res[..., 1], res[..., 2].astype(np.int64)
+    out = (res[..., 0], res[..., 1], res[..., 2].astype(np.int64))
+    return (*out, res[..., 3].astype(np.int64)) if counts else out
 
 
 @dataclass(frozen=True)
@@ -227,10 +292,12 @@ def histogram_graph(
     pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
     offsets: bool = False,
     gather: bool = False,
+    mask: da.Array | None = None,
 ) -> da.Array:
     """Lazy per-group counts (``group_shape + (nbins,)``) of `nbins` bins over [lo, hi].
 
-    `pre(block, location)` maps blocks first (a tone curve, for histograms of rescaled data).
+    `pre(block, location)` maps blocks first (a tone curve, for histograms of rescaled data);
+    `mask` keeps only the voxels where it is True.
     With `offsets`, the result is ``group_shape + (2, nbins)``: counts, then the fixed-point
     sums of the positions of the values within their bins (see
     `_kernels.group_histogram_offsets`).
@@ -239,8 +306,8 @@ def histogram_graph(
     hi_full = np.asarray(hi, dtype=np.float64).reshape(grouping.group_shape)
     trailing = (2, nbins) if offsets else (nbins,)
 
-    def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], info: Any) -> np.ndarray:
-        loc = info[0]["array-location"]
+    def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], b: _Block) -> np.ndarray:
+        loc = b.location
         index = tuple(slice(*loc[a]) for a in grouping.group_axes)
         blo = np.ascontiguousarray(lo_full[index]).ravel()
         bhi = np.ascontiguousarray(hi_full[index]).ravel()
@@ -253,7 +320,7 @@ def histogram_graph(
             K.group_histogram(x4, g4, blo, bhi, nbins, out)
         return out
 
-    parts = _map_partials(data, grouping, kernel, trailing, np.int64, pre)
+    parts = _map_partials(data, grouping, kernel, trailing, np.int64, pre, mask)
     if gather:
         return parts
     return parts.sum(axis=_nongroup_axes(grouping), keepdims=True)
@@ -266,6 +333,7 @@ def group_histograms(
     hi: np.ndarray,
     nbins: int = 256,
     pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+    mask: da.Array | None = None,
 ) -> np.ndarray:
     """Exact per-group histograms of the finite voxels (one pass).
 
@@ -279,6 +347,8 @@ def group_histograms(
     nbins : int
     pre : callable, optional
         ``pre(block, location) -> block`` applied to each block before binning.
+    mask : dask array of bool, optional
+        Only the voxels where `mask` is True are counted (the data's shape).
 
     Returns
     -------
@@ -289,11 +359,11 @@ def group_histograms(
     if not isinstance(nbins, (int, np.integer)) or nbins < 2:
         raise ValueError(f"`nbins` must be an int >= 2; got {nbins!r}.")
     data = volume.data if isinstance(volume, Volume) else volume
-    parts = histogram_graph(data, grouping, lo, hi, int(nbins), pre, gather=True)
+    parts = histogram_graph(data, grouping, lo, hi, int(nbins), pre, gather=True, mask=mask)
     if _gather(parts):
         res = parts.compute().sum(axis=_nongroup_axes(grouping), keepdims=True)
     else:
-        res = histogram_graph(data, grouping, lo, hi, int(nbins), pre).compute()
+        res = histogram_graph(data, grouping, lo, hi, int(nbins), pre, mask=mask).compute()
     return _move_groups(res, grouping)
 
 
@@ -304,6 +374,7 @@ def group_histograms_with_offsets(
     hi: np.ndarray,
     nbins: int = 256,
     pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+    mask: da.Array | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`group_histograms`, plus the mean value of each bin (one pass).
 
@@ -318,16 +389,24 @@ def group_histograms_with_offsets(
     if not isinstance(nbins, (int, np.integer)) or nbins < 2:
         raise ValueError(f"`nbins` must be an int >= 2; got {nbins!r}.")
     data = volume.data if isinstance(volume, Volume) else volume
-    graph = histogram_graph(data, grouping, lo, hi, int(nbins), pre, offsets=True)
+    graph = histogram_graph(data, grouping, lo, hi, int(nbins), pre, offsets=True, mask=mask)
     res = _move_groups(graph.compute(), grouping)
     counts, offsets = res[..., 0, :], res[..., 1, :]
-    lo_ = np.asarray(lo, dtype=np.float64).reshape(grouping.group_shape)[..., None]
-    hi_ = np.asarray(hi, dtype=np.float64).reshape(grouping.group_shape)[..., None]
+    return counts, bin_means(counts, offsets, lo, hi, grouping.group_shape)
+
+
+def bin_means(
+    counts: np.ndarray, offsets: np.ndarray, lo: np.ndarray, hi: np.ndarray, group_shape: tuple[int, ...]
+) -> np.ndarray:
+    """The mean value of each bin from the fixed-point offset sums of `histogram_graph`."""
+    nbins = counts.shape[-1]
+    lo_ = np.asarray(lo, dtype=np.float64).reshape(group_shape)[..., None]
+    hi_ = np.asarray(hi, dtype=np.float64).reshape(group_shape)[..., None]
     step = (hi_ - lo_) / nbins
     left = np.arange(nbins) * step + lo_  # the kernels' (and np.linspace's) edges
     with np.errstate(invalid="ignore", divide="ignore"):
         pos = np.where(counts > 0, offsets / (np.maximum(counts, 1) * float(K.OFFSET_SCALE)), 0.5)
-    return counts, left + pos * step
+    return left + pos * step
 
 
 def percentiles_from_hist(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -21,8 +22,10 @@ __all__ = [
     "DITHER_METHODS",
     "HISTOGRAM_METHODS",
     "METHODS",
+    "MONOTONE_CURVES",
     "RESCALE_METHODS",
     "SCOPES",
+    "THRESHOLD_METHODS",
     "Curve",
     "DitherMethod",
     "HistogramMethod",
@@ -38,7 +41,7 @@ __all__ = [
 #: The names each option takes, as `Literal` types for the API's signatures and as tuples
 #: (``get_args``) for validation and the command line's choices.
 RescaleMethod = Literal["minmax", "percentile", "fixed", "dtype", "none"]
-Curve = Literal["linear", "gamma", "log", "equalize"]
+Curve = Literal["linear", "gamma", "log", "equalize", "auto-gamma", "sigmoid", "clahe"]
 #: Threshold methods computed from per-group histograms (plus `mean`, from exact sums):
 #: scikit-image's, the ImageJ/ITK family (`volbin.autothreshold`) and `percentile`.
 HistogramMethod = Literal[
@@ -60,14 +63,18 @@ HistogramMethod = Literal[
 ]
 DitherMethod = Literal["dither", "ordered"]
 Method = Literal[HistogramMethod, "value", "stochastic", DitherMethod]
-Scope = Literal["stack", "volume", "slice"]
+Scope = Literal["stack", "volume", "slice", "cohort"]
 Units = Literal["rescaled", "raw"]
 
 RESCALE_METHODS: tuple[str, ...] = get_args(RescaleMethod)
 CURVES: tuple[str, ...] = get_args(Curve)
+#: Curves with ``f(x) > t  <=>  x > f⁻¹(t)``: thresholds of these map back to raw units.
+MONOTONE_CURVES: tuple[str, ...] = tuple(c for c in CURVES if c != "clahe")
 HISTOGRAM_METHODS: tuple[str, ...] = get_args(HistogramMethod)
 DITHER_METHODS: tuple[str, ...] = get_args(DitherMethod)
 METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
+#: Methods that decide a threshold per group and apply it (``volume > threshold``).
+THRESHOLD_METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value")
 SCOPES: tuple[str, ...] = get_args(Scope)
 UNITS: tuple[str, ...] = get_args(Units)
 
@@ -83,16 +90,33 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
     d = {**_DEFAULTS, **fields}
     method, jitter = d["method"], d["jitter"]
     m = f"method={method!r}"
+    thresholding = method in THRESHOLD_METHODS
+    given = d["threshold_from"] is None  # thresholds decided here, not read from a sidecar
+    from_file = f"threshold_from={d['threshold_from']!r}"
     uses: dict[str, tuple[bool, str]] = {
         "axis": (d["scope"] == "slice" or method in DITHER_METHODS, f"scope={d['scope']!r} with {m}"),
         "percentiles": (d["rescale"] == "percentile", f"rescale={d['rescale']!r}"),
         "value_range": (d["rescale"] == "fixed", f"rescale={d['rescale']!r}"),
         "gamma": (d["curve"] == "gamma", f"curve={d['curve']!r}"),
         "log_gain": (d["curve"] == "log", f"curve={d['curve']!r}"),
-        "threshold": (method == "value", m),
-        "percentile": (method == "percentile", m),
-        "units": (method == "value", m),
-        "nbins": (method in HISTOGRAM_METHODS, m),
+        "gain": (d["curve"] == "sigmoid", f"curve={d['curve']!r}"),
+        "cutoff": (d["curve"] == "sigmoid", f"curve={d['curve']!r}"),
+        "clip_limit": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
+        "kernel_size": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
+        "kernel_mm": (d["curve"] == "clahe", f"curve={d['curve']!r}"),
+        "threshold": (method == "value" and given, m if given else from_file),
+        "percentile": (method == "percentile" and given, m if given else from_file),
+        "units": (
+            (method == "value" and given) or (thresholding and d["upper"] is not None),
+            f"{m} without upper" if given else f"{from_file} without upper",
+        ),
+        "nbins": (method in HISTOGRAM_METHODS and given, m if given else from_file),
+        "upper": (thresholding, m),
+        "inclusive": (thresholding, m),
+        "invert": (thresholding, m),
+        "threshold_from": (thresholding, m),
+        "mask": (thresholding or method == "stochastic", m),
+        "stats_mask": (thresholding or method == "stochastic", m),
         "seed": (
             method == "stochastic"
             or (method == "dither" and isinstance(jitter, (int, float)) and jitter > 0)
@@ -136,6 +160,17 @@ def _check_pair(name: str, value: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def _triple(value: Any) -> tuple[Any, ...] | None:
+    """One value or three as a 3-tuple (None if it is neither)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return (value, value, value)
+    if len(value) == 1:
+        return (value[0],) * 3
+    return tuple(value) if len(value) == 3 else None
+
+
 def _check_float(name: str, value: Any, condition: str = "a finite number") -> float:
     """`value` as a float; a ValueError naming `name` if it is not a finite number."""
     try:
@@ -163,8 +198,10 @@ class Recipe:
         ``stochastic`` (Bernoulli with probability equal to the rescaled intensity),
         ``dither`` (error diffusion) or ``ordered``.
     scope : str
-        ``stack`` (one decision for a whole 4D stack), ``volume`` (one per 3D volume) or
-        ``slice`` (one per 2D slice along `axis`).  Rescaling uses the same groups.
+        ``stack`` (one decision for a whole 4D stack), ``volume`` (one per 3D volume),
+        ``slice`` (one per 2D slice along `axis`) or ``cohort`` (one decision from the pooled
+        histogram of every input of a `volbin.batch`, or read with `threshold_from`).
+        Rescaling uses the same groups.
     axis : str or int
         Slice axis for ``scope="slice"``: ``x``, ``y``, ``z`` (default) or 0, 1, 2.
     rescale : str
@@ -177,16 +214,46 @@ class Recipe:
         Raw intensities mapped to 0 and 1 for ``rescale="fixed"``.
     curve : str
         Tone curve after rescaling: ``linear``, ``gamma`` (``r**gamma``), ``log``
-        (``log1p(log_gain * r) / log1p(log_gain)``) or ``equalize`` (histogram equalisation).
+        (``log1p(log_gain * r) / log1p(log_gain)``), ``equalize`` (histogram equalisation),
+        ``auto-gamma`` (``r**g`` with ``g = log(0.5) / log(mean r)`` per group), ``sigmoid``
+        (``1 / (1 + exp(gain * (cutoff - r)))``) or ``clahe`` (contrast-limited adaptive
+        equalisation of each 3D volume; not monotone, so thresholds are in rescaled units
+        only and ``units='raw'`` is refused).  See `volbin.rescale.rescale`.
     gamma, log_gain : float
         Parameters of the ``gamma`` and ``log`` curves.
+    gain, cutoff : float or None
+        Parameters of the ``sigmoid`` curve (default 10 and 0.5, as scikit-image).
+    clip_limit : float or None
+        Clip limit of ``clahe``, in (0, 1] (default 0.01, as scikit-image).
+    kernel_size : int, (int, int, int) or None
+        Contextual region of ``clahe`` in voxels along x, y, z (default 1/8 of each size).
+    kernel_mm : float, (float, float, float) or None
+        Contextual region of ``clahe`` in millimetres, converted with the voxel sizes
+        (so anisotropic voxels get regions of the same physical size); not with `kernel_size`.
     threshold : float or None
         The threshold of ``method="value"``, in `units`.
     percentile : float or None
         The percentile (0 to 100) of ``method="percentile"``: the threshold is that
         percentile of each group's finite raw voxels.
     units : str
-        ``rescaled`` (default: the threshold is in [0, 1] after rescaling) or ``raw``.
+        ``rescaled`` (default: the threshold is in [0, 1] after rescaling) or ``raw``; the
+        units of `threshold` and `upper`.
+    upper : float or None
+        Upper bound of the foreground: ``threshold < x <= upper`` (in `units`, for every
+        threshold method; it must not lie below a ``value`` threshold).
+    inclusive : bool
+        Foreground is ``x >= threshold`` (as fslmaths ``-thr`` and nilearn keep) instead of
+        volbin's default ``x > threshold``.
+    invert : bool
+        The complement of the foreground (inside the mask, with `mask`).
+    mask, stats_mask : str or None
+        A mask file, or ``nonzero`` (the input's own non-zero voxels): statistics are
+        computed inside it; `mask` also writes 0 outside it, `stats_mask` applies the
+        thresholds everywhere.  The API also takes arrays (`volbin.binarize`), recorded here
+        as ``"<array>"``.
+    threshold_from : str or None
+        A sidecar of an earlier output whose raw thresholds are applied instead of deciding
+        (same scope and number of groups).
     nbins : int
         Histogram bins of the histogram methods (256, as scikit-image).
     seed : int
@@ -204,9 +271,20 @@ class Recipe:
     curve: str = "linear"
     gamma: float = 1.0
     log_gain: float = 9.0
+    gain: float | None = None
+    cutoff: float | None = None
+    clip_limit: float | None = None
+    kernel_size: int | tuple[int, int, int] | None = None
+    kernel_mm: float | tuple[float, float, float] | None = None
     threshold: float | None = None
     percentile: float | None = None
     units: str = "rescaled"
+    upper: float | None = None
+    inclusive: bool = False
+    invert: bool = False
+    mask: str | None = None
+    stats_mask: str | None = None
+    threshold_from: str | None = None
     nbins: int = 256
     seed: int = 0
     kernel: Any = "floyd-steinberg"
@@ -251,7 +329,43 @@ class Recipe:
             if not _check_float(name, value, "a finite number > 0") > 0:
                 raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}.")
             object.__setattr__(self, name, float(value))
-        if self.method == "value":
+        self._check_curve_options()
+        for name in ("mask", "stats_mask", "threshold_from"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, os.PathLike):
+                    value = os.fspath(value)
+                if not isinstance(value, str) or not value:
+                    raise ValueError(f"`{name}` must be a path or 'nonzero' in a Recipe; got {value!r}.")
+                if value not in ("nonzero", "<array>"):
+                    # Recorded absolute, so that a sidecar's recipe re-runs from any folder.
+                    value = os.path.abspath(os.path.expanduser(value))
+                object.__setattr__(self, name, value)
+        if self.mask is not None and self.stats_mask is not None:
+            raise ValueError(
+                f"give `mask` (zero outside it) or `stats_mask` (thresholds applied everywhere), "
+                f"not both; got mask={self.mask!r}, stats_mask={self.stats_mask!r}."
+            )
+        if self.threshold_from == "nonzero":
+            raise ValueError("`threshold_from` must be the path of a sidecar .json; got 'nonzero'.")
+        for name in ("inclusive", "invert"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if self.upper is not None:
+            u = _check_float("upper", self.upper, "a number")
+            object.__setattr__(self, "upper", u)
+        if self.scope == "cohort" and self.method not in HISTOGRAM_METHODS and self.threshold_from is None:
+            raise ValueError(
+                f"`scope='cohort'` pools the histograms of several inputs for a histogram method; "
+                f"got method={self.method!r}."
+            )
+        if self.scope == "cohort" and self.curve != "linear":
+            raise ValueError(
+                f"`scope='cohort'` takes the linear curve (the pooled threshold is applied in raw "
+                f"units to every input); got curve={self.curve!r}."
+            )
+        if self.method == "value" and self.threshold_from is None:
             if self.threshold is None:
                 raise ValueError("`method='value'` needs `threshold` (CLI: --threshold T).")
             # A NaN threshold would silently select nothing; ±inf are allowed (all or none).
@@ -262,7 +376,11 @@ class Recipe:
             if t is None or math.isnan(t):
                 raise ValueError(f"`threshold` must be a number; got {self.threshold!r}.")
             object.__setattr__(self, "threshold", t)
-        if self.method == "percentile":
+            if self.upper is not None and self.upper < t:
+                raise ValueError(
+                    f"`upper` must not lie below `threshold`; got threshold={t!r}, upper={self.upper!r}."
+                )
+        if self.method == "percentile" and self.threshold_from is None:
             if self.percentile is None:
                 raise ValueError("`method='percentile'` needs `percentile` (CLI: --percentile P).")
             q = _check_float("percentile", self.percentile, "a number in [0, 100]")
@@ -293,6 +411,57 @@ class Recipe:
             name, why = unused[0]
             raise ValueError(f"`{name}` is not used by {why}; got {name}={getattr(self, name)!r}.")
 
+    def _check_curve_options(self) -> None:
+        """Validate the options of the chosen curve (`unused_options` refuses the others)."""
+        if self.gain is not None and self.curve == "sigmoid":
+            if not _check_float("gain", self.gain, "a finite number > 0") > 0:
+                raise ValueError(f"`gain` must be a finite number > 0; got {self.gain!r}.")
+            object.__setattr__(self, "gain", float(self.gain))
+        if self.cutoff is not None and self.curve == "sigmoid":
+            object.__setattr__(self, "cutoff", _check_float("cutoff", self.cutoff))
+        if self.curve != "clahe":
+            return
+        if self.clip_limit is not None:
+            c = _check_float("clip_limit", self.clip_limit, "a number in (0, 1]")
+            if not 0.0 < c <= 1.0:
+                raise ValueError(f"`clip_limit` must be a number in (0, 1]; got {self.clip_limit!r}.")
+            object.__setattr__(self, "clip_limit", c)
+        if self.kernel_size is not None and self.kernel_mm is not None:
+            raise ValueError(
+                f"`kernel_size` and `kernel_mm` are two ways to give the CLAHE region; give one; "
+                f"got kernel_size={self.kernel_size!r}, kernel_mm={self.kernel_mm!r}."
+            )
+        if self.kernel_size is not None:
+            ks = _triple(self.kernel_size)
+            if ks is None or not all(
+                isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks
+            ):
+                raise ValueError(
+                    f"`kernel_size` must be an int >= 1 or three of them (voxels); got {self.kernel_size!r}."
+                )
+            object.__setattr__(self, "kernel_size", tuple(int(k) for k in ks))
+        if self.kernel_mm is not None:
+            km = _triple(self.kernel_mm)
+            try:
+                kmf = tuple(float(k) for k in km) if km is not None else None
+            except (TypeError, ValueError):
+                kmf = None
+            if kmf is None or not all(0 < k < math.inf for k in kmf):
+                raise ValueError(
+                    f"`kernel_mm` must be a positive size in mm or three of them; got {self.kernel_mm!r}."
+                )
+            object.__setattr__(self, "kernel_mm", kmf)
+        if self.units == "raw" and self.method == "value":
+            raise ValueError(
+                "`units='raw'` cannot be used with curve='clahe': CLAHE is not monotone, so a "
+                "threshold has no raw-intensity equivalent; give it in rescaled units."
+            )
+        if self.scope == "slice":
+            raise ValueError(
+                "`scope='slice'` cannot be used with curve='clahe', which equalises whole 3D "
+                "volumes; use scope='volume' or 'stack'."
+            )
+
     # --- JSON form -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -313,7 +482,7 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}.")
         kw = dict(d)
-        for k in ("percentiles", "value_range", "upsample"):
+        for k in ("percentiles", "value_range", "upsample", "kernel_size", "kernel_mm"):
             if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
         return cls(**kw)

@@ -11,7 +11,9 @@ intermodes, ...) comes from `volbin.autothreshold`; ``percentile`` reads fine hi
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +24,12 @@ from skimage import filters
 from . import autothreshold
 from .errors import VolbinDataError
 from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, percentiles_from_hist
+from .masks import mask_fields, recipe_mask
 from .recipe import HISTOGRAM_METHODS, HistogramMethod, Recipe, RescaleMethod, Scope, Units
 from .rescale import Transform, fit_transform
 from .volume import Grouping, Volume, as_volume
 
-__all__ = ["Decision", "decide", "threshold"]
+__all__ = ["Decision", "decide", "grouping_for", "threshold"]
 
 Hist = tuple[np.ndarray, np.ndarray]
 
@@ -157,68 +160,83 @@ def bin_centers(lo: float, hi: float, nbins: int) -> np.ndarray:
     return (edges[:-1] + edges[1:]) / 2
 
 
+def grouping_for(volume: Volume, recipe: Recipe) -> Grouping:
+    """The `Grouping` of `recipe` on `volume`: a cohort is one group per input, like a stack."""
+    return volume.grouping("stack" if recipe.scope == "cohort" else recipe.scope, recipe.axis)
+
+
+def _clean(a: np.ndarray) -> Any:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim:
+        return [None if not math.isfinite(v) else v for v in a.ravel().tolist()]
+    return None if not math.isfinite(float(a)) else float(a)
+
+
 @dataclass(frozen=True)
 class Decision:
-    """Thresholds per group, in raw units (applied as ``volume > raw``) and rescaled units."""
+    """Thresholds per group, in raw units and rescaled units.
+
+    Foreground is ``raw < x`` (``raw <= x`` when `inclusive`), and ``x <= upper_raw`` when
+    an upper bound is given (`volbin.binarize.foreground`); `invert` takes the complement.
+    """
 
     grouping: Grouping
     method: str
     raw: np.ndarray
     rescaled: np.ndarray
     nbins: int | None = None
+    upper_raw: np.ndarray | None = None
+    upper_rescaled: np.ndarray | None = None
+    inclusive: bool = False
+    invert: bool = False
+    scope: str | None = None  # the recipe's scope, when it is not the grouping's (cohort)
+    source: dict[str, Any] | None = None  # where thresholds decided elsewhere came from
 
     def record(self) -> dict[str, Any]:
         axes = ["slice" if a == self.grouping.slice_axis else "volume" for a in self.grouping.group_axes]
-
-        def clean(a: np.ndarray) -> Any:
-            return (
-                [None if not math.isfinite(v) else v for v in a.ravel().tolist()]
-                if a.ndim
-                else (None if not math.isfinite(float(a)) else float(a))
-            )
-
-        return {
+        rec: dict[str, Any] = {
             "method": self.method,
             "nbins": self.nbins,
-            "scope": self.grouping.scope,
+            "scope": self.scope or self.grouping.scope,
             "group_axes": axes,
             "group_shape": list(self.grouping.group_shape),
-            "threshold_raw": clean(self.raw),
-            "threshold_rescaled": clean(self.rescaled),
+            "threshold_raw": _clean(self.raw),
+            "threshold_rescaled": _clean(self.rescaled),
         }
+        below = np.flatnonzero(np.asarray(self.raw).ravel() == -np.inf)
+        if below.size:  # JSON has no -inf: these groups take every finite voxel
+            rec["threshold_raw_minus_inf"] = below.tolist()
+        if self.upper_raw is not None:
+            rec["upper_raw"] = _clean(self.upper_raw)
+            rec["upper_rescaled"] = _clean(self.upper_rescaled)
+        rec["comparison"] = ">=" if self.inclusive else ">"
+        if self.invert:
+            rec["invert"] = True
+        if self.source:
+            rec.update(self.source)
+        return rec
 
 
-def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) -> Decision:
-    """Per-group thresholds for a threshold `recipe` (one histogram pass for histogram methods).
+def histogram_thresholds(
+    method: str,
+    counts: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    const: np.ndarray,
+    grouping: Grouping,
+    means: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-group thresholds of a histogram `method` from per-group histograms over [lo, hi],
+    in the histogram's units; NaN for constant or empty groups.
 
-    For linear rescales the histogram is taken of the raw data over its range as seen after
-    rescaling, so thresholds are raw bin centres; for tone curves it is taken of the rescaled
-    data and thresholds are mapped back with `Transform.to_raw`.
+    Raises
+    ------
+    VolbinDataError
+        The method fails on a group's histogram (the message names the group).
     """
+    fn = HISTOGRAM_THRESHOLDS[method]
+    nbins = counts.shape[-1]
     shape = grouping.group_shape
-    if recipe.method == "value":
-        assert recipe.threshold is not None
-        if recipe.units == "raw":
-            raw = np.full(shape, recipe.threshold)
-            return Decision(grouping, "value", raw, tr.from_raw(raw))
-        t = np.full(shape, recipe.threshold)
-        return Decision(grouping, "value", tr.to_raw(t), t)
-    if recipe.method == "percentile":
-        return _percentile_decision(volume, grouping, tr, recipe)
-    fn = HISTOGRAM_THRESHOLDS[recipe.method]
-    nbins = recipe.nbins
-    const = tr.constant
-    if tr.linear:
-        lo, hi = tr.decision_range()
-        pre = None
-    else:
-        lo, hi = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
-        pre = tr.apply
-    means = None
-    if recipe.method in BIN_MEAN_METHODS:
-        counts, means = group_histograms_with_offsets(volume, grouping, lo, hi, nbins, pre=pre)
-    else:
-        counts = group_histograms(volume, grouping, lo, hi, nbins, pre=pre)
     out = np.empty(shape)
     for idx in np.ndindex(*shape):
         if const[idx] or counts[idx].sum() == 0:
@@ -227,25 +245,170 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
         centers = bin_centers(float(lo[idx]), float(hi[idx]), nbins)
         try:
             hist = (counts[idx], centers)
-            out[idx] = fn(hist) if means is None else fn(hist, means[idx])
+            out[idx] = fn(hist) if means is None or method not in BIN_MEAN_METHODS else fn(hist, means[idx])
         except (RuntimeError, ValueError) as exc:
             where = grouping.describe(idx)
             raise VolbinDataError(
-                f"threshold method {recipe.method!r} failed for {where}: {exc}. "
+                f"threshold method {method!r} failed for {where}: {exc}. "
                 "Try another method (e.g. otsu) or scope."
             ) from exc
+    return out
+
+
+def decision_histogram_range(tr: Transform) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(lo, hi, pre) of the decision histograms of `tr`: raw values over the range seen after
+    rescaling for linear transforms, rescaled values over the rescaled range otherwise."""
+    if tr.linear:
+        lo, hi = tr.decision_range()
+        return lo, hi, None
+    return tr.from_raw(tr.data_min), tr.from_raw(tr.data_max), tr.apply
+
+
+def to_units(out: np.ndarray, tr: Transform) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, rescaled) from thresholds in the decision histogram's units (NaN: undecided,
+    raw +inf so that nothing is selected)."""
     nan = np.isnan(out)
     if tr.linear:
-        raw = out
+        raw = np.array(out, dtype=np.float64)
         raw[nan] = np.inf
         rescaled = np.where(nan, np.nan, tr.from_raw(np.where(nan, 0.0, raw)))
     else:
-        rescaled = out
+        rescaled = np.array(out, dtype=np.float64)
         raw = np.where(nan, np.inf, tr.to_raw(np.where(nan, 0.0, rescaled)))
-    return Decision(grouping, recipe.method, raw, rescaled, nbins)
+    return raw, rescaled
 
 
-def _percentile_decision(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) -> Decision:
+def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe, mask: Any = None) -> Decision:
+    """Per-group thresholds for a threshold `recipe` (one histogram pass for histogram methods).
+
+    For linear rescales the histogram is taken of the raw data over its range as seen after
+    rescaling, so thresholds are raw bin centres; for tone curves it is taken of the rescaled
+    data and thresholds are mapped back with `Transform.to_raw`.  With `mask` (a
+    `volbin.masks.Mask`) only the voxels inside it are counted.  With
+    ``recipe.threshold_from`` the raw thresholds of that sidecar are used instead.
+    """
+    if recipe.threshold_from is not None:
+        return with_bounds(thresholds_from_sidecar(recipe.threshold_from, grouping, recipe, tr), tr, recipe)
+    if recipe.scope == "cohort":
+        raise ValueError(
+            "`scope='cohort'` pools the histograms of several inputs: use volbin.batch(..., "
+            "scope='cohort') (CLI: volbin batch --scope cohort), or apply a cohort's thresholds "
+            "to one input with threshold_from=SIDECAR."
+        )
+    m = None if mask is None else mask.data
+    shape = grouping.group_shape
+    if recipe.method == "value":
+        assert recipe.threshold is not None
+        if recipe.units == "raw":
+            raw = np.full(shape, recipe.threshold)
+            dec = Decision(grouping, "value", raw, tr.from_raw(raw))
+        else:
+            t = np.full(shape, recipe.threshold)
+            dec = Decision(grouping, "value", _to_raw(tr, t, recipe.inclusive), t)
+        return with_bounds(dec, tr, recipe)
+    if recipe.method == "percentile":
+        return with_bounds(_percentile_decision(volume, grouping, tr, recipe, m), tr, recipe)
+    nbins = recipe.nbins
+    lo, hi, pre = decision_histogram_range(tr)
+    means = None
+    if recipe.method in BIN_MEAN_METHODS:
+        counts, means = group_histograms_with_offsets(volume, grouping, lo, hi, nbins, pre=pre, mask=m)
+    else:
+        counts = group_histograms(volume, grouping, lo, hi, nbins, pre=pre, mask=m)
+    out = histogram_thresholds(recipe.method, counts, lo, hi, tr.constant, grouping, means)
+    raw, rescaled = to_units(out, tr)
+    return with_bounds(Decision(grouping, recipe.method, raw, rescaled, nbins), tr, recipe)
+
+
+def _to_raw(tr: Transform, t: np.ndarray, inclusive: bool) -> np.ndarray:
+    """Raw thresholds of rescaled ones: ``f(x) > t <=> x > raw`` (``>=`` when `inclusive`:
+    a rescaled 1 is then the top of the range, which ``>=`` still reaches)."""
+    raw = tr.to_raw(t)
+    if inclusive and tr.linear and tr.method != "none":
+        raw = np.where(np.broadcast_to(t, raw.shape) == 1.0, tr.hi, raw)
+    return raw
+
+
+def with_bounds(dec: Decision, tr: Transform, recipe: Recipe) -> Decision:
+    """`dec` with the recipe's upper bound (in its units), comparison and inversion."""
+    upper_raw = dec.upper_raw
+    upper_rescaled = dec.upper_rescaled
+    if recipe.upper is not None:
+        u = np.full(dec.grouping.group_shape, recipe.upper)
+        if recipe.units == "raw":
+            upper_raw, upper_rescaled = u, tr.from_raw(u)
+        else:
+            # f(x) <= U  <=>  not f(x) > U  <=>  x <= to_raw(U)
+            upper_raw, upper_rescaled = tr.to_raw(u), u
+    return dataclasses.replace(
+        dec,
+        upper_raw=upper_raw,
+        upper_rescaled=upper_rescaled,
+        inclusive=recipe.inclusive,
+        invert=recipe.invert,
+        scope=recipe.scope if recipe.scope != dec.grouping.scope else None,
+    )
+
+
+def thresholds_from_sidecar(path: str, grouping: Grouping, recipe: Recipe, tr: Transform) -> Decision:
+    """The raw thresholds recorded in the sidecar `path`, for an input of `grouping`.
+
+    Raises
+    ------
+    VolbinDataError
+        The sidecar holds no thresholds, or they are for another scope, method or number of
+        groups (the message names both).
+    InputFileError
+        The sidecar cannot be read.
+    """
+    from .io import read_sidecar
+
+    record = read_sidecar(path)
+    decisions = [s["decision"] for s in record.get("steps", []) if isinstance(s, dict) and "decision" in s]
+    rec = decisions[-1] if decisions else None
+    if not isinstance(rec, dict) or "threshold_raw" not in rec:
+        raise VolbinDataError(
+            f"threshold_from {path}: the sidecar records no thresholds (no threshold method)."
+        )
+    scope = recipe.scope
+    theirs = rec.get("scope")
+    their_shape = [int(n) for n in rec.get("group_shape", [])]
+    mine = list(grouping.group_shape)
+    if theirs != scope or math.prod(their_shape) != math.prod(mine) or len(their_shape) != len(mine):
+        raise VolbinDataError(
+            f"threshold_from {path}: its thresholds are for scope {theirs!r} with "
+            f"{math.prod(their_shape)} group(s) {tuple(their_shape)}; this input with scope {scope!r} has "
+            f"{math.prod(mine)} group(s) {tuple(mine)}."
+        )
+    if rec.get("method") != recipe.method:
+        raise VolbinDataError(
+            f"threshold_from {path}: its thresholds are of method {rec.get('method')!r}; the recipe's "
+            f"method is {recipe.method!r} (leave the method out to take the sidecar's)."
+        )
+
+    def values(key: str, minus: list[int] | None = None) -> np.ndarray:
+        v = rec[key]
+        flat = np.array([np.inf if x is None else float(x) for x in (v if isinstance(v, list) else [v])])
+        if minus:
+            flat[minus] = -np.inf
+        return flat.reshape(grouping.group_shape)
+
+    raw = values("threshold_raw", rec.get("threshold_raw_minus_inf"))
+    finite = np.isfinite(raw)
+    rescaled = np.where(finite, tr.from_raw(np.where(finite, raw, 0.0)), np.nan)
+    upper_raw = upper_rescaled = None
+    if rec.get("upper_raw") is not None:
+        upper_raw = values("upper_raw")
+        upper_rescaled = tr.from_raw(upper_raw)
+    source = {"threshold_from": {"path": os.path.abspath(path), "input": record.get("input")}}
+    return Decision(
+        grouping, recipe.method, raw, rescaled, rec.get("nbins"), upper_raw, upper_rescaled, source=source
+    )
+
+
+def _percentile_decision(
+    volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe, mask: Any = None
+) -> Decision:
     """The `recipe.percentile`-th percentile of each group's finite raw voxels, from fine
     histograms over the group's range (within one fine bin of ``np.percentile``).
 
@@ -253,12 +416,17 @@ def _percentile_decision(volume: Volume, grouping: Grouping, tr: Transform, reci
     """
     assert recipe.percentile is not None
     nbins = fine_nbins(grouping.n_groups, recipe.nbins)
-    counts = group_histograms(volume, grouping, tr.data_min, tr.data_max, nbins)
-    raw = percentiles_from_hist(counts, tr.data_min, tr.data_max, [recipe.percentile])[..., 0]
+    counts = group_histograms(volume, grouping, tr.data_min, tr.data_max, nbins, mask=mask)
+    return percentile_decision(counts, grouping, tr, recipe.percentile)
+
+
+def percentile_decision(counts: np.ndarray, grouping: Grouping, tr: Transform, q: float) -> Decision:
+    """The `q`-th percentile of each group from fine histograms over its finite range."""
+    raw = percentiles_from_hist(counts, tr.data_min, tr.data_max, [q])[..., 0]
     const = tr.constant
     raw = np.where(const, np.inf, raw)
     rescaled = np.where(const, np.nan, tr.from_raw(np.where(const, 0.0, raw)))
-    return Decision(grouping, "percentile", raw, rescaled, nbins)
+    return Decision(grouping, "percentile", raw, rescaled, counts.shape[-1])
 
 
 def threshold(
@@ -271,6 +439,8 @@ def threshold(
     rescale: RescaleMethod = "minmax",
     units: Units = "raw",
     volume_axis: int | None = None,
+    mask: Any = None,
+    stats_mask: Any = None,
     **options: Any,
 ) -> float | np.ndarray:
     """Threshold(s) of a histogram method, per group.
@@ -293,6 +463,10 @@ def threshold(
     units : {'raw', 'rescaled'}
         Units of the returned thresholds.  Foreground is ``volume > threshold`` in raw units.
     volume_axis : int, optional
+    mask, stats_mask : str, path, ndarray, dask array or Volume, optional
+        Compute the statistics (rescale range, histograms) inside this mask only: a mask
+        file or array on the input's grid (non-zero is inside), or ``"nonzero"`` (the
+        input's own non-zero voxels).  Both mean the same here (see `volbin.binarize`).
     **options
         Other `Recipe` fields (percentile, percentiles, curve, ...).
 
@@ -307,7 +481,8 @@ def threshold(
     ValueError
         An unknown `method` or `units`, or a bad option value (the message names it).
     VolbinDataError
-        No finite voxel in a volume (or the stack), or a method that fails on a histogram.
+        No finite voxel in a volume (or the stack, inside the mask), a method that fails on
+        a histogram, an empty mask or a mask on another grid.
 
     References
     ----------
@@ -340,11 +515,13 @@ def threshold(
         raise ValueError(f"`method` must be one of {', '.join(HISTOGRAM_METHODS)}; got {method!r}.")
     if units not in ("raw", "rescaled"):
         raise ValueError(f"`units` must be one of raw, rescaled; got {units!r}.")
-    recipe = Recipe(method=method, scope=scope, axis=axis, nbins=nbins, rescale=rescale, **options)
+    fields, array = mask_fields(mask, stats_mask)
+    recipe = Recipe(method=method, scope=scope, axis=axis, nbins=nbins, rescale=rescale, **fields, **options)
     vol, _ = as_volume(volume, volume_axis=volume_axis)
-    grouping = vol.grouping(recipe.scope, recipe.axis)
-    tr = fit_transform(vol, grouping, recipe)
-    dec = decide(vol, grouping, tr, recipe)
+    grouping = grouping_for(vol, recipe)
+    m = recipe_mask(recipe, vol, array)
+    tr = fit_transform(vol, grouping, recipe, m)
+    dec = decide(vol, grouping, tr, recipe, m)
     vals = dec.raw if units == "raw" else dec.rescaled
     if units == "raw":
         vals = np.where(np.isinf(vals) & np.isnan(dec.rescaled), np.nan, vals)

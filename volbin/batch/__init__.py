@@ -20,7 +20,8 @@ from typing import Any
 
 from ..errors import OutputFileError
 from ..recipe import Recipe, merge
-from .engine import _engine, _run, process_one
+from .cohort import cohort_id, pooled_decision
+from .engine import _engine, _run, _tasks, process_one
 from .inputs import (
     IMAGE_EXTS,
     REPORT_NAME,
@@ -101,6 +102,13 @@ def batch(
         Input chunk size in bytes; overrides the size chosen from the memory limit.
     volume_axis : int, optional
         Volume axis of 4D ``.npy``/zarr inputs (see `volbin.io.load`).
+    **recipe_options
+        `Recipe` fields.  ``scope="cohort"`` decides one threshold from the pooled exact
+        histogram of every input (per-file ranges, then per-file histograms over the common
+        range, each pass one task per file; summed, decided once) and applies it to each
+        file; every sidecar records it with the cohort's identity, and a changed input
+        makes every output stale.  ``threshold_from=SIDECAR`` applies an earlier output's
+        raw thresholds to every input.
     retries : int
         Times a task that raises an unexpected error is retried.  A worker that dies
         (killed, out of memory) has its file rescheduled by dask in any case, up to
@@ -111,8 +119,6 @@ def batch(
     report : str, path-like or bool, optional
         Where to write the JSON run report (None or True: ``<out_dir>/volbin-batch-report.json``);
         False writes none.
-    **recipe_options
-        `Recipe` fields.
 
     Returns
     -------
@@ -180,6 +186,8 @@ def batch(
         report_path = os.path.abspath(given or os.path.join(out_root, REPORT_NAME))
     recipe_dict = recipe.to_dict()
     doc = _recipe_doc(recipe)
+    pooled = recipe.scope == "cohort" and recipe.threshold_from is None
+    cid = cohort_id([inp for inp, out in jobs if out], recipe) if pooled else None
 
     with _folder_lock(out_root):
         folders = {os.path.dirname(o) for _, o in jobs if o}
@@ -190,7 +198,7 @@ def batch(
                 continue
             if not os.path.exists(inp):
                 results[i] = FileResult(inp, out, "failed", reason=f"{inp}: no such file")
-            elif not force and _output_state(inp, out, doc, volume_axis)[0] == "current":
+            elif not force and _output_state(inp, out, doc, volume_axis, cid)[0] == "current":
                 results[i] = FileResult(inp, out, "skipped")
             else:
                 todo.append(i)
@@ -221,6 +229,17 @@ def batch(
                             f"dask cluster {engine['address']}: {engine['workers']} workers, "
                             f"{engine['threads']} threads; dashboard {engine['dashboard']}"
                         )
+                    if pooled:
+                        prog.say(f"cohort: pooling the histograms of {len(jobs)} inputs")
+                        inputs = [os.path.abspath(inp) for inp, out in jobs if out]
+                        options["cohort"] = pooled_decision(
+                            inputs,
+                            recipe,
+                            _tasks(c, engine.get("threads"), memory_limit),
+                            chunk_bytes,
+                            volume_axis,
+                        )
+                        options["cohort"]["record"]["id"] = cid
                     runs = _run(c, jobs, todo, recipe_dict, options, retries, engine.get("threads"))
                     for i, r in runs:
                         results[i] = r

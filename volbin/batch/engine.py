@@ -125,6 +125,7 @@ def process_one(
     memory_limit: int | None = None,
     threads: int | None = None,
     client_pid: int | None = None,
+    cohort: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Binarize one file: the task `batch` runs on a worker (or in the calling process).
 
@@ -132,7 +133,8 @@ def process_one(
     file's dask graphs on the threaded scheduler with the worker's threads.  The input chunk
     size follows the worker's memory limit (`volbin.volume.chunk_bytes_for`, counting every
     file the worker may run at once) unless `chunk_bytes` is given.  An output already up to
-    date is skipped, so a retried task never redoes finished work.
+    date is skipped, so a retried task never redoes finished work.  `cohort` is the pooled
+    decision of a ``scope="cohort"`` batch (`volbin.batch.cohort.pooled_decision`).
 
     Returns
     -------
@@ -159,7 +161,8 @@ def process_one(
         chunk_bytes = chunk_bytes_for(memory_limit, threads * at_once)
     try:
         rec = Recipe.from_dict(recipe)
-        state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis)
+        cid = None if cohort is None else cohort["record"].get("id")
+        state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis, cid)
         if state == "current" and not force:
             result.status = "skipped"
         elif state == "foreign" and not force:
@@ -167,7 +170,7 @@ def process_one(
         else:
             with _threaded_scheduler(threads):
                 vol = load(input, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
-                mask = binarize_volume(vol, rec)
+                mask = binarize_volume(vol, rec, **({} if cohort is None else {"cohort": cohort}))
                 # The old image and sidecar (if any) stay until the new ones are renamed
                 # over them, image first: an interrupted overwrite leaves a sidecar that
                 # no longer matches, which the next run redoes.
@@ -181,6 +184,38 @@ def process_one(
         result.reason = f"{type(exc).__name__}: {exc}"
     result.seconds = round(time.perf_counter() - t0, 3)
     return asdict(result)
+
+
+def _tasks(client: Any, threads: int | None, memory_limit: Any) -> Any:
+    """``run(fn, [args, ...]) -> [fn(*args), ...]``: one task per call on the cluster, or in
+    turn in this process (with the file's chunks on `threads` threads) without one."""
+
+    def local(fn: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+        with _threaded_scheduler(max(1, int(threads or _cores()))):
+            return [fn(*args) for args in calls]
+
+    def remote(fn: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+        token = secrets.token_hex(4)
+        futures = [
+            client.submit(_in_worker, fn, *args, pure=False, key=f"volbin-cohort-{token}-{i}")
+            for i, args in enumerate(calls)
+        ]
+        try:
+            return client.gather(futures)
+        finally:
+            client.cancel(futures)
+
+    return local if client is None else remote
+
+
+def _in_worker(fn: Any, *args: Any) -> Any:
+    """Run `fn` on a worker with the file's chunks on the worker's threads."""
+    worker = _current_worker()
+    threads = worker.state.nthreads if worker is not None else (os.cpu_count() or 1)
+    if worker is not None:
+        _use_scratch()
+    with _threaded_scheduler(threads):
+        return fn(*args)
 
 
 # --- engine -------------------------------------------------------------------------------

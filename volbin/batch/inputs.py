@@ -127,9 +127,12 @@ def _recipe_doc(recipe: Recipe) -> dict[str, Any]:
 
 
 def _output_state(
-    input: str, output: str, recipe_doc: dict[str, Any], volume_axis: int | None
+    input: str, output: str, recipe_doc: dict[str, Any], volume_axis: int | None, cohort: str | None = None
 ) -> tuple[str, str | None]:
     """``("current" | "missing" | "stale" | "foreign", reason)`` for an output.
+
+    With `cohort` (the identity of a cohort's inputs), an output is current only if its
+    sidecar records the same cohort.
 
     io.save renames the image into place before its sidecar, so a sidecar that matches the
     recipe and the input's identity means the image beside it is complete.
@@ -165,6 +168,11 @@ def _output_state(
         return "stale", "replaced an output made from another version of the input"
     if (record.get("batch") or {}).get("volume_axis") != volume_axis:
         return "stale", "replaced an output made with another volume axis"
+    if cohort is not None:
+        decisions = [s.get("decision") for s in record.get("steps") or [] if isinstance(s, dict)]
+        theirs = ((decisions[-1] or {}).get("cohort") or {}).get("id") if decisions else None
+        if theirs != cohort:
+            return "stale", "replaced an output of a cohort with other inputs"
     return "current", None
 
 

@@ -1,8 +1,9 @@
 """The `volbin` command line: flags -> Recipe -> the Python API.
 
-One module per command (`binarize`, `info`, `demo`, `batch`, `convert`, `export`, `preview`), each with
-``add_parser(subparsers)`` and ``run(args) -> int``; `_common` holds what they share.  No
-logic lives here that the API lacks.  Errors reach the user as one line and an exit code
+One module per command (`binarize`, `info`, `threshold`, `demo`, `classify`, `normalize`, `batch`,
+`convert`, `export`, `preview`), each with ``add_parser(subparsers)`` and ``run(args) -> int``;
+`_common` holds what they share.  No logic lives here that the API lacks.  Errors reach the
+user as one line and an exit code
 (2 for usage, 1 for bad data or files); ``--debug`` shows the traceback.  Nothing heavy is
 imported before a command runs, so ``--help`` and ``--version`` answer at once.
 """
@@ -14,13 +15,13 @@ import sys
 import textwrap
 from typing import Any
 
-from . import batch, binarize, convert, demo, export, info, preview
+from . import batch, binarize, classify, convert, demo, export, info, normalize, preview, threshold
 from ._common import EXIT_DATA, EXIT_OK, EXIT_USAGE, Parser, UsageError
 
 __all__ = ["build_parser", "main"]
 
 #: The commands, in the order of ``volbin --help``.
-COMMANDS = (demo, info, binarize, batch, convert, export, preview)
+COMMANDS = (demo, info, threshold, binarize, classify, normalize, batch, convert, export, preview)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
             commands:
               volbin demo                         run the whole pipeline on a built-in phantom
               volbin info IN [--compare GREY]     geometry and statistics (and rendering error) of a volume
+              volbin threshold IN [--mask M]      every histogram threshold method side by side
               volbin binarize IN OUT [options]    binarize a volume, write it with a JSON sidecar
+              volbin classify IN OUT --method M   tissue classes (multi-Otsu, k-means), labels or masks
+              volbin normalize IN OUT --method M  z-score, histogram matching, Nyul, WhiteStripe, N4
               volbin batch INPUTS --out-dir DIR   binarize many volumes on a dask cluster, resumably
               volbin convert IN OUT               convert between NIfTI, .npy and zarr
               volbin export-slices IN OUT_DIR     dithered 1-bit PNG layers for a bitmap 3D printer

@@ -195,7 +195,11 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
         "method": ("--method", {"choices": METHODS, "help": f"how to binarize (default {d.method})"}),
         "scope": (
             "--scope",
-            {"choices": SCOPES, "help": f"one decision per stack, volume or slice (default {d.scope})"},
+            {
+                "choices": SCOPES,
+                "help": f"one decision per stack, volume or slice, or one pooled over a batch's inputs "
+                f"(cohort) (default {d.scope})",
+            },
         ),
         "axis": ("--axis", {"choices": ("x", "y", "z"), "help": "slice axis for --scope slice (default z)"}),
         "rescale": (
@@ -226,12 +230,93 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
             "--log-gain",
             {"type": float_in(0, 1e6, open_lo=True), "help": "gain of --curve log (default 9)"},
         ),
+        "gain": (
+            "--gain",
+            {"type": float_in(0, 1e6, open_lo=True), "help": "gain of --curve sigmoid (default 10)"},
+        ),
+        "cutoff": (
+            "--cutoff",
+            {"type": float_in(), "help": "cutoff of --curve sigmoid, in [0, 1] units (default 0.5)"},
+        ),
+        "clip_limit": (
+            "--clip-limit",
+            {"type": float_in(0, 1, open_lo=True), "help": "clip limit of --curve clahe (default 0.01)"},
+        ),
+        "kernel_size": (
+            "--kernel-size",
+            {
+                "type": int_in(1),
+                "nargs": "+",
+                "metavar": "N",
+                "help": "region of --curve clahe in voxels, N or NX NY NZ (default 1/8 of each size)",
+            },
+        ),
+        "kernel_mm": (
+            "--kernel-mm",
+            {
+                "type": float_in(0, 1e6, open_lo=True),
+                "nargs": "+",
+                "metavar": "MM",
+                "help": "region of --curve clahe in mm, MM or MX MY MZ (uses the voxel sizes)",
+            },
+        ),
         "threshold": ("--threshold", {"type": float, "help": "threshold for --method value, in --units"}),
         "percentile": (
             "--percentile",
             {"type": float_in(0, 100), "metavar": "P", "help": "percentile (0-100) for --method percentile"},
         ),
-        "units": ("--units", {"choices": UNITS, "help": "units of --threshold (default rescaled)"}),
+        "units": (
+            "--units",
+            {"choices": UNITS, "help": "units of --threshold and --upper (default rescaled)"},
+        ),
+        "upper": (
+            "--upper",
+            {
+                "type": float_in(),
+                "metavar": "U",
+                "help": "upper bound: foreground is threshold < x <= U, in --units (any threshold method)",
+            },
+        ),
+        "inclusive": (
+            "--inclusive",
+            {
+                "action": "store_true",
+                "default": None,
+                "help": "foreground is x >= threshold, as fslmaths -thr and nilearn keep "
+                "(default: x > threshold)",
+            },
+        ),
+        "invert": (
+            "--invert",
+            {
+                "action": "store_true",
+                "default": None,
+                "help": "write the complement of the foreground (inside the mask, with --mask)",
+            },
+        ),
+        "mask": (
+            "--mask",
+            {
+                "metavar": "M",
+                "help": "compute statistics inside mask M and write 0 outside it; M is a NIfTI/.npy/"
+                "zarr file on the input's grid (non-zero inside) or 'nonzero' (the input's non-zero voxels)",
+            },
+        ),
+        "stats_mask": (
+            "--stats-mask",
+            {
+                "metavar": "M",
+                "help": "compute statistics inside mask M, apply the thresholds everywhere (M as for --mask)",
+            },
+        ),
+        "threshold_from": (
+            "--threshold-from",
+            {
+                "metavar": "SIDECAR",
+                "help": "apply the raw thresholds recorded in an earlier output's sidecar .json "
+                "(same scope and number of groups; its method unless --method is given)",
+            },
+        ),
         "nbins": ("--nbins", {"type": int_in(2, 2**24), "help": "histogram bins (default 256)"}),
         "seed": (
             "--seed",
@@ -335,6 +420,14 @@ def recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Recipe:
                 value = tuple(value) * 3 if len(value) == 1 else tuple(value)
             given[name] = tuple(value) if isinstance(value, list) else value
     merged = {**base, **given, **fixed}
+    if given.get("threshold_from") is not None and "method" not in given and "method" not in fixed:
+        from ..binarize import sidecar_method
+        from ..errors import VolbinError
+
+        try:  # the thresholds' own method, unless --method says otherwise
+            merged["method"] = sidecar_method(given["threshold_from"])
+        except VolbinError as exc:
+            raise UsageError(f"--threshold-from: {exc}") from None
     for name, _ in unused_options(merged, tuple(base)):
         if name not in given and name not in fixed:
             del merged[name]  # from the file, for another method

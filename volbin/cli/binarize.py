@@ -20,8 +20,16 @@ examples:
   volbin binarize brain.nii.gz dithered.nii.gz --method dither --kernel stucki --scope volume --serpentine
   volbin binarize brain.nii.gz dithered.nii.gz --method dither --upsample 2 --jitter 0.2 --seed 3
   volbin binarize brain.nii.gz bayer.nii.gz --method ordered --matrix 8
+  volbin binarize t1.nii.gz wm.nii.gz --method otsu --mask brain.nii.gz   # inside the brain, 0 outside
+  volbin binarize t1.nii.gz m.nii.gz --stats-mask brain.nii.gz   # decided inside, applied everywhere
+  volbin binarize t1.nii.gz m.nii.gz --method percentile --percentile 95 --mask nonzero   # fslmaths -thrP
+  volbin binarize t1.nii.gz m.nii.gz --method value --threshold 0.2 --upper 0.6 --inclusive
+  volbin binarize t1.nii.gz csf.nii.gz --method otsu --invert --mask brain_mask.nii.gz
+  volbin binarize sub-02.nii.gz m2.nii.gz --threshold-from sub-01_mask.json   # sub-01's thresholds
 
-A flag the chosen method does not use is refused (exit 2).  Foreground is value > threshold.
+A flag the chosen method does not use is refused (exit 2).  Foreground is value > threshold
+(volbin's default; --inclusive gives value >= threshold, as fslmaths -thr and nilearn).
+The line printed and the sidecar give the foreground voxel count, fraction and volume (mm^3).
 """
 
 #: Methods whose output renders grey levels: their rendering error is measured by default.
@@ -91,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             msg += f", {len(t)} thresholds {min(finite):.6g}..{max(finite):.6g}"
     msg += f") in {time.perf_counter() - t0:.2f} s"
     print(msg)
+    tally = out.steps[-1].get("foreground")
+    if hasattr(tally, "summary"):
+        print(f"  {tally.summary()}")
     if png is not None:
         print(f"wrote {png}")
     if quality is not None:

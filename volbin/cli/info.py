@@ -13,6 +13,10 @@ examples:
   volbin info brain.nii.gz
   volbin info brains.npy --volume-axis 0 --json > brains.json
   volbin info mask.nii.gz --compare brain.nii.gz --sigma 1.5   # how well a binary volume renders grey
+  volbin info mask.nii.gz --compare reference_mask.nii.gz        # two masks: Dice, Jaccard, volumes
+
+A binary volume (every value 0 or 1) is described by its foreground voxel count, fraction
+and volume in mm^3 (per volume for 4D) instead of percentiles.
 """
 
 
@@ -28,9 +32,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("input", help="input volume")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument(
+        "--histogram",
+        action="store_true",
+        help="exposure statistics per volume (mean, RMS, median, percentiles) and a histogram (log counts)",
+    )
+    p.add_argument(
         "--compare",
         metavar="GREY",
-        help="IN is binary: measure how well it renders GREY, the volume it was made from",
+        help="IN is binary: with a grey GREY, measure how well IN renders it (the volume it was made "
+        "from); with a binary GREY (another mask), their Dice and Jaccard overlaps and volume difference",
     )
     p.add_argument(
         "--sigma",
@@ -56,11 +66,26 @@ def run(args: argparse.Namespace) -> int:
 
     if args.compare is None and (args.sigma is not None or args.scope is not None):
         raise UsageError(f"{'--sigma' if args.sigma is not None else '--scope'} is only used with --compare")
+    from ..overlap import binary_summary, compare_masks
+
     cb = chunk_bytes(args)
     with progress("info", enabled=False if args.no_progress else None):
         vol = load(args.input, chunk_bytes=cb, volume_axis=args.volume_axis)
-        info = describe(vol)
-        if args.compare is not None:
+        summary = binary_summary(vol)
+        info = describe(vol) if summary is None else {**_geometry(vol), "binary": summary}
+        other = None
+        if args.compare is not None and summary is not None:
+            other = load(args.compare, chunk_bytes=cb, volume_axis=args.volume_axis)
+            if binary_summary(other) is None:
+                other = None  # a grey volume: the rendering error below
+            elif args.sigma is not None or args.scope is not None:
+                raise UsageError(
+                    f"{'--sigma' if args.sigma is not None else '--scope'} is not used when both "
+                    "volumes are binary (their overlap is measured)"
+                )
+            else:
+                info["compare"] = {"overlap": compare_masks(vol, other), "with": str(args.compare)}
+        if args.compare is not None and other is None:
             from ..dither.quality import compare_with_input
 
             info["compare"] = compare_with_input(
@@ -71,12 +96,68 @@ def run(args: argparse.Namespace) -> int:
                 chunk_bytes=cb,
                 volume_axis=args.volume_axis,
             )
+        if args.histogram:
+            from ..exposure import exposure_stats
+
+            info["exposure"] = exposure_stats(vol, scope="volume")
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, default=_plain))
+    elif "binary" in info:
+        from ..overlap import format_binary, format_overlap
+
+        print(format_description(info, str(args.input)) if "stats" in info else _format_geometry(info, args))
+        print(format_binary(info["binary"]))
+        if "compare" in info and "overlap" in info["compare"]:
+            print(format_overlap(info["compare"]["overlap"], str(args.input), str(args.compare)))
+        elif "compare" in info:
+            from ..dither.quality import format_comparison
+
+            print(format_comparison(info["compare"]))
     else:
         print(format_description(info, str(args.input)))
         if "compare" in info:
             from ..dither.quality import format_comparison
 
             print(format_comparison(info["compare"]))
+        if "exposure" in info:
+            from ..exposure import format_exposure
+
+            print(format_exposure(info["exposure"]))
     return EXIT_OK
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars and arrays in the exposure rows, as JSON."""
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+
+def _geometry(vol: Any) -> dict[str, Any]:
+    """What `volbin info` says of a volume's grid (`describe` without the statistics)."""
+    from ..report import _orientation
+
+    info: dict[str, Any] = {
+        "shape": list(vol.shape),
+        "dtype": str(vol.dtype),
+        "zooms": [round(z, 6) for z in vol.zooms],
+        "volume_axis": vol.volume_axis,
+        "n_volumes": vol.n_volumes,
+        "orientation": _orientation(vol),
+    }
+    if vol.source:
+        info["source"] = vol.source
+    return info
+
+
+def _format_geometry(info: dict[str, Any], args: argparse.Namespace) -> str:
+    o = info["orientation"]
+    return "\n".join(
+        [
+            str(args.input),
+            f"  shape       {tuple(info['shape'])}  "
+            f"({info['n_volumes']} volume(s); volume axis {info['volume_axis']})",
+            f"  dtype       {info['dtype']}",
+            f"  voxel size  {' x '.join(f'{z:g}' for z in info['zooms'])}"
+            + (f" {o['units']['space']}" if "units" in o else ""),
+            f"  orientation {o['axcodes']}",
+        ]
+    )
