@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import html
+import io
 import json
 import os
 import re
@@ -266,15 +267,15 @@ class _Handler(SimpleHTTPRequestHandler):
         if path.suffix != ".html" or not path.is_file():
             return super().send_head()
         body = path.read_bytes()
-        head = re.search(rb"<head[^>]*>", body)  # first, to see the errors of every other script
+        head = re.search(
+            rb"<head(\s[^>]*)?>", body, flags=re.IGNORECASE
+        )  # first, to see the errors of every other script
         at = head.end() if head else 0
         body = body[:at] + CHECK_SCRIPT.encode() + body[at:]
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        import io
-
         return io.BytesIO(body)
 
 
