@@ -10,9 +10,6 @@ the same command after a time-out or a cancelled job: finished outputs are skipp
 
 Each worker job exports before starting its workers:
 
-- ``NUMBA_CACHE_DIR``: volbin's numba kernels are compiled once and cached; an installation
-  on a shared read-only file system cannot hold the cache, and many nodes writing one cache
-  on NFS at once race.  A node-local folder avoids both.
 - ``VOLBIN_TMPDIR``: where a ``.nii.gz`` input is decompressed while it is processed; a
   node-local disk is fastest (volbin reads the copy on the node that made it).
 - ``DASK_CONFIG``: a small config that lets workers keep glibc's default reuse of freed
@@ -32,10 +29,9 @@ import sys
 def worker_prologue(local_dir: str) -> list[str]:
     """Shell lines run in each SLURM job before its dask workers start."""
     return [
-        f'export NUMBA_CACHE_DIR="{local_dir}/numba-cache-$USER"',
         f'export VOLBIN_TMPDIR="{local_dir}"',
         f'export DASK_CONFIG="{local_dir}/dask-config-$SLURM_JOB_ID"',
-        'mkdir -p "$NUMBA_CACHE_DIR" "$DASK_CONFIG"',
+        'mkdir -p "$DASK_CONFIG"',
         "printf 'distributed:\\n  nanny:\\n    pre-spawn-environ:\\n"
         '      MALLOC_TRIM_THRESHOLD_: null\\n\' > "$DASK_CONFIG/volbin.yaml"',
     ]

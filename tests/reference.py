@@ -214,3 +214,43 @@ def bayer_ranks(n: int, ndim: int = 2) -> np.ndarray:
                     new[z * k : (z + 1) * k, y * k : (y + 1) * k, x * k : (x + 1) * k] = 8 * m + base[z, y, x]
         m = new
     return m
+
+
+def void_and_cluster(pattern: np.ndarray, g: np.ndarray, max_swaps: int) -> np.ndarray:
+    """Ranks of the cells of a torus by Ulichney's void-and-cluster method, from scratch.
+
+    `pattern` (N,) holds the initial ones, `g` (any shape of N cells) the integer filter
+    response of a cell at the origin.  Each step recomputes the whole energy, exactly:
+    ``energy = ones @ G`` with ``G[q]`` the filter shifted to cell ``q``.  The tightest
+    cluster is the one of most energy, the largest void the zero of least energy; ties go
+    to the lowest index (``np.argmax``, ``np.argmin``).
+    """
+    shape = g.shape
+    n = g.size
+    circulant = np.stack(
+        [np.roll(g, np.unravel_index(q, shape), axis=tuple(range(g.ndim))).ravel() for q in range(n)]
+    )
+    big = 2**42
+
+    def energy(ones):
+        return ones.astype(np.int64) @ circulant + big * ones
+
+    ones = pattern.astype(bool).copy()
+    for _ in range(max_swaps):
+        c = int(np.argmax(energy(ones)))
+        ones[c] = False
+        v = int(np.argmin(energy(ones)))
+        ones[v] = True
+        if v == c:
+            break
+    ranks = np.empty(n, np.int64)
+    first = ones.copy()
+    for r in range(int(first.sum()) - 1, -1, -1):
+        c = int(np.argmax(energy(first)))
+        ranks[c] = r
+        first[c] = False
+    for r in range(int(ones.sum()), n):
+        v = int(np.argmin(energy(ones)))
+        ranks[v] = r
+        ones[v] = True
+    return ranks

@@ -444,3 +444,33 @@ def test_ordered_dither_is_chunk_invariant():
         ordered.ordered_dither_block(vol, ordered.bayer_matrix(2), axes=(2, 0))
     with pytest.raises(ValueError, match="`offset`"):
         ordered.ordered_dither_block(vol, ordered.bayer_matrix(2), offset=(0, 0))
+
+
+# -- void-and-cluster against the from-scratch reference, at every vector level ------------------
+
+
+@pytest.fixture(params=[0, 1, 2, 3], ids=["scalar", "sse2", "avx2", "avx512"])
+def simd_level(request):
+    from volbin.kernels import _void_cluster
+
+    level = request.param
+    try:
+        if _void_cluster._set_simd_level(level) != level:
+            pytest.skip(f"this machine has no vector level {level}")
+        yield level
+    finally:
+        _void_cluster._set_simd_level(99)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 6, 10), (3, 4, 5), (4, 4, 4), (1, 1, 9)])
+def test_void_and_cluster_matches_reference(simd_level, shape):
+    n = int(np.prod(shape))
+    g = np.rint(ordered._gaussian_response(shape, 1.2) * 2.0**40).astype(np.int64)
+    for seed in range(3):
+        pattern = np.zeros(n, np.uint8)
+        pattern[np.random.default_rng(seed).permutation(n)[: max(1, n // 5)]] = 1
+        energy = pattern.astype(np.int64) @ np.stack(
+            [np.roll(g, np.unravel_index(q, shape), axis=(0, 1, 2)).ravel() for q in range(n)]
+        )
+        ranks = dk.void_and_cluster_ranks(pattern, energy, g, 4 * n)
+        np.testing.assert_array_equal(ranks, ref.void_and_cluster(pattern, g, 4 * n))

@@ -17,6 +17,7 @@ from scipy import stats
 
 from volbin import _kernels as K
 from volbin.histogram import _local_gstrides
+from volbin.kernels import _histogram, _random
 from volbin.volume import Grouping, Volume
 
 # (shape, volume_axis, scope, slice axis): every grouping a scope can make.
@@ -403,3 +404,104 @@ def test_seed_key_rejects_bad_seeds(bad):
     with pytest.raises(ValueError, match="`seed`") as info:
         K.seed_key(bad)
     assert repr(bad) in str(info.value)
+
+
+# --- vector versions -------------------------------------------------------------------------
+# The loops have scalar, SSE2, AVX2 and AVX-512 versions, picked by the CPU; each must give
+# the bytes of the plain definitions.  Levels the machine lacks are skipped.
+
+
+@pytest.fixture(params=[0, 1, 2, 3], ids=["scalar", "sse2", "avx2", "avx512"])
+def simd_level(request):
+    level = request.param
+    try:
+        if _histogram._set_simd_level(level) != level or _random._set_simd_level(level) != level:
+            pytest.skip(f"this machine has no vector level {level}")
+        yield level
+    finally:
+        _histogram._set_simd_level(99)
+        _random._set_simd_level(99)
+
+
+def sequential_range(values: np.ndarray, lo: float, hi: float) -> tuple[float, float, int]:
+    """The definition of `group_minmax` on one group, value by value."""
+    bad = 0
+    for v in values.tolist():
+        if v - v == 0.0:
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+        else:
+            bad += 1
+    return lo, hi, bad
+
+
+@pytest.mark.parametrize("n3", [1, 2, 3, 5, 8, 9, 16, 17, 31])
+def test_vector_range_equals_sequential_definition_with_signed_zeros(simd_level, n3):
+    rng = np.random.default_rng(n3)
+    pool = np.array([0.0, -0.0, 1.5, -2.0, 3.0, np.nan, np.inf, -np.inf, -0.0, 0.0])
+    for _ in range(30):
+        x = rng.choice(pool, size=(3, 4, n3))
+        if rng.random() < 0.5:
+            x = np.abs(x)  # all-zero minima: which zero comes first decides the sign
+        grouping = make_grouping(x.shape, None, "slice", "x")
+        for init_lo, init_hi in ((np.inf, -np.inf), (0.0, -0.0), (-0.0, 0.0), (5.0, -5.0)):
+            x4, g4 = kernel_args(x, grouping)
+            mn, mx, nf = np.full(3, init_lo), np.full(3, init_hi), np.zeros(3, np.int64)
+            K.group_minmax(x4, g4, mn, mx, nf)
+            for g in range(3):
+                exp = sequential_range(x[g].ravel(), init_lo, init_hi)
+                got = (mn[g], mx[g], nf[g])
+                assert got == exp
+                assert np.signbit(got[:2]).tolist() == np.signbit(exp[:2]).tolist()
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, np.uint16, np.int32, np.int8, np.uint32, np.int64])
+def test_vector_histograms_match_np_histogram_on_every_row_length(simd_level, dtype):
+    rng = np.random.default_rng(7)
+    for n3 in (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33):
+        x = random_data((2, 3, n3), dtype, rng, nonfinite=n3 > 3)
+        grouping = make_grouping(x.shape, None, "stack", None)
+        v = x.ravel().astype(np.float64)
+        fin = v[np.isfinite(v)]
+        lo, hi = fin.min(), fin.max()
+        for nbins in (1, 3, 256):
+            for a, b in ((lo, hi), ((lo + hi) / 2, hi), (lo, lo)):
+                counts = run_hist(x, grouping, [a], [b], nbins)
+                np.testing.assert_array_equal(counts[0], ref_hist(v, a, b, nbins))
+                np.testing.assert_array_equal(run_hist_offsets(x, grouping, [a], [b], nbins)[0], counts)
+        mn, mx, nf = run_minmax(x, grouping)
+        assert (mn[0], mx[0], nf[0]) == (fin.min(), fin.max(), v.size - fin.size)
+
+
+def test_vector_histogram_bins_values_on_edges(simd_level):
+    # Edges and their float neighbours, as in test_histogram_edges_random_ranges, in one row.
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        lo, hi = np.sort(rng.normal(size=2) * 10.0 ** rng.integers(-3, 4))
+        nbins = int(rng.integers(2, 300))
+        edges = np.linspace(lo, hi, nbins + 1)
+        vals = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)])
+        x = vals.reshape(1, 1, -1)
+        grouping = make_grouping(x.shape, None, "stack", None)
+        np.testing.assert_array_equal(
+            run_hist(x, grouping, [lo], [hi], nbins)[0], ref_hist(vals, lo, hi, nbins)
+        )
+
+
+@pytest.mark.parametrize("n3", [1, 3, 4, 7, 8, 9, 13, 64])
+def test_vector_uniforms_and_draws_are_splitmix64(simd_level, n3):
+    key = K.seed_key(21)
+    shape = (2, 1, 3, n3)
+    offset = (0, 0, 1, 0) if n3 == 1 else (0, 0, 0, 1)
+    block = (2, 1, 2, max(1, n3 - 1)) if n3 > 1 else (2, 1, 2, 1)
+    got = uniforms(key, shape, offset, block)
+    flat = np.arange(np.prod(shape)).reshape(shape)
+    sl = tuple(slice(o, o + b) for o, b in zip(offset, block, strict=True))
+    expected = [splitmix64_uniform(int(key), int(i)) for i in flat[sl].ravel()]
+    np.testing.assert_array_equal(got.ravel(), expected)
+    for dtype in (np.float32, np.float64):
+        p = np.random.default_rng(n3).random(block).astype(dtype)
+        p.reshape(-1)[::5] = np.nan
+        out = np.empty(block, bool)
+        K.bernoulli_block(p, key, np.array(shape), np.array(offset), out)
+        np.testing.assert_array_equal(out, got < p)

@@ -224,3 +224,17 @@ def test_hysteresis_errors(phantom3d):
         apply_hysteresis_threshold(x, 1.0, np.ones((2, 2, 2)))
     with pytest.raises(ValueError, match="`connectivity` must be an int in"):
         apply_hysteresis_threshold(x, 1.0, 2.0, connectivity=4)
+
+
+def test_binarize_local_with_edge_chunks_smaller_than_the_window():
+    import dask.array as da
+    from skimage.filters import threshold_local as sk_threshold_local
+
+    import volbin
+    from volbin.local import binarize_local
+
+    x = np.random.default_rng(3).random((40, 44, 36))
+    got = binarize_local(da.from_array(x, chunks=(13, 20, 11)), "gaussian", block_size=7).compute()
+    r = np.asarray(volbin.rescale(x), dtype=np.float64)
+    ref = r > sk_threshold_local(r, 7, method="gaussian")
+    assert np.mean(got == ref) > 0.999

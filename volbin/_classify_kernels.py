@@ -10,46 +10,33 @@ not depend on the order of accumulation, hence not on the chunking.
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+from typing import Any
 
-from ._kernels import uniform01
+import numpy as np
+
+from .kernels import _classify
 
 #: Fixed-point steps per unit of the normalised values summed by `lloyd_sums`.
-FIXED_SCALE = 2**32
+FIXED_SCALE = _classify.FIXED_SCALE
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _valid(x, i0, i1, i2, nc):
-    for c in range(nc):
-        v = np.float64(x[i0, i1, i2, c])
-        if not v - v == 0.0:
-            return False
-    return True
+def _block(x: np.ndarray) -> np.ndarray:
+    # Every value is used as a double, as the loops always did: one conversion per block.
+    return np.asarray(x, dtype=np.float64)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _nearest(x, i0, i1, i2, g, lo, inv, centres, nk, y):
-    """Index of the nearest of the first `nk` centres of group `g` (lowest on ties), and its
-    squared distance; fills `y` with the voxel's normalised values."""
-    nc = y.shape[0]
-    for c in range(nc):
-        y[c] = (np.float64(x[i0, i1, i2, c]) - lo[g, c]) * inv[g, c]
-    best = 0
-    best_d = np.inf
-    for k in range(nk):
-        d = 0.0
-        for c in range(nc):
-            t = y[c] - centres[g, k, c]
-            d += t * t
-        if d < best_d:
-            best_d = d
-            best = k
-    return best, best_d
+def _mask(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m)
+    return m.view(np.uint8) if m.dtype == np.bool_ else m.astype(np.uint8)
 
 
-@njit(cache=True, nogil=True)
-def seeding_draw(x, mask, gstrides, lo, inv, centres, nk, key, shape3, offset3, best_key, best_index, best_y):
+def _i64(a: Any) -> np.ndarray:
+    return np.asarray(a, dtype=np.int64)
+
+
+def seeding_draw(
+    x, mask, gstrides, lo, inv, centres, nk, key, shape3, offset3, best_key, best_index, best_y
+) -> None:
     """One k-means++ draw per group: the voxel minimising ``E / D²`` (exponential race).
 
     ``E = -log(1 - u)`` with ``u`` the counter-based uniform of the voxel's global C-order
@@ -59,66 +46,29 @@ def seeding_draw(x, mask, gstrides, lo, inv, centres, nk, key, shape3, offset3, 
     `best_key`, `best_index` (ties: the lower index) and `best_y` (the winner's normalised
     values) per group.
     """
-    n0, n1, n2, nc = x.shape
-    y = np.empty(nc)
-    s1 = np.int64(shape3[1])
-    s2 = np.int64(shape3[2])
-    for i0 in range(n0):
-        for i1 in range(n1):
-            for i2 in range(n2):
-                if not mask[i0, i1, i2] or not _valid(x, i0, i1, i2, nc):
-                    continue
-                g = i0 * gstrides[0] + i1 * gstrides[1] + i2 * gstrides[2]
-                if nk == 0:
-                    for c in range(nc):
-                        y[c] = (np.float64(x[i0, i1, i2, c]) - lo[g, c]) * inv[g, c]
-                    w = 1.0
-                else:
-                    _, w = _nearest(x, i0, i1, i2, g, lo, inv, centres, nk, y)
-                if not w > 0.0:
-                    continue
-                index = ((offset3[0] + i0) * s1 + offset3[1] + i1) * s2 + offset3[2] + i2
-                u = uniform01(key, np.uint64(index))
-                score = -np.log1p(-u) / w
-                if score < best_key[g] or (score == best_key[g] and index < best_index[g]):
-                    best_key[g] = score
-                    best_index[g] = index
-                    for c in range(nc):
-                        best_y[g, c] = y[c]
+    _classify.seeding_draw(
+        _block(x),
+        _mask(mask),
+        _i64(gstrides),
+        lo,
+        inv,
+        centres,
+        int(nk),
+        np.uint64(key),
+        _i64(shape3),
+        _i64(offset3),
+        best_key,
+        best_index,
+        best_y,
+    )
 
 
-@njit(cache=True, nogil=True)
-def lloyd_sums(x, mask, gstrides, lo, inv, centres, counts, sums):
+def lloyd_sums(x, mask, gstrides, lo, inv, centres, counts, sums) -> None:
     """Add each voxel to its nearest centre: `counts` (G, K) and fixed-point `sums` (G, K, C)."""
-    n0, n1, n2, nc = x.shape
-    nk = centres.shape[1]
-    y = np.empty(nc)
-    scale = np.float64(FIXED_SCALE)
-    for i0 in range(n0):
-        for i1 in range(n1):
-            for i2 in range(n2):
-                if not mask[i0, i1, i2] or not _valid(x, i0, i1, i2, nc):
-                    continue
-                g = i0 * gstrides[0] + i1 * gstrides[1] + i2 * gstrides[2]
-                k, _ = _nearest(x, i0, i1, i2, g, lo, inv, centres, nk, y)
-                counts[g, k] += 1
-                for c in range(nc):
-                    sums[g, k, c] += np.int64(y[c] * scale + 0.5)
+    _classify.lloyd_sums(_block(x), _mask(mask), _i64(gstrides), lo, inv, centres, counts, sums)
 
 
-@njit(cache=True, nogil=True)
-def nearest_labels(x, mask, gstrides, lo, inv, centres, offset, out):
+def nearest_labels(x, mask, gstrides, lo, inv, centres, offset, out) -> None:
     """`out` (n0, n1, n2) uint8: nearest centre + `offset` inside `mask`, 0 elsewhere and
     where a channel is NaN or ±Inf."""
-    n0, n1, n2, nc = x.shape
-    nk = centres.shape[1]
-    y = np.empty(nc)
-    for i0 in range(n0):
-        for i1 in range(n1):
-            for i2 in range(n2):
-                if not mask[i0, i1, i2] or not _valid(x, i0, i1, i2, nc):
-                    out[i0, i1, i2] = 0
-                    continue
-                g = i0 * gstrides[0] + i1 * gstrides[1] + i2 * gstrides[2]
-                k, _ = _nearest(x, i0, i1, i2, g, lo, inv, centres, nk, y)
-                out[i0, i1, i2] = k + offset
+    _classify.nearest_labels(_block(x), _mask(mask), _i64(gstrides), lo, inv, centres, int(offset), out)

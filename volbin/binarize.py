@@ -1,9 +1,11 @@
-"""Applying decisions: thresholds per group, and stochastic (Bernoulli) binarization.
+"""Applying decisions: thresholds per group, local and hysteresis thresholds, stochastic
+(Bernoulli) binarization, and the clean-up of thresholded masks.
 
 `binarize` is the entry point of every method: it measures what the recipe needs (rescale
 range, thresholds; computed when it is called, one or two streamed passes) and returns a
-lazy binary result.  Foreground is ``volume > threshold`` with the threshold in raw units;
-NaN and ±Inf voxels are always 0.
+lazy binary result.  Foreground is ``volume > threshold`` with the threshold in raw units
+(local thresholds and hysteresis with given thresholds compare the rescaled volume); NaN
+and ±Inf voxels are always 0.  The clean-up options run `volbin.clean.clean` on the mask.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 from . import _kernels as K
 from .errors import VolbinDataError
 from .masks import mask_fields, recipe_mask
-from .recipe import DITHER_METHODS, THRESHOLD_METHODS, Method, Recipe, merge
-from .rescale import Transform, fit_transform
+from .recipe import CLEAN_METHODS, DITHER_METHODS, THRESHOLD_METHODS, Method, Recipe, merge
+from .rescale import Transform, apply_transform, fit_transform
 from .threshold import Decision, decide, grouping_for, with_bounds
 from .volume import Grouping, Volume, as_volume, like_input
 
@@ -271,7 +273,8 @@ def binarize(
     stats_mask: Any = None,
     **options: Any,
 ) -> Any:
-    """Binarize a 3D/4D volume by a threshold method, stochastically, or by dithering.
+    """Binarize a 3D/4D volume by a threshold method, stochastically, or by dithering;
+    optionally clean the mask of a threshold method.
 
     Parameters
     ----------
@@ -279,8 +282,11 @@ def binarize(
         numpy in gives numpy out, dask gives dask, Volume gives a Volume whose `steps`
         record the recipe and the thresholds used per group.
     method : str, optional
-        ``otsu`` (default), ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean``,
-        ``value`` (with `threshold`), ``stochastic``, ``dither`` or ``ordered``.
+        ``otsu`` (default), ``yen``, ``isodata``, ``li``, ``minimum``, ``triangle``, ``mean``
+        (and the other histogram methods of `volbin.Recipe`), ``value`` (with `threshold`),
+        ``local`` (scikit-image's local thresholds on the rescaled volume, `local_method`),
+        ``hysteresis`` (`low` and `high`, or `low_method` and `high_method`),
+        ``stochastic``, ``dither`` or ``ordered``.
     recipe : Recipe, optional
         A whole recipe; `method` and `options` given too override its fields (see
         `volbin.recipe.merge`: fields of the recipe the final method does not use are reset,
@@ -301,7 +307,12 @@ def binarize(
         (foreground ``threshold < x <= upper``), ``inclusive`` (``x >= threshold``),
         ``invert`` (the complement, inside the mask), ``threshold_from`` (a sidecar whose
         raw thresholds to apply; its method unless `method` is given), ``nbins``,
-        ``seed``, and the dithering options.
+        ``seed``, the dithering options, the local options (``local_method``,
+        ``block_size``, ``offset``, ``k``, ``r``; 2D windows with ``scope="slice"``), the
+        hysteresis options (``low``, ``high`` in `units`, ``low_method``, ``high_method``,
+        ``connectivity``) and the clean-up options of every thresholding method
+        (``keep_largest``, ``min_size``, ``fill_holes``, ``opening``, ``closing``,
+        ``radius_units``, ``connectivity``; see `volbin.clean.clean`).
 
     Returns
     -------
@@ -331,6 +342,17 @@ def binarize(
     >>> inside = x > 1.0
     >>> masked = volbin.binarize(x, "otsu", mask=inside)
     >>> bool((masked == (inside & (x > threshold_otsu(x[inside])))).all())
+    True
+
+    Local (Sauvola) thresholds of the rescaled volume, and hysteresis:
+
+    >>> from skimage.filters import apply_hysteresis_threshold, threshold_sauvola
+    >>> r = volbin.rescale(x)
+    >>> local = volbin.binarize(x, "local", local_method="sauvola", block_size=5)
+    >>> bool((local == (r > threshold_sauvola(r, 5))).all())
+    True
+    >>> hyst = volbin.binarize(x, "hysteresis", low=0.2, high=0.5)
+    >>> bool((hyst == apply_hysteresis_threshold(r, 0.2, 0.5)).all())
     True
     """
     fields, array = mask_fields(mask, stats_mask)
@@ -388,10 +410,20 @@ def binarize_volume(
     if m is not None:
         step["mask"] = _mask_record(m, recipe)
     zero_outside = m.data if m is not None and recipe.mask is not None else None
+    cleaning = _clean_options(recipe, vol)
+    count = None if cleaning else tally  # the tally counts the final, cleaned, mask
     if recipe.method == "stochastic":
         data = stochastic_graph(vol.data, tr, recipe.seed, vol.volume_axis)
         data = _masked(data, zero_outside, tally)
         step["decision"] = {"method": "stochastic", "seed": recipe.seed}
+    elif recipe.method in ("local", "hysteresis"):
+        if recipe.method == "local":
+            data, step["decision"] = _local(vol, tr, recipe)
+        else:
+            data, step["decision"] = _hysteresis(vol, grouping, tr, recipe, m)
+        if tr.n_nonfinite.any():
+            data = _finite_only(data, vol.data)
+        data = _masked(data, zero_outside, count)
     else:
         assert recipe.method in THRESHOLD_METHODS
         if cohort is not None and recipe.threshold_from is None:
@@ -407,11 +439,155 @@ def binarize_volume(
             inclusive=dec.inclusive,
             invert=dec.invert,
             mask=zero_outside,
-            tally=tally,
+            tally=count,
         )
         step["decision"] = dec.record()
+    if cleaning:
+        from .clean import clean
+
+        cleaned = clean(data, **cleaning, volume_axis=vol.volume_axis)
+        step["clean"] = cleaned.record()["steps"]
+        # Closing and hole filling may add voxels outside `mask`: they stay 0 there.
+        data = _masked(cleaned.mask, zero_outside, tally)
     step["foreground"] = tally
     return vol.derive(tally.attach(data), step)
+
+
+def _clean_options(recipe: Recipe, vol: Volume) -> dict[str, Any] | None:
+    """The keywords of `volbin.clean.clean` the recipe asks for, or None (no clean-up)."""
+    if recipe.method not in CLEAN_METHODS:
+        return None
+    steps = {
+        "keep_largest": recipe.keep_largest,
+        "min_size": recipe.min_size,
+        "fill_holes": recipe.fill_holes or False,
+        "opening": recipe.opening,
+        "closing": recipe.closing,
+    }
+    if not any(steps.values()):
+        return None
+    spacing = vol.zooms if recipe.radius_units == "mm" else None
+    return {**steps, "connectivity": recipe.connectivity, "spacing": spacing, "axis": recipe.axis}
+
+
+def _finite_only(data: da.Array, raw: da.Array) -> da.Array:
+    """`data` set to 0 where `raw` is not finite."""
+    if not np.issubdtype(raw.dtype, np.floating):
+        return data
+    return da.map_blocks(
+        lambda b, x: b & np.isfinite(x), data, raw, dtype=bool, meta=np.empty((0,) * data.ndim, bool)
+    )
+
+
+def _local(vol: Volume, tr: Transform, recipe: Recipe) -> tuple[da.Array, dict[str, Any]]:
+    """``rescaled > threshold`` with scikit-image's local threshold of each voxel."""
+    from .local import threshold_local
+
+    method = recipe.local_method
+    if method in ("niblack", "sauvola"):
+        kw: dict[str, Any] = {"k": recipe.k}
+        if method == "sauvola" and recipe.r is not None:
+            kw["r"] = recipe.r
+    else:
+        kw = {"offset": recipe.offset}
+    dims = 2 if recipe.scope == "slice" else 3
+    x = apply_transform(vol.data, tr)
+    out = threshold_local(
+        vol.derive(x), method, block_size=recipe.block_size, dims=dims, axis=recipe.axis, rescale=None, **kw
+    )
+    rec = {k: v for k, v in out.steps[-1].items() if k not in ("step", "method", "rescale", "scope")}
+    decision = {
+        "method": "local",
+        "local_method": method,
+        **rec,
+        "scope": recipe.scope,
+        "comparison": ">",
+        "compared": "rescaled",
+    }
+    # The threshold's chunks may differ from x's (map_overlap enlarges small edge chunks):
+    # an element-wise comparison aligns them.
+    return (x > out.data).rechunk(vol.data.chunks), decision
+
+
+def _hysteresis(
+    vol: Volume, grouping: Grouping, tr: Transform, recipe: Recipe, m: Any
+) -> tuple[da.Array, dict[str, Any]]:
+    """Hysteresis with thresholds given (in `recipe.units`) or decided by histogram methods.
+
+    Given thresholds in rescaled units compare the rescaled volume (`volbin.local`'s
+    hysteresis on it equals scikit-image's); otherwise raw voxels are compared with raw
+    thresholds, per group, as every histogram method is applied.
+    """
+    from .local import apply_hysteresis_threshold
+
+    shape = grouping.group_shape
+    decisions: dict[str, Decision] = {}
+    for side in ("low", "high"):
+        value, by = getattr(recipe, side), getattr(recipe, f"{side}_method")
+        if by is not None:
+            decisions[side] = decide(vol, grouping, tr, recipe.with_method(by), m)
+            continue
+        t = np.full(shape, float(value))
+        if recipe.units == "raw":
+            decisions[side] = Decision(grouping, "value", t, tr.from_raw(t))
+        else:
+            raw = tr.to_raw(t) if tr.monotone else np.full(shape, np.nan)
+            decisions[side] = Decision(grouping, "value", raw, t)
+    lo, hi = decisions["low"], decisions["high"]
+    given = recipe.low_method is None and recipe.high_method is None
+    rescaled = (given and recipe.units == "rescaled") or not tr.monotone
+    if rescaled:
+        x = apply_transform(vol.data, tr)
+        pair = [d.rescaled for d in (lo, hi)]
+    else:
+        x = vol.data
+        pair = [d.raw for d in (lo, hi)]
+    if tr.n_nonfinite.any():
+        # Non-finite voxels are never foreground, so they connect nothing either.
+        x = da.map_blocks(
+            lambda b, r: np.where(np.isfinite(r), b, np.nan),
+            x,
+            vol.data,
+            dtype=np.result_type(x.dtype, np.float32),
+        )
+    thresholds = [_group_values(x, grouping, t) for t in pair]
+    out = apply_hysteresis_threshold(
+        vol.derive(x), thresholds[0], thresholds[1], connectivity=recipe.connectivity
+    )
+    lo_rec, hi_rec = lo.record(), hi.record()
+    nbins = [d.nbins for d in (lo, hi) if d.nbins is not None]
+    decision = {
+        "method": "hysteresis",
+        "nbins": nbins[0] if nbins else None,
+        "scope": recipe.scope,
+        "group_axes": lo_rec["group_axes"],
+        "group_shape": lo_rec["group_shape"],
+        "low_from": recipe.low_method or "value",
+        "low_raw": lo_rec["threshold_raw"],
+        "low_rescaled": lo_rec["threshold_rescaled"],
+        "high_from": recipe.high_method or "value",
+        "high_raw": hi_rec["threshold_raw"],
+        "high_rescaled": hi_rec["threshold_rescaled"],
+        "compared": "rescaled" if rescaled else "raw",
+        "comparison": ">",
+        "connectivity": recipe.connectivity,
+        "components": out.steps[-1]["components"],
+        "kept": out.steps[-1]["kept"],
+    }
+    return out.data, decision
+
+
+def _group_values(x: da.Array, grouping: Grouping, values: np.ndarray) -> Any:
+    """Per-group `values` as a scalar (one group) or a lazy array of `x`'s shape and chunks."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 1:
+        return float(values.reshape(()))
+
+    def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        loc = block_info[0]["array-location"]  # type: ignore[index]
+        return np.broadcast_to(grouping.block_values(values, loc), block.shape).astype(np.float64)
+
+    return da.map_blocks(run, x, dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64))
 
 
 def _mask_record(m: Any, recipe: Recipe) -> dict[str, Any]:

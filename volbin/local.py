@@ -384,7 +384,9 @@ def binarize_local(
     x, thresh, record = _threshold_graph(
         vol, method, block_size, offset, mode, cval, param, k, r, dims, axis, rescale, scope, rescale_options
     )
-    mask = da.map_blocks(np.greater, x, thresh, dtype=bool, meta=np.empty((0,) * x.ndim, bool))
+    # Elementwise, so that dask aligns the chunks of the threshold (map_overlap can merge
+    # small edge chunks) with those of the rescaled volume.
+    mask = x > thresh
     return like_input(vol.derive(mask, {"step": "binarize_local", **record}), kind)
 
 

@@ -18,9 +18,12 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 __all__ = [
+    "CLEAN_METHODS",
     "CURVES",
     "DITHER_METHODS",
     "HISTOGRAM_METHODS",
+    "HYSTERESIS_METHODS",
+    "LOCAL_METHODS",
     "METHODS",
     "MONOTONE_CURVES",
     "RESCALE_METHODS",
@@ -29,6 +32,7 @@ __all__ = [
     "Curve",
     "DitherMethod",
     "HistogramMethod",
+    "LocalMethod",
     "Method",
     "Recipe",
     "RescaleMethod",
@@ -62,7 +66,9 @@ HistogramMethod = Literal[
     "percentile",
 ]
 DitherMethod = Literal["dither", "ordered"]
-Method = Literal[HistogramMethod, "value", "stochastic", DitherMethod]
+#: scikit-image's local thresholds (`volbin.local`) of ``method="local"``.
+LocalMethod = Literal["gaussian", "mean", "median", "niblack", "sauvola"]
+Method = Literal[HistogramMethod, "value", "local", "hysteresis", "stochastic", DitherMethod]
 Scope = Literal["stack", "volume", "slice", "cohort"]
 Units = Literal["rescaled", "raw"]
 
@@ -72,9 +78,16 @@ CURVES: tuple[str, ...] = get_args(Curve)
 MONOTONE_CURVES: tuple[str, ...] = tuple(c for c in CURVES if c != "clahe")
 HISTOGRAM_METHODS: tuple[str, ...] = get_args(HistogramMethod)
 DITHER_METHODS: tuple[str, ...] = get_args(DitherMethod)
-METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value", "stochastic", *DITHER_METHODS)
+METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value", "local", "hysteresis", "stochastic", *DITHER_METHODS)
 #: Methods that decide a threshold per group and apply it (``volume > threshold``).
 THRESHOLD_METHODS: tuple[str, ...] = (*HISTOGRAM_METHODS, "value")
+LOCAL_METHODS: tuple[str, ...] = get_args(LocalMethod)
+#: Histogram methods that give the `low` or `high` threshold of ``method="hysteresis"``.
+HYSTERESIS_METHODS: tuple[str, ...] = tuple(m for m in HISTOGRAM_METHODS if m != "percentile")
+#: Methods whose mask the clean-up options (`volbin.clean`) apply to: every thresholding one.
+CLEAN_METHODS: tuple[str, ...] = (*THRESHOLD_METHODS, "local", "hysteresis")
+FILL_HOLES: tuple[str, ...] = ("2d", "3d")
+RADIUS_UNITS: tuple[str, ...] = ("voxels", "mm")
 SCOPES: tuple[str, ...] = get_args(Scope)
 UNITS: tuple[str, ...] = get_args(Units)
 
@@ -93,8 +106,21 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
     thresholding = method in THRESHOLD_METHODS
     given = d["threshold_from"] is None  # thresholds decided here, not read from a sidecar
     from_file = f"threshold_from={d['threshold_from']!r}"
+    local, hysteresis = method == "local", method == "hysteresis"
+    lm = f"local_method={d['local_method']!r}" if local else m
+    values = hysteresis and (d["low"] is not None or d["high"] is not None)
+    by_method = hysteresis and (d["low_method"] is not None or d["high_method"] is not None)
+    cleaning = method in CLEAN_METHODS
+    components = cleaning and bool(d["keep_largest"] or d["min_size"] or d["fill_holes"])
+    if hysteresis:
+        units_why = f"{m} without `low` or `high`"
+    else:
+        units_why = f"{m} without upper" if given else f"{from_file} without upper"
     uses: dict[str, tuple[bool, str]] = {
-        "axis": (d["scope"] == "slice" or method in DITHER_METHODS, f"scope={d['scope']!r} with {m}"),
+        "axis": (
+            d["scope"] == "slice" or method in DITHER_METHODS or (cleaning and d["fill_holes"] == "2d"),
+            f"scope={d['scope']!r} with {m}" + (" without `fill_holes` '2d'" if cleaning else ""),
+        ),
         "percentiles": (d["rescale"] == "percentile", f"rescale={d['rescale']!r}"),
         "value_range": (d["rescale"] == "fixed", f"rescale={d['rescale']!r}"),
         "gamma": (d["curve"] == "gamma", f"curve={d['curve']!r}"),
@@ -107,16 +133,19 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
         "threshold": (method == "value" and given, m if given else from_file),
         "percentile": (method == "percentile" and given, m if given else from_file),
         "units": (
-            (method == "value" and given) or (thresholding and d["upper"] is not None),
-            f"{m} without upper" if given else f"{from_file} without upper",
+            (method == "value" and given) or (thresholding and d["upper"] is not None) or values,
+            units_why,
         ),
-        "nbins": (method in HISTOGRAM_METHODS and given, m if given else from_file),
+        "nbins": (
+            (method in HISTOGRAM_METHODS and given) or by_method,
+            f"{m} without `low_method` or `high_method`" if hysteresis else m if given else from_file,
+        ),
         "upper": (thresholding, m),
         "inclusive": (thresholding, m),
         "invert": (thresholding, m),
         "threshold_from": (thresholding, m),
-        "mask": (thresholding or method == "stochastic", m),
-        "stats_mask": (thresholding or method == "stochastic", m),
+        "mask": (thresholding or local or hysteresis or method == "stochastic", m),
+        "stats_mask": (thresholding or local or hysteresis or method == "stochastic", m),
         "seed": (
             method == "stochastic"
             or (method == "dither" and isinstance(jitter, (int, float)) and jitter > 0)
@@ -129,6 +158,28 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
         "upsample": (method in DITHER_METHODS, m),
         "matrix": (method == "ordered", m),
         "pattern": (method == "ordered", m),
+        "local_method": (local, m),
+        "block_size": (local, m),
+        "offset": (local and d["local_method"] in ("gaussian", "mean", "median"), lm),
+        "k": (local and d["local_method"] in ("niblack", "sauvola"), lm),
+        "r": (local and d["local_method"] == "sauvola", lm),
+        "low": (hysteresis, m),
+        "high": (hysteresis, m),
+        "low_method": (hysteresis, m),
+        "high_method": (hysteresis, m),
+        "connectivity": (
+            hysteresis or components,
+            f"{m} without `keep_largest`, `min_size` or `fill_holes`" if cleaning else m,
+        ),
+        "keep_largest": (cleaning, m),
+        "min_size": (cleaning, m),
+        "fill_holes": (cleaning, m),
+        "opening": (cleaning, m),
+        "closing": (cleaning, m),
+        "radius_units": (
+            cleaning and bool(d["opening"] or d["closing"]),
+            f"{m} without `opening` or `closing`" if cleaning else m,
+        ),
     }
     if names is None:
         names = [k for k in fields if k in _DEFAULTS and not _same(fields[k], _DEFAULTS[k])]
@@ -260,6 +311,35 @@ class Recipe:
         Seed of stochastic choices (``stochastic``, dither jitter, blue noise).
     kernel, serpentine, jitter, upsample, matrix, pattern
         Dithering options (see `volbin.dither`).
+    local_method : str
+        The local threshold of ``method="local"``, computed on the rescaled volume as
+        scikit-image does (`volbin.local.threshold_local`): ``gaussian`` (default), ``mean``,
+        ``median`` (``threshold_local``), ``niblack`` or ``sauvola``.  Windows are 2D in each
+        slice along `axis` with ``scope="slice"`` (which also rescales per slice), else 3D.
+    block_size : int
+        Odd window size in voxels along each filtered axis (default 15).
+    offset : float
+        Subtracted from the ``gaussian``, ``mean`` and ``median`` thresholds (rescaled units).
+    k : float
+        Weight of the window's standard deviation of ``niblack`` and ``sauvola`` (0.2).
+    r : float or None
+        Dynamic range of the standard deviation of ``sauvola`` (default 1, the rescaled range).
+    low, high : float or None
+        Thresholds of ``method="hysteresis"``, in `units`.
+    low_method, high_method : str or None
+        Histogram methods (``otsu``, ``li``, ...) deciding `low` or `high` per group instead.
+    connectivity : int
+        Neighbourhood (1, 2 or 3, as ``scipy.ndimage.generate_binary_structure``) of the
+        hysteresis components and of the clean-up's components and holes.
+    keep_largest, min_size, fill_holes, opening, closing
+        Clean-up of the mask of any thresholding method (`volbin.clean.clean`, in its order:
+        opening, `min_size`, `keep_largest`, closing, hole filling): keep the largest
+        component of each 3D volume, remove components of fewer than `min_size` voxels,
+        fill holes (``"3d"``, or ``"2d"`` in each slice along `axis`), binary opening and
+        closing by balls of these radii (0: none).
+    radius_units : str
+        ``voxels`` (default) or ``mm`` (with the voxel sizes): the units of `opening` and
+        `closing`.
     """
 
     method: str = "otsu"
@@ -293,6 +373,22 @@ class Recipe:
     upsample: tuple[float, float, float] | None = None
     matrix: int = 8
     pattern: str = "bayer"
+    local_method: str = "gaussian"
+    block_size: int = 15
+    offset: float = 0.0
+    k: float = 0.2
+    r: float | None = None
+    low: float | None = None
+    high: float | None = None
+    low_method: str | None = None
+    high_method: str | None = None
+    connectivity: int = 1
+    keep_largest: bool = False
+    min_size: int = 0
+    fill_holes: str | None = None
+    opening: float = 0.0
+    closing: float = 0.0
+    radius_units: str = "voxels"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -406,6 +502,9 @@ class Recipe:
         _check_choice("pattern", self.pattern, ("bayer", "blue-noise"))
         if self.seed >= 2**64:
             raise ValueError(f"`seed` must be below 2**64; got {self.seed!r}.")
+        self._check_local_options()
+        self._check_hysteresis_options()
+        self._check_clean_options()
         unused = unused_options({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if unused:
             name, why = unused[0]
@@ -460,6 +559,69 @@ class Recipe:
             raise ValueError(
                 "`scope='slice'` cannot be used with curve='clahe', which equalises whole 3D "
                 "volumes; use scope='volume' or 'stack'."
+            )
+
+    def _check_local_options(self) -> None:
+        _check_choice("local_method", self.local_method, LOCAL_METHODS)
+        b = self.block_size
+        if not (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and b >= 1 and b % 2 == 1):
+            raise ValueError(f"`block_size` must be an odd int >= 1; got {b!r}.")
+        object.__setattr__(self, "block_size", int(b))
+        object.__setattr__(self, "offset", _check_float("offset", self.offset))
+        object.__setattr__(self, "k", _check_float("k", self.k))
+        if self.r is not None:
+            if not _check_float("r", self.r, "a finite number > 0") > 0:
+                raise ValueError(f"`r` must be a finite number > 0; got {self.r!r}.")
+            object.__setattr__(self, "r", float(self.r))
+
+    def _check_hysteresis_options(self) -> None:
+        for name in ("low", "high"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _check_float(name, getattr(self, name)))
+        for name in ("low_method", "high_method"):
+            if getattr(self, name) is not None:
+                _check_choice(name, getattr(self, name), HYSTERESIS_METHODS)
+        c = self.connectivity
+        if not (isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c in (1, 2, 3)):
+            raise ValueError(f"`connectivity` must be 1, 2 or 3; got {c!r}.")
+        object.__setattr__(self, "connectivity", int(c))
+        if self.method != "hysteresis":
+            return
+        for name in ("low", "high"):
+            value, by = getattr(self, name), getattr(self, f"{name}_method")
+            if value is None and by is None:
+                raise ValueError(f"`method='hysteresis'` needs `{name}` or `{name}_method`; got neither.")
+            if value is not None and by is not None:
+                raise ValueError(
+                    f"give `{name}` or `{name}_method`, not both; got {name}={value!r}, {name}_method={by!r}."
+                )
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"`low` must not exceed `high`; got low={self.low!r}, high={self.high!r}.")
+
+    def _check_clean_options(self) -> None:
+        if self.fill_holes is True:
+            object.__setattr__(self, "fill_holes", "3d")
+        elif self.fill_holes is False:
+            object.__setattr__(self, "fill_holes", None)
+        if self.fill_holes is not None:
+            _check_choice("fill_holes", self.fill_holes, FILL_HOLES)
+        if not isinstance(self.keep_largest, (bool, np.bool_)):
+            raise ValueError(f"`keep_largest` must be True or False; got {self.keep_largest!r}.")
+        object.__setattr__(self, "keep_largest", bool(self.keep_largest))
+        n = self.min_size
+        if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0):
+            raise ValueError(f"`min_size` must be a non-negative int; got {n!r}.")
+        object.__setattr__(self, "min_size", int(n))
+        for name in ("opening", "closing"):
+            v = _check_float(name, getattr(self, name), "a finite number >= 0")
+            if v < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0; got {getattr(self, name)!r}.")
+            object.__setattr__(self, name, v)
+        _check_choice("radius_units", self.radius_units, RADIUS_UNITS)
+        if self.fill_holes == "2d" and self.connectivity == 3:
+            raise ValueError(
+                "`connectivity` must be 1 or 2 with fill_holes='2d' (a slice has no third neighbour "
+                "direction); got connectivity=3."
             )
 
     # --- JSON form -----------------------------------------------------------------------

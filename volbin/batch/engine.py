@@ -230,7 +230,7 @@ def _layout(workers: int | None, threads: int | None) -> tuple[int, int]:
     """Workers and threads per worker for a LocalCluster: workers x threads = cores.
 
     Up to 8 cores, workers of 2 threads: a worker process costs ~3 CPU seconds to start
-    (it imports dask, numba, nibabel and volbin) and two files in one process hardly
+    (it imports dask, nibabel and volbin) and two files in one process hardly
     contend for the GIL (scripts/bench_batch.py --engines).  Above, dask's own choice.
     """
     cores = _cores()

@@ -19,7 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..recipe import CURVES, METHODS, RESCALE_METHODS, SCOPES, UNITS, Recipe, unused_options
+from ..recipe import (
+    CURVES,
+    FILL_HOLES,
+    HYSTERESIS_METHODS,
+    LOCAL_METHODS,
+    METHODS,
+    RADIUS_UNITS,
+    RESCALE_METHODS,
+    SCOPES,
+    UNITS,
+    Recipe,
+    unused_options,
+)
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
@@ -354,6 +366,108 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
             "--pattern",
             {"choices": ("bayer", "blue-noise"), "help": "ordered-dither pattern (default bayer)"},
         ),
+        "local_method": (
+            "--local",
+            {
+                "choices": LOCAL_METHODS,
+                "help": f"local threshold of --method local (default {d.local_method})",
+            },
+        ),
+        "block_size": (
+            "--block-size",
+            {
+                "type": int_in(1, 10**6),
+                "metavar": "N",
+                "help": "odd window size in voxels of --method local "
+                f"(default {d.block_size}; 2D windows with --scope slice)",
+            },
+        ),
+        "offset": (
+            "--offset",
+            {
+                "type": float_in(),
+                "help": "subtracted from --local gaussian/mean/median thresholds (default 0)",
+            },
+        ),
+        "k": (
+            "--k",
+            {"type": float_in(), "help": f"--local niblack/sauvola weight of the std (default {d.k})"},
+        ),
+        "r": (
+            "--r",
+            {
+                "type": float_in(0, None, open_lo=True),
+                "help": "--local sauvola dynamic range of the std (default 1)",
+            },
+        ),
+        "low": (
+            "--low",
+            {"type": float_in(), "metavar": "L", "help": "low threshold of --method hysteresis, in --units"},
+        ),
+        "high": (
+            "--high",
+            {"type": float_in(), "metavar": "H", "help": "high threshold of --method hysteresis, in --units"},
+        ),
+        "low_method": (
+            "--low-method",
+            {
+                "choices": HYSTERESIS_METHODS,
+                "metavar": "M",
+                "help": "histogram method deciding --low (e.g. li)",
+            },
+        ),
+        "high_method": (
+            "--high-method",
+            {
+                "choices": HYSTERESIS_METHODS,
+                "metavar": "M",
+                "help": "histogram method deciding --high (e.g. otsu)",
+            },
+        ),
+        "connectivity": (
+            "--connectivity",
+            {
+                "type": int_in(1, 3),
+                "help": "neighbourhood 1, 2 or 3 of hysteresis and clean-up components (default 1)",
+            },
+        ),
+        "keep_largest": (
+            "--keep-largest",
+            {"action": "store_true", "default": None, "help": "keep the largest component of each volume"},
+        ),
+        "min_size": (
+            "--min-size",
+            {"type": int_in(0), "metavar": "N", "help": "remove components of fewer than N voxels"},
+        ),
+        "fill_holes": (
+            "--fill-holes",
+            {
+                "nargs": "?",
+                "const": "3d",
+                "choices": FILL_HOLES,
+                "help": "fill holes in 3D (default) or in each 2D slice along --axis",
+            },
+        ),
+        "opening": (
+            "--opening",
+            {
+                "type": float_in(0, 1e6),
+                "metavar": "R",
+                "help": "binary opening by a ball of radius R (--radius-units)",
+            },
+        ),
+        "closing": (
+            "--closing",
+            {
+                "type": float_in(0, 1e6),
+                "metavar": "R",
+                "help": "binary closing by a ball of radius R (--radius-units)",
+            },
+        ),
+        "radius_units": (
+            "--radius-units",
+            {"choices": RADIUS_UNITS, "help": "units of --opening and --closing radii (default voxels)"},
+        ),
     }
 
 
@@ -448,5 +562,6 @@ def _flag_names(message: str) -> str:
     """A Recipe message speaks of fields (`value_range`); on the command line name the flags."""
     for name, (flag, _) in RECIPE_FLAGS.items():
         message = re.sub(rf"\b{name}='([^']*)'", rf"{flag} \1", message)
-        message = message.replace(f"`{name}`", flag).replace(f"{name}=", f"{flag} ")
+        message = message.replace(f"`{name}`", flag)
+        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)  # not `mask=` for `k`
     return message

@@ -26,10 +26,16 @@ examples:
   volbin binarize t1.nii.gz m.nii.gz --method value --threshold 0.2 --upper 0.6 --inclusive
   volbin binarize t1.nii.gz csf.nii.gz --method otsu --invert --mask brain_mask.nii.gz
   volbin binarize sub-02.nii.gz m2.nii.gz --threshold-from sub-01_mask.json   # sub-01's thresholds
+  volbin binarize t1.nii.gz m.nii.gz --method local --local sauvola --block-size 15 --scope slice
+  volbin binarize t1.nii.gz m.nii.gz --method hysteresis --low 0.2 --high 0.5 --connectivity 3
+  volbin binarize t1.nii.gz m.nii.gz --method hysteresis --low-method li --high-method otsu
+  volbin binarize t1.nii.gz h.nii.gz --method otsu --keep-largest --fill-holes 2d --closing 1
 
 A flag the chosen method does not use is refused (exit 2).  Foreground is value > threshold
 (volbin's default; --inclusive gives value >= threshold, as fslmaths -thr and nilearn).
 The line printed and the sidecar give the foreground voxel count, fraction and volume (mm^3).
+Clean-up options (--opening, --min-size, --keep-largest, --closing, --fill-holes) follow any
+thresholding method, in that order; the sidecar records the voxels each removed and added.
 """
 
 #: Methods whose output renders grey levels: their rendering error is measured by default.
@@ -97,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         finite = [v for v in t if v is not None]
         if finite:
             msg += f", {len(t)} thresholds {min(finite):.6g}..{max(finite):.6g}"
+    if isinstance(dec.get("low_raw"), float) and isinstance(dec.get("high_raw"), float):
+        msg += f", low {dec['low_raw']:.6g}, high {dec['high_raw']:.6g}"
     msg += f") in {time.perf_counter() - t0:.2f} s"
     print(msg)
     tally = out.steps[-1].get("foreground")

@@ -1,0 +1,633 @@
+/* Vector versions of the hot inner loops of volbin.kernels, chosen at run time.
+ *
+ * Every function here computes, lane by lane, exactly the IEEE operations of its scalar
+ * version (the "_1" functions, which are the definition): vector code changes how many
+ * values are done at once, never a result.  maxpd(a, b) is ``a > b ? a : b`` and minpd(a, b)
+ * is ``a < b ? a : b``, as the scalar selections are written.  On x86-64 with GCC or Clang,
+ * AVX2 and AVX-512 versions are compiled with target attributes and picked by `vb_init`
+ * (CPUID); elsewhere the SSE2 baseline or the scalar code is used.
+ */
+#ifndef VOLBIN_SIMD_H
+#define VOLBIN_SIMD_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(_MSC_VER) && !defined(__cplusplus)
+#define inline __inline
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define VB_SSE2 1
+#if defined(__GNUC__) || defined(__clang__)
+#define VB_DISPATCH 1
+#define VB_AVX2 __attribute__((target("avx2")))
+#define VB_AVX512 __attribute__((target("avx512f,avx512dq")))
+#endif
+#endif
+
+/* 0 scalar, 1 SSE2, 2 AVX2, 3 AVX-512 (F and DQ): the best the machine has (vb_best), and
+ * the one in use (vb_level, lowered only by tests, to check every version on one machine). */
+static int vb_best = 0;
+static int vb_level = 0;
+
+/* vb_bytes[m]: the 8 bytes 0/1 of the bits of m (a comparison mask as uint8 booleans). */
+static uint64_t vb_bytes[256];
+
+static int vb_init(void) {
+    for (int m = 0; m < 256; m++) {
+        uint64_t b = 0;
+        for (int j = 0; j < 8; j++)
+            if (m >> j & 1) b |= (uint64_t)1 << (8 * j);
+        vb_bytes[m] = b;
+    }
+#if defined(VB_DISPATCH)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+        vb_best = 3;
+    else if (__builtin_cpu_supports("avx2"))
+        vb_best = 2;
+    else
+        vb_best = 1;
+#elif defined(VB_SSE2)
+    vb_best = 1;
+#else
+    vb_best = 0;
+#endif
+    vb_level = vb_best;
+    return vb_level;
+}
+
+/* Use version `level` (clipped to 0 .. vb_best); returns the level now in use. */
+static int vb_set_level(int level) {
+    vb_level = level < 0 ? 0 : (level > vb_best ? vb_best : level);
+    return vb_level;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Histogram bins of a row of doubles (see _histogram.pyx, _row_bins).
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    double a, nm, s, flast, fnb, up_ok;
+} vb_bins_t;
+
+/* np.histogram's bin of fv among the edges k * s + a, clipped to [0, flast]; fnb (the
+ * number of bins) for a non-finite fv.  up_ok is 1 if s > 0, else 0.  A NaN position (a
+ * non-finite fv, or s == 0 with fv - a overflowing) is taken as 0 before the conversion. */
+static inline int32_t vb_bin(double fv, double a, double nm, double s, double flast, double fnb,
+                             double up_ok) {
+    double t = (fv - a) * nm;
+    t = t > 0.0 ? t : 0.0;
+    t = t < flast ? t : flast;
+    double kf = (double)(int32_t)t;
+    double dn = kf > 0.0 ? 1.0 : 0.0;
+    dn = fv < kf * s + a ? dn : 0.0;
+    double up = kf < flast ? up_ok : 0.0;
+    up = fv >= (kf + 1.0) * s + a ? up : 0.0;
+    kf = (kf - dn) + up;
+    return (int32_t)((fv - fv) == 0.0 ? kf : fnb);
+}
+
+static inline int32_t vb_bin_1(double fv, const vb_bins_t *p) {
+    return vb_bin(fv, p->a, p->nm, p->s, p->flast, p->fnb, p->up_ok);
+}
+
+/* Loads of 2, 4 or 8 values of each input type as doubles (exact conversions). */
+#if defined(VB_SSE2)
+#define VB_L2_f64(p) _mm_loadu_pd(p)
+#define VB_L2_f32(p) _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(p))))
+#define VB_L2_i32(p) _mm_cvtepi32_pd(_mm_loadl_epi64((const __m128i *)(p)))
+static inline __m128d vb_l2_16(const void *p, int is_signed) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    __m128i v = _mm_cvtsi32_si128((int)w);
+    v = is_signed ? _mm_srai_epi32(_mm_unpacklo_epi16(v, v), 16) : _mm_unpacklo_epi16(v, _mm_setzero_si128());
+    return _mm_cvtepi32_pd(v);
+}
+static inline __m128d vb_l2_u8(const uint8_t *p) {
+    return _mm_set_pd((double)p[1], (double)p[0]);
+}
+#define VB_L2_i16(p) vb_l2_16(p, 1)
+#define VB_L2_u16(p) vb_l2_16(p, 0)
+#define VB_L2_u8(p) vb_l2_u8(p)
+#endif
+#if defined(VB_DISPATCH)
+#define VB_L4_f64(p) _mm256_loadu_pd(p)
+#define VB_L4_f32(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define VB_L4_i32(p) _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(p)))
+#define VB_L4_i16(p) _mm256_cvtepi32_pd(_mm_cvtepi16_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define VB_L4_u16(p) _mm256_cvtepi32_pd(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define VB_L4_u8(p) _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(vb_load32(p))))
+#define VB_L8_f64(p) _mm512_loadu_pd(p)
+#define VB_L8_f32(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define VB_L8_i32(p) _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(p)))
+#define VB_L8_i16(p) _mm512_cvtepi32_pd(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VB_L8_u16(p) _mm512_cvtepi32_pd(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VB_L8_u8(p) _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+static inline int vb_load32(const uint8_t *p) {
+    int32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+#endif
+
+typedef double vb_t_f64;
+typedef float vb_t_f32;
+typedef int32_t vb_t_i32;
+typedef int16_t vb_t_i16;
+typedef uint16_t vb_t_u16;
+typedef uint8_t vb_t_u8;
+
+#if defined(VB_SSE2)
+#define VB_BINS_SSE2(T)                                                                          \
+    static void vb_bins_##T##_sse2(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p, int32_t *idx) { \
+        const __m128d A = _mm_set1_pd(p->a), NM = _mm_set1_pd(p->nm), S = _mm_set1_pd(p->s);    \
+        const __m128d FL = _mm_set1_pd(p->flast), FN = _mm_set1_pd(p->fnb);                      \
+        const __m128d UP = _mm_set1_pd(p->up_ok), ONE = _mm_set1_pd(1.0), Z = _mm_setzero_pd();  \
+        ptrdiff_t i = 0;                                                                         \
+        for (; i + 2 <= n; i += 2) {                                                             \
+            __m128d v = VB_L2_##T(x + i);                                                        \
+            __m128d t = _mm_min_pd(_mm_max_pd(_mm_mul_pd(_mm_sub_pd(v, A), NM), Z), FL);         \
+            __m128d kf = _mm_cvtepi32_pd(_mm_cvttpd_epi32(t));                                   \
+            __m128d e0 = _mm_add_pd(_mm_mul_pd(kf, S), A);                                       \
+            __m128d e1 = _mm_add_pd(_mm_mul_pd(_mm_add_pd(kf, ONE), S), A);                      \
+            __m128d dn = _mm_and_pd(_mm_and_pd(_mm_cmplt_pd(v, e0), _mm_cmpgt_pd(kf, Z)), ONE);  \
+            __m128d up = _mm_and_pd(_mm_and_pd(_mm_cmpge_pd(v, e1), _mm_cmplt_pd(kf, FL)), UP);  \
+            kf = _mm_add_pd(_mm_sub_pd(kf, dn), up);                                             \
+            __m128d fin = _mm_cmpeq_pd(_mm_sub_pd(v, v), Z);                                     \
+            kf = _mm_or_pd(_mm_and_pd(fin, kf), _mm_andnot_pd(fin, FN));                         \
+            _mm_storel_epi64((__m128i *)(idx + i), _mm_cvttpd_epi32(kf));                        \
+        }                                                                                        \
+        for (; i < n; i++) idx[i] = vb_bin_1((double)x[i], p);                                   \
+    }
+#else
+#define VB_BINS_SSE2(T)
+#endif
+
+#if defined(VB_DISPATCH)
+#define VB_BINS_VEC(T)                                                                           \
+    VB_AVX2 static void vb_bins_##T##_avx2(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p,   \
+                                           int32_t *idx) {                                       \
+        const __m256d A = _mm256_set1_pd(p->a), NM = _mm256_set1_pd(p->nm);                     \
+        const __m256d S = _mm256_set1_pd(p->s), FL = _mm256_set1_pd(p->flast);                   \
+        const __m256d FN = _mm256_set1_pd(p->fnb), UP = _mm256_set1_pd(p->up_ok);                \
+        const __m256d ONE = _mm256_set1_pd(1.0), Z = _mm256_setzero_pd();                        \
+        ptrdiff_t i = 0;                                                                         \
+        for (; i + 4 <= n; i += 4) {                                                             \
+            __m256d v = VB_L4_##T(x + i);                                                        \
+            __m256d t = _mm256_min_pd(_mm256_max_pd(_mm256_mul_pd(_mm256_sub_pd(v, A), NM), Z), FL); \
+            __m256d kf = _mm256_cvtepi32_pd(_mm256_cvttpd_epi32(t));                             \
+            __m256d e0 = _mm256_add_pd(_mm256_mul_pd(kf, S), A);                                 \
+            __m256d e1 = _mm256_add_pd(_mm256_mul_pd(_mm256_add_pd(kf, ONE), S), A);             \
+            __m256d dn = _mm256_and_pd(                                                          \
+                _mm256_and_pd(_mm256_cmp_pd(v, e0, _CMP_LT_OQ), _mm256_cmp_pd(kf, Z, _CMP_GT_OQ)), ONE); \
+            __m256d up = _mm256_and_pd(                                                          \
+                _mm256_and_pd(_mm256_cmp_pd(v, e1, _CMP_GE_OQ), _mm256_cmp_pd(kf, FL, _CMP_LT_OQ)), UP); \
+            kf = _mm256_add_pd(_mm256_sub_pd(kf, dn), up);                                       \
+            __m256d fin = _mm256_cmp_pd(_mm256_sub_pd(v, v), Z, _CMP_EQ_OQ);                     \
+            kf = _mm256_blendv_pd(FN, kf, fin);                                                  \
+            _mm_storeu_si128((__m128i *)(idx + i), _mm256_cvttpd_epi32(kf));                     \
+        }                                                                                        \
+        for (; i < n; i++) idx[i] = vb_bin_1((double)x[i], p);                                   \
+    }                                                                                            \
+    VB_AVX512 static void vb_bins_##T##_avx512(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p, \
+                                               int32_t *idx) {                                   \
+        const __m512d A = _mm512_set1_pd(p->a), NM = _mm512_set1_pd(p->nm);                     \
+        const __m512d S = _mm512_set1_pd(p->s), FL = _mm512_set1_pd(p->flast);                   \
+        const __m512d FN = _mm512_set1_pd(p->fnb), UP = _mm512_set1_pd(p->up_ok);                \
+        const __m512d ONE = _mm512_set1_pd(1.0), Z = _mm512_setzero_pd();                        \
+        ptrdiff_t i = 0;                                                                         \
+        for (; i + 8 <= n; i += 8) {                                                             \
+            __m512d v = VB_L8_##T(x + i);                                                        \
+            __m512d t = _mm512_min_pd(_mm512_max_pd(_mm512_mul_pd(_mm512_sub_pd(v, A), NM), Z), FL); \
+            __m512d kf = _mm512_cvtepi32_pd(_mm512_cvttpd_epi32(t));                             \
+            __m512d e0 = _mm512_add_pd(_mm512_mul_pd(kf, S), A);                                 \
+            __m512d e1 = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(kf, ONE), S), A);             \
+            __mmask8 dn = _mm512_cmp_pd_mask(v, e0, _CMP_LT_OQ) & _mm512_cmp_pd_mask(kf, Z, _CMP_GT_OQ); \
+            __mmask8 up = _mm512_cmp_pd_mask(v, e1, _CMP_GE_OQ) & _mm512_cmp_pd_mask(kf, FL, _CMP_LT_OQ); \
+            kf = _mm512_add_pd(_mm512_sub_pd(kf, _mm512_maskz_mov_pd(dn, ONE)), _mm512_maskz_mov_pd(up, UP)); \
+            __mmask8 fin = _mm512_cmp_pd_mask(_mm512_sub_pd(v, v), Z, _CMP_EQ_OQ);               \
+            kf = _mm512_mask_blend_pd(fin, FN, kf);                                              \
+            _mm256_storeu_si256((__m256i *)(idx + i), _mm512_cvttpd_epi32(kf));                  \
+        }                                                                                        \
+        for (; i < n; i++) idx[i] = vb_bin_1((double)x[i], p);                                   \
+    }
+#define VB_BINS_DISPATCH(T)                                                                      \
+    if (vb_level >= 3) { vb_bins_##T##_avx512(x, n, p, idx); return; }                           \
+    if (vb_level == 2) { vb_bins_##T##_avx2(x, n, p, idx); return; }
+#else
+#define VB_BINS_VEC(T)
+#define VB_BINS_DISPATCH(T)
+#endif
+#if defined(VB_SSE2)
+#define VB_BINS_DISPATCH_SSE2(T)                                                                 \
+    if (vb_level == 1) { vb_bins_##T##_sse2(x, n, p, idx); return; }
+#else
+#define VB_BINS_DISPATCH_SSE2(T)
+#endif
+
+/* idx[i] = vb_bin_1(x[i], p) for i < n, for x of type T. */
+#define VB_BINS(T)                                                                               \
+    VB_BINS_SSE2(T)                                                                              \
+    VB_BINS_VEC(T)                                                                               \
+    static inline void vb_bins_##T(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p, int32_t *idx) { \
+        VB_BINS_DISPATCH(T)                                                                      \
+        VB_BINS_DISPATCH_SSE2(T)                                                                 \
+        for (ptrdiff_t i = 0; i < n; i++) idx[i] = vb_bin_1((double)x[i], p);                    \
+    }
+VB_BINS(f64)
+VB_BINS(f32)
+VB_BINS(i32)
+VB_BINS(i16)
+VB_BINS(u16)
+VB_BINS(u8)
+
+/* ---------------------------------------------------------------------------------------
+ * Finite range of a row of doubles (see _histogram.pyx, group_minmax).
+ *
+ * The definition is the sequential loop of vb_minmax_1: lo = fv < lo ? fv : lo over the
+ * finite values (and hi likewise), so the result is numerically the least value and, among
+ * values equal to it, the first (only 0.0 and -0.0 are equal with different bits).  The
+ * vector versions take the numeric minimum in any order, then, if it is zero, the first
+ * zero: the initial lo if it is zero, else the row's first zero.
+ * ------------------------------------------------------------------------------------- */
+
+static inline void vb_minmax_1(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+    double lo = *lo_p, hi = *hi_p;
+    int64_t bad = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double fv = x[i];
+        if (fv - fv == 0.0) {
+            lo = fv < lo ? fv : lo;
+            hi = fv > hi ? fv : hi;
+        } else {
+            bad++;
+        }
+    }
+    *lo_p = lo;
+    *hi_p = hi;
+    *bad_p += bad;
+}
+
+/* The sequential result from the numeric extremes m (min) and M (max) of the finite x[i]. */
+static inline void vb_minmax_finish(const double *x, ptrdiff_t n, double m, double M, double *lo_p,
+                                    double *hi_p) {
+    double lo = *lo_p, hi = *hi_p;
+    double nlo = m < lo ? m : lo, nhi = M > hi ? M : hi;
+    if (nlo == 0.0 && lo != 0.0) {
+        for (ptrdiff_t i = 0; i < n; i++) if (x[i] == 0.0) { nlo = x[i]; break; }
+    } else if (nlo == 0.0) {
+        nlo = lo;
+    }
+    if (nhi == 0.0 && hi != 0.0) {
+        for (ptrdiff_t i = 0; i < n; i++) if (x[i] == 0.0) { nhi = x[i]; break; }
+    } else if (nhi == 0.0) {
+        nhi = hi;
+    }
+    *lo_p = nlo;
+    *hi_p = nhi;
+}
+
+#if defined(VB_SSE2)
+static void vb_minmax_sse2(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+    const __m128d Z = _mm_setzero_pd(), PINF = _mm_set1_pd(INFINITY), NINF = _mm_set1_pd(-INFINITY);
+    __m128d vlo = PINF, vhi = NINF;
+    int64_t bad = 0;
+    ptrdiff_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        __m128d v = _mm_loadu_pd(x + i);
+        __m128d fin = _mm_cmpeq_pd(_mm_sub_pd(v, v), Z);
+        vlo = _mm_min_pd(vlo, _mm_or_pd(_mm_and_pd(fin, v), _mm_andnot_pd(fin, PINF)));
+        vhi = _mm_max_pd(vhi, _mm_or_pd(_mm_and_pd(fin, v), _mm_andnot_pd(fin, NINF)));
+        int m = _mm_movemask_pd(fin);
+        bad += 2 - (m & 1) - (m >> 1);
+    }
+    double l[2], h[2];
+    _mm_storeu_pd(l, vlo);
+    _mm_storeu_pd(h, vhi);
+    double m = l[1] < l[0] ? l[1] : l[0], M = h[1] > h[0] ? h[1] : h[0];
+    for (; i < n; i++) {
+        double fv = x[i];
+        if (fv - fv == 0.0) { m = fv < m ? fv : m; M = fv > M ? fv : M; } else bad++;
+    }
+    vb_minmax_finish(x, n, m, M, lo_p, hi_p);
+    *bad_p += bad;
+}
+#endif
+
+#if defined(VB_DISPATCH)
+VB_AVX2 static void vb_minmax_avx2(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+    const __m256d Z = _mm256_setzero_pd(), PINF = _mm256_set1_pd(INFINITY), NINF = _mm256_set1_pd(-INFINITY);
+    __m256d vlo = PINF, vhi = NINF, vlo2 = PINF, vhi2 = NINF;
+    int64_t bad = 0;
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256d v = _mm256_loadu_pd(x + i), w = _mm256_loadu_pd(x + i + 4);
+        __m256d fin = _mm256_cmp_pd(_mm256_sub_pd(v, v), Z, _CMP_EQ_OQ);
+        __m256d fin2 = _mm256_cmp_pd(_mm256_sub_pd(w, w), Z, _CMP_EQ_OQ);
+        vlo = _mm256_min_pd(vlo, _mm256_blendv_pd(PINF, v, fin));
+        vhi = _mm256_max_pd(vhi, _mm256_blendv_pd(NINF, v, fin));
+        vlo2 = _mm256_min_pd(vlo2, _mm256_blendv_pd(PINF, w, fin2));
+        vhi2 = _mm256_max_pd(vhi2, _mm256_blendv_pd(NINF, w, fin2));
+        bad += 8 - __builtin_popcount((unsigned)(_mm256_movemask_pd(fin) | _mm256_movemask_pd(fin2) << 4));
+    }
+    vlo = _mm256_min_pd(vlo, vlo2);
+    vhi = _mm256_max_pd(vhi, vhi2);
+    double l[4], h[4];
+    _mm256_storeu_pd(l, vlo);
+    _mm256_storeu_pd(h, vhi);
+    double m = l[0], M = h[0];
+    for (int j = 1; j < 4; j++) { m = l[j] < m ? l[j] : m; M = h[j] > M ? h[j] : M; }
+    for (; i < n; i++) {
+        double fv = x[i];
+        if (fv - fv == 0.0) { m = fv < m ? fv : m; M = fv > M ? fv : M; } else bad++;
+    }
+    vb_minmax_finish(x, n, m, M, lo_p, hi_p);
+    *bad_p += bad;
+}
+
+VB_AVX512 static void vb_minmax_avx512(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+    const __m512d Z = _mm512_setzero_pd(), PINF = _mm512_set1_pd(INFINITY), NINF = _mm512_set1_pd(-INFINITY);
+    __m512d vlo = PINF, vhi = NINF;
+    int64_t bad = 0;
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m512d v = _mm512_loadu_pd(x + i);
+        __mmask8 fin = _mm512_cmp_pd_mask(_mm512_sub_pd(v, v), Z, _CMP_EQ_OQ);
+        vlo = _mm512_mask_min_pd(vlo, fin, vlo, v);
+        vhi = _mm512_mask_max_pd(vhi, fin, vhi, v);
+        bad += 8 - __builtin_popcount((unsigned)fin);
+    }
+    double l[8], h[8];
+    _mm512_storeu_pd(l, vlo);
+    _mm512_storeu_pd(h, vhi);
+    double m = l[0], M = h[0];
+    for (int j = 1; j < 8; j++) { m = l[j] < m ? l[j] : m; M = h[j] > M ? h[j] : M; }
+    for (; i < n; i++) {
+        double fv = x[i];
+        if (fv - fv == 0.0) { m = fv < m ? fv : m; M = fv > M ? fv : M; } else bad++;
+    }
+    vb_minmax_finish(x, n, m, M, lo_p, hi_p);
+    *bad_p += bad;
+}
+#endif
+
+/* *lo_p, *hi_p: the finite range of x[:n] joined to theirs; *bad_p += non-finite count. */
+static inline void vb_minmax(const double *x, ptrdiff_t n, double *lo_p, double *hi_p, int64_t *bad_p) {
+#if defined(VB_DISPATCH)
+    if (vb_level >= 3) { vb_minmax_avx512(x, n, lo_p, hi_p, bad_p); return; }
+    if (vb_level == 2) { vb_minmax_avx2(x, n, lo_p, hi_p, bad_p); return; }
+#endif
+#if defined(VB_SSE2)
+    if (vb_level == 1) { vb_minmax_sse2(x, n, lo_p, hi_p, bad_p); return; }
+#endif
+    vb_minmax_1(x, n, lo_p, hi_p, bad_p);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Integer helpers of void-and-cluster (see _void_cluster.pyx): exact in any order, so
+ * these are plain loops compiled for each instruction set and vectorised by the compiler.
+ * ------------------------------------------------------------------------------------- */
+
+#define VB_INT_HELPERS(SUF, ATTR)                                                                \
+    ATTR static void vb_range64_##SUF(const int64_t *v, ptrdiff_t n, int64_t *lo_p, int64_t *hi_p) { \
+        int64_t lo = v[0], hi = v[0];                                                            \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                      \
+            lo = v[i] < lo ? v[i] : lo;                                                          \
+            hi = v[i] > hi ? v[i] : hi;                                                          \
+        }                                                                                        \
+        *lo_p = lo;                                                                              \
+        *hi_p = hi;                                                                              \
+    }                                                                                            \
+    ATTR static int64_t vb_min64_##SUF(const int64_t *v, ptrdiff_t n) {                          \
+        int64_t lo = v[0];                                                                       \
+        for (ptrdiff_t i = 0; i < n; i++) lo = v[i] < lo ? v[i] : lo;                            \
+        return lo;                                                                               \
+    }                                                                                            \
+    ATTR static int64_t vb_max64_##SUF(const int64_t *v, ptrdiff_t n) {                          \
+        int64_t hi = v[0];                                                                       \
+        for (ptrdiff_t i = 0; i < n; i++) hi = v[i] > hi ? v[i] : hi;                            \
+        return hi;                                                                               \
+    }                                                                                            \
+    ATTR static void vb_toggle_row_##SUF(int64_t *row, const int64_t *g, ptrdiff_t nx, ptrdiff_t px, \
+                                         int64_t sign, int64_t *lo_p, int64_t *hi_p) {          \
+        int64_t *tail = row + px;                                                                \
+        const int64_t *g_head = g + (nx - px);                                                   \
+        int64_t lo = INT64_MAX, hi = INT64_MIN, v;                                               \
+        if (sign > 0) {                                                                          \
+            for (ptrdiff_t i = 0; i < nx - px; i++) {                                            \
+                v = tail[i] + g[i]; tail[i] = v;                                                 \
+                lo = v < lo ? v : lo; hi = v > hi ? v : hi;                                      \
+            }                                                                                    \
+            for (ptrdiff_t i = 0; i < px; i++) {                                                 \
+                v = row[i] + g_head[i]; row[i] = v;                                              \
+                lo = v < lo ? v : lo; hi = v > hi ? v : hi;                                      \
+            }                                                                                    \
+        } else {                                                                                 \
+            for (ptrdiff_t i = 0; i < nx - px; i++) {                                            \
+                v = tail[i] - g[i]; tail[i] = v;                                                 \
+                lo = v < lo ? v : lo; hi = v > hi ? v : hi;                                      \
+            }                                                                                    \
+            for (ptrdiff_t i = 0; i < px; i++) {                                                 \
+                v = row[i] - g_head[i]; row[i] = v;                                              \
+                lo = v < lo ? v : lo; hi = v > hi ? v : hi;                                      \
+            }                                                                                    \
+        }                                                                                        \
+        *lo_p = lo;                                                                              \
+        *hi_p = hi;                                                                              \
+    }
+
+VB_INT_HELPERS(base, )
+#if defined(VB_DISPATCH)
+VB_INT_HELPERS(avx2, VB_AVX2)
+VB_INT_HELPERS(avx512, __attribute__((target("avx512f,avx512dq,avx512vl"))))
+#define VB_INT_CALL(NAME, ...)                                                                   \
+    (vb_level >= 3 ? NAME##_avx512(__VA_ARGS__) : vb_level == 2 ? NAME##_avx2(__VA_ARGS__) : NAME##_base(__VA_ARGS__))
+#else
+#define VB_INT_CALL(NAME, ...) NAME##_base(__VA_ARGS__)
+#endif
+
+/* Least and largest of v[:n] (n >= 1). */
+static inline void vb_range64(const int64_t *v, ptrdiff_t n, int64_t *lo, int64_t *hi) {
+    VB_INT_CALL(vb_range64, v, n, lo, hi);
+}
+
+/* Lowest index of the least (largest) of v[:n] (n >= 1). */
+static inline ptrdiff_t vb_argmin64(const int64_t *v, ptrdiff_t n) {
+    int64_t m = VB_INT_CALL(vb_min64, v, n);
+    ptrdiff_t i = 0;
+    while (v[i] != m) i++;
+    return i;
+}
+
+static inline ptrdiff_t vb_argmax64(const int64_t *v, ptrdiff_t n) {
+    int64_t m = VB_INT_CALL(vb_max64, v, n);
+    ptrdiff_t i = 0;
+    while (v[i] != m) i++;
+    return i;
+}
+
+/* row += sign * g shifted right by px (toroidally), sign +-1; *lo, *hi: the row's new range. */
+static inline void vb_toggle_row(int64_t *row, const int64_t *g, ptrdiff_t nx, ptrdiff_t px,
+                                 int64_t sign, int64_t *lo, int64_t *hi) {
+    VB_INT_CALL(vb_toggle_row, row, g, nx, px, sign, lo, hi);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * SplitMix64 uniforms of consecutive counters (see _splitmix.pxd).
+ * ------------------------------------------------------------------------------------- */
+
+#define VB_GAMMA 0x9E3779B97F4A7C15ULL
+#define VB_M1 0xBF58476D1CE4E5B9ULL
+#define VB_M2 0x94D049BB133111EBULL
+#define VB_INV53 (1.0 / 9007199254740992.0)
+
+static inline double vb_uniform_1(uint64_t key, uint64_t index) {
+    uint64_t z = key + (index + 1) * VB_GAMMA;
+    z = (z ^ (z >> 30)) * VB_M1;
+    z = (z ^ (z >> 27)) * VB_M2;
+    z ^= z >> 31;
+    return (double)(int64_t)(z >> 11) * VB_INV53;
+}
+
+#if defined(VB_DISPATCH)
+/* Low 64 bits of a * b, lane by lane, from 32-bit products (b_hi = b >> 32). */
+VB_AVX2 static inline __m256i vb_mul64_avx2(__m256i a, __m256i b, __m256i b_hi) {
+    __m256i ll = _mm256_mul_epu32(a, b);
+    __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), b), _mm256_mul_epu32(a, b_hi));
+    return _mm256_add_epi64(ll, _mm256_slli_epi64(cross, 32));
+}
+
+/* Uniforms of the 4 states z (already key + (index + 1) * gamma). */
+VB_AVX2 static inline __m256d vb_uniform_avx2(__m256i z) {
+    const __m256i m1 = _mm256_set1_epi64x((long long)VB_M1), m1h = _mm256_srli_epi64(m1, 32);
+    const __m256i m2 = _mm256_set1_epi64x((long long)VB_M2), m2h = _mm256_srli_epi64(m2, 32);
+    z = vb_mul64_avx2(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), m1, m1h);
+    z = vb_mul64_avx2(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), m2, m2h);
+    z = _mm256_srli_epi64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 31)), 11);
+    /* Exact conversion of the 53-bit z: (2**84 + hi * 2**32 - 2**84 - 2**52) + (2**52 + lo). */
+    __m256i hi = _mm256_or_si256(_mm256_srli_epi64(z, 32), _mm256_castpd_si256(_mm256_set1_pd(19342813113834066795298816.0)));
+    __m256i lo = _mm256_blend_epi32(z, _mm256_castpd_si256(_mm256_set1_pd(4503599627370496.0)), 0xAA);
+    __m256d f = _mm256_sub_pd(_mm256_castsi256_pd(hi), _mm256_set1_pd(19342813113834066795298816.0 + 4503599627370496.0));
+    f = _mm256_add_pd(f, _mm256_castsi256_pd(lo));
+    return _mm256_mul_pd(f, _mm256_set1_pd(VB_INV53));
+}
+
+VB_AVX512 static inline __m512d vb_uniform_avx512(__m512i z) {
+    const __m512i m1 = _mm512_set1_epi64((long long)VB_M1), m2 = _mm512_set1_epi64((long long)VB_M2);
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), m1);
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), m2);
+    z = _mm512_srli_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 31)), 11);
+    return _mm512_mul_pd(_mm512_cvtepi64_pd(z), _mm512_set1_pd(VB_INV53));
+}
+
+VB_AVX2 static void vb_uniforms_avx2(uint64_t key, uint64_t base, ptrdiff_t n, double *out) {
+    ptrdiff_t i = 0;
+    __m256i z = _mm256_add_epi64(
+        _mm256_set1_epi64x((long long)(key + (base + 1) * VB_GAMMA)),
+        _mm256_set_epi64x((long long)(3 * VB_GAMMA), (long long)(2 * VB_GAMMA), (long long)VB_GAMMA, 0));
+    const __m256i step = _mm256_set1_epi64x((long long)(4 * VB_GAMMA));
+    for (; i + 4 <= n; i += 4) {
+        _mm256_storeu_pd(out + i, vb_uniform_avx2(z));
+        z = _mm256_add_epi64(z, step);
+    }
+    for (; i < n; i++) out[i] = vb_uniform_1(key, base + (uint64_t)i);
+}
+
+VB_AVX512 static void vb_uniforms_avx512(uint64_t key, uint64_t base, ptrdiff_t n, double *out) {
+    ptrdiff_t i = 0;
+    __m512i z = _mm512_add_epi64(
+        _mm512_set1_epi64((long long)(key + (base + 1) * VB_GAMMA)),
+        _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64((long long)VB_GAMMA)));
+    const __m512i step = _mm512_set1_epi64((long long)(8 * VB_GAMMA));
+    for (; i + 8 <= n; i += 8) {
+        _mm512_storeu_pd(out + i, vb_uniform_avx512(z));
+        z = _mm512_add_epi64(z, step);
+    }
+    for (; i < n; i++) out[i] = vb_uniform_1(key, base + (uint64_t)i);
+}
+#endif
+
+/* Bernoulli draws: out[i] = uniform(key, base + i) < p[i] (0 for a NaN p), p float or double. */
+#define VB_BERNOULLI_1(T)                                                                       \
+    static inline void vb_bernoulli_##T##_1(uint64_t key, uint64_t base, ptrdiff_t i, ptrdiff_t n, \
+                                            const T *p, uint8_t *out) {                         \
+        for (; i < n; i++) out[i] = vb_uniform_1(key, base + (uint64_t)i) < (double)p[i];         \
+    }
+typedef float vb_f32;
+typedef double vb_f64;
+VB_BERNOULLI_1(vb_f32)
+VB_BERNOULLI_1(vb_f64)
+
+#if defined(VB_DISPATCH)
+VB_AVX2 static inline __m256d vb_load4_f32(const float *p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+VB_AVX2 static inline __m256d vb_load4_f64(const double *p) { return _mm256_loadu_pd(p); }
+VB_AVX512 static inline __m512d vb_load8_f32(const float *p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+VB_AVX512 static inline __m512d vb_load8_f64(const double *p) { return _mm512_loadu_pd(p); }
+
+#define VB_BERNOULLI_VEC(T, SUF)                                                                 \
+    VB_AVX2 static void vb_bernoulli_##T##_avx2(uint64_t key, uint64_t base, ptrdiff_t n, const T *p, \
+                                                uint8_t *out) {                                  \
+        ptrdiff_t i = 0;                                                                         \
+        __m256i z = _mm256_add_epi64(                                                            \
+            _mm256_set1_epi64x((long long)(key + (base + 1) * VB_GAMMA)),                        \
+            _mm256_set_epi64x((long long)(3 * VB_GAMMA), (long long)(2 * VB_GAMMA),              \
+                              (long long)VB_GAMMA, 0));                                          \
+        const __m256i step = _mm256_set1_epi64x((long long)(4 * VB_GAMMA));                      \
+        for (; i + 4 <= n; i += 4) {                                                             \
+            int m = _mm256_movemask_pd(_mm256_cmp_pd(vb_uniform_avx2(z), vb_load4_##SUF(p + i), _CMP_LT_OQ)); \
+            uint32_t b = (uint32_t)vb_bytes[m];                                                  \
+            memcpy(out + i, &b, 4);                                                              \
+            z = _mm256_add_epi64(z, step);                                                       \
+        }                                                                                        \
+        vb_bernoulli_##T##_1(key, base, i, n, p, out);                                           \
+    }                                                                                            \
+    VB_AVX512 static void vb_bernoulli_##T##_avx512(uint64_t key, uint64_t base, ptrdiff_t n,    \
+                                                    const T *p, uint8_t *out) {                  \
+        ptrdiff_t i = 0;                                                                         \
+        __m512i z = _mm512_add_epi64(                                                            \
+            _mm512_set1_epi64((long long)(key + (base + 1) * VB_GAMMA)),                         \
+            _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0),                         \
+                               _mm512_set1_epi64((long long)VB_GAMMA)));                         \
+        const __m512i step = _mm512_set1_epi64((long long)(8 * VB_GAMMA));                       \
+        for (; i + 8 <= n; i += 8) {                                                             \
+            __mmask8 m = _mm512_cmp_pd_mask(vb_uniform_avx512(z), vb_load8_##SUF(p + i), _CMP_LT_OQ); \
+            memcpy(out + i, &vb_bytes[m], 8);                                                    \
+            z = _mm512_add_epi64(z, step);                                                       \
+        }                                                                                        \
+        vb_bernoulli_##T##_1(key, base, i, n, p, out);                                           \
+    }
+VB_BERNOULLI_VEC(vb_f32, f32)
+VB_BERNOULLI_VEC(vb_f64, f64)
+#endif
+
+#define VB_BERNOULLI(T)                                                                          \
+    static inline void vb_bernoulli_##T(uint64_t key, uint64_t base, ptrdiff_t n, const T *p,   \
+                                        uint8_t *out) {                                          \
+        VB_BERNOULLI_DISPATCH(T)                                                                 \
+        vb_bernoulli_##T##_1(key, base, 0, n, p, out);                                           \
+    }
+#if defined(VB_DISPATCH)
+#define VB_BERNOULLI_DISPATCH(T)                                                                 \
+    if (vb_level >= 3) { vb_bernoulli_##T##_avx512(key, base, n, p, out); return; }              \
+    if (vb_level == 2) { vb_bernoulli_##T##_avx2(key, base, n, p, out); return; }
+#else
+#define VB_BERNOULLI_DISPATCH(T)
+#endif
+VB_BERNOULLI(vb_f32)
+VB_BERNOULLI(vb_f64)
+
+/* out[i] = uniform(key, base + i) for i < n. */
+static inline void vb_uniforms(uint64_t key, uint64_t base, ptrdiff_t n, double *out) {
+#if defined(VB_DISPATCH)
+    if (vb_level >= 3) { vb_uniforms_avx512(key, base, n, out); return; }
+    if (vb_level == 2) { vb_uniforms_avx2(key, base, n, out); return; }
+#endif
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = vb_uniform_1(key, base + (uint64_t)i);
+}
+
+#endif

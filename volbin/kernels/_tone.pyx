@@ -1,0 +1,103 @@
+"""The histogram-equalisation curve: a table lookup on equally spaced knots, and the histogram
+of its output without computing most of it (see ``volbin._tone_kernels`` for the contract).
+
+Values of any native integer or float type are converted to double before use; the
+arithmetic is the plain IEEE double arithmetic written below (no fused multiply-add).
+"""
+
+from libc.math cimport NAN, floor
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+
+ctypedef fused real_t:
+    int8_t
+    uint8_t
+    int16_t
+    uint16_t
+    int32_t
+    uint32_t
+    int64_t
+    uint64_t
+    float
+    double
+
+
+cdef inline double _clamp(double v, double lo, double hi) noexcept nogil:
+    # min(max(v, lo), hi) as Python's: max keeps v unless lo is larger, min keeps it unless hi is smaller.
+    if lo > v:
+        v = lo
+    if hi < v:
+        v = hi
+    return v
+
+
+def equalize_map(const real_t[::1] x, double e0, double scale, const double[::1] values, float[::1] out):
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef double last = <double>(values.shape[0] - 2)
+    cdef double v, s, k, frac, lo, r
+    cdef Py_ssize_t ki
+    with nogil:
+        for i in range(n):
+            v = <double>x[i]
+            s = (v - e0) * scale
+            if s != s:
+                s = 0.0
+            k = floor(_clamp(s, 0.0, last))
+            frac = _clamp(s - k, 0.0, 1.0)
+            ki = <Py_ssize_t>k
+            lo = values[ki]
+            r = lo + frac * (values[ki + 1] - lo)
+            out[i] = <float>r if v == v else <float>NAN
+
+
+def equalized_histogram(
+    const real_t[::1] x,
+    double e0,
+    double scale,
+    const double[::1] values,
+    const int32_t[::1] table,
+    double lo,
+    double hi,
+    Py_ssize_t nbins,
+    int64_t[::1] counts,
+):
+    cdef Py_ssize_t j, q, n = x.shape[0]
+    cdef double last = <double>(values.shape[0] - 2)
+    cdef double step = (hi - lo) / nbins
+    cdef double norm = nbins / (hi - lo) if hi > lo else 0.0
+    cdef double flast = <double>(nbins - 1)
+    cdef double up_ok = 1.0 if step > 0.0 else 0.0
+    cdef double v, s, k, frac, a, fv, kf
+    cdef Py_ssize_t ki, b
+    cdef int64_t* c4 = <int64_t*>calloc(4 * (nbins + 1), sizeof(int64_t))
+    if c4 == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for j in range(n):
+                v = <double>x[j]
+                s = (v - e0) * scale
+                if s != s:
+                    s = 0.0
+                k = floor(_clamp(s, 0.0, last))
+                ki = <Py_ssize_t>k
+                b = table[ki]
+                if b < 0:
+                    frac = _clamp(s - k, 0.0, 1.0)
+                    a = values[ki]
+                    fv = <double>(<float>(a + frac * (values[ki + 1] - a)))
+                    kf = floor(_clamp((fv - lo) * norm, 0.0, flast))
+                    kf = (
+                        kf
+                        - <double>((fv < kf * step + lo) and (kf > 0.0))
+                        + <double>((fv >= (kf + 1.0) * step + lo) and (kf < flast)) * up_ok
+                    )
+                    b = <Py_ssize_t>kf
+                if v == v:
+                    c4[(j & 3) * (nbins + 1) + b] += 1
+                else:
+                    c4[(j & 3) * (nbins + 1) + nbins] += 1
+            for q in range(nbins):
+                counts[q] += c4[q] + c4[(nbins + 1) + q] + c4[2 * (nbins + 1) + q] + c4[3 * (nbins + 1) + q]
+    finally:
+        free(c4)
