@@ -1,10 +1,20 @@
-"""Make the pictures of docs/methods.md: one axial phantom slice through every method.
+"""Make every picture of the documentation from the phantom: ``docs/img/*.png``.
 
-python scripts/make_figures.py            # writes docs/img/*.png
+python scripts/make_figures.py                 # writes docs/img/*.png
+python scripts/make_figures.py --out DIR       # elsewhere (tests compare two runs)
+python scripts/make_figures.py --only printing # one picture
+
+Every picture is a function of `FIGURES`; the same volbin, numpy, Pillow and matplotlib give
+the same bytes on every run.  tests/test_docs.py checks that the docs show exactly these.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
+import tempfile
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +23,24 @@ from PIL import Image, ImageDraw
 import volbin
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "img"
+#: The phantom every picture is made from, and the axial slice shown.
+SHAPE = (120, 140, 120)
+SEED = 0
+#: Options some methods need to decide (the rest take none).
+METHOD_OPTIONS = {"percentile": {"percentile": 75.0}}
+
+
+@cache
+def _phantom() -> volbin.Phantom:
+    return volbin.phantom(SHAPE, seed=SEED)
+
+
+def _z() -> int:
+    return SHAPE[2] // 2
+
+
+_WHITE = {"L": 255, "RGB": (255, 255, 255)}
+_BLACK = {"L": 0, "RGB": (0, 0, 0)}
 
 
 def _tile(arr: np.ndarray, label: str, scale: int = 2) -> Image.Image:
@@ -27,7 +55,7 @@ def _tile(arr: np.ndarray, label: str, scale: int = 2) -> Image.Image:
 
 def _row(tiles: list[Image.Image]) -> Image.Image:
     w = sum(t.width for t in tiles) + 4 * (len(tiles) - 1)
-    out = Image.new("L", (w, max(t.height for t in tiles)), 255)
+    out = Image.new(tiles[0].mode, (w, max(t.height for t in tiles)), _WHITE[tiles[0].mode])
     x = 0
     for t in tiles:
         out.paste(t, (x, 0))
@@ -35,21 +63,54 @@ def _row(tiles: list[Image.Image]) -> Image.Image:
     return out
 
 
-def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    ph = volbin.phantom((120, 140, 120), seed=0)
-    x = ph.intensity
-    z = x.shape[2] // 2
-    grey = volbin.rescale(x)
-    thresholds = [
-        ("input (min-max)", grey),
+def _grid(tiles: list[Image.Image], columns: int) -> Image.Image:
+    rows = [_row(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
+    size = (max(r.width for r in rows), sum(r.height + 4 for r in rows) - 4)
+    out = Image.new(rows[0].mode, size, _WHITE[rows[0].mode])
+    y = 0
+    for r in rows:
+        out.paste(r, (0, y))
+        y += r.height + 4
+    return out
+
+
+def thresholds() -> Image.Image:
+    """A few threshold methods and scopes (docs/methods.md, Thresholds)."""
+    x = _phantom().intensity
+    z = _z()
+    shown = [
+        ("input (min-max)", volbin.rescale(x)),
         ("otsu", volbin.binarize(x, "otsu")),
         ("li", volbin.binarize(x, "li")),
         ("triangle", volbin.binarize(x, "triangle")),
         ("otsu per slice", volbin.binarize(x, "otsu", scope="slice")),
     ]
-    _row([_tile(a[:, :, z], name) for name, a in thresholds]).save(OUT / "thresholds.png")
-    dithers = [
+    return _row([_tile(a[:, :, z], name) for name, a in shown])
+
+
+def all_thresholds() -> Image.Image:
+    """Every histogram threshold method volbin has, with its threshold in raw units."""
+    from volbin.recipe import HISTOGRAM_METHODS
+
+    x = _phantom().intensity
+    z = _z()
+    tiles = [_tile(volbin.rescale(x)[:, :, z], "input (min-max)", scale=1)]
+    for method in HISTOGRAM_METHODS:
+        opts = METHOD_OPTIONS.get(method, {})
+        try:
+            t = float(volbin.threshold(x, method, **opts))
+            mask = volbin.binarize(x, method, **opts)
+            tiles.append(_tile(mask[:, :, z], f"{method} {t:.0f}", scale=1))
+        except (ValueError, volbin.VolbinError):  # a method may find no threshold
+            tiles.append(_tile(np.full(x.shape[:2], 0.5), f"{method}: none", scale=1))
+    return _grid(tiles, columns=8)
+
+
+def dithering() -> Image.Image:
+    """Stochastic, ordered and error-diffusion renderings (docs/methods.md)."""
+    x = _phantom().intensity
+    z = _z()
+    shown = [
         ("stochastic", volbin.binarize(x, "stochastic", seed=0)),
         ("bayer 8", volbin.binarize(x, "ordered", matrix=8, scope="slice")),
         ("blue noise 64", volbin.binarize(x, "ordered", pattern="blue-noise", matrix=64, scope="slice")),
@@ -57,16 +118,128 @@ def main() -> None:
         ("stucki serpentine", volbin.dither(x, "stucki", scope="slice", serpentine=True)),
         ("3D floyd-steinberg", volbin.dither(x, "floyd-steinberg-3d", scope="volume")),
     ]
-    _row([_tile(a[:, :, z], name) for name, a in dithers]).save(OUT / "dithering.png")
-    curves = [
-        ("linear", grey),
+    return _row([_tile(a[:, :, z], name) for name, a in shown])
+
+
+def rescale() -> Image.Image:
+    """Rescales and tone curves (docs/methods.md)."""
+    x = _phantom().intensity
+    z = _z()
+    shown = [
+        ("linear", volbin.rescale(x)),
         ("gamma 0.5", volbin.rescale(x, curve="gamma", gamma=0.5)),
         ("log", volbin.rescale(x, curve="log")),
         ("equalize", volbin.rescale(x, curve="equalize")),
         ("percentile 2-98", volbin.rescale(x, "percentile", percentiles=(2, 98))),
     ]
-    _row([_tile(a[:, :, z], name) for name, a in curves]).save(OUT / "rescale.png")
-    print(f"wrote {sorted(p.name for p in OUT.glob('*.png'))} to {OUT}")
+    return _row([_tile(a[:, :, z], name) for name, a in shown])
+
+
+def preview() -> bytes:
+    """What ``volbin binarize ... --preview`` draws: slices, the Otsu mask, the histogram."""
+    ph = _phantom()
+    t = float(volbin.threshold(ph.intensity, "otsu"))
+    mask = volbin.binarize(ph.intensity, "otsu")
+    return volbin.preview(ph.intensity, mask=mask, thresholds=t, dpi=80)
+
+
+def printing() -> Image.Image:
+    """One printer layer through the middle of the head: 2D and 3D diffusion, and labels."""
+    import nibabel as nib
+
+    from volbin.printer import print_grid
+
+    ph = volbin.phantom((60, 70, 60), seed=SEED, zooms=(2.0, 2.0, 2.0))
+    dpi, layer = (64.0, 64.0), 0.5
+    tiles = []
+    with tempfile.TemporaryDirectory() as tmp:
+        grey, labels = Path(tmp) / "head.nii.gz", Path(tmp) / "labels.nii.gz"
+        nib.save(ph.to_nifti(), grey)
+        nib.save(nib.Nifti1Image(ph.labels, ph.affine), labels)
+        mid = print_grid(volbin.load(grey), dpi, layer).shape[2] // 2
+        for scope in ("slice", "volume"):
+            out = Path(tmp) / scope
+            volbin.export_slices(
+                grey, out, dpi=dpi, layer=layer, scope=scope, layers=(mid, mid + 1), progress=False
+            )
+            img = Image.open(out / f"layer_{mid:05d}.png").convert("L")
+            tiles.append(_labelled(img, f"layer {mid}, --scope {scope}"))
+        out = Path(tmp) / "labels"
+        volbin.export_slices(
+            labels, out, dpi=dpi, layer=layer, labels=True, layers=(mid, mid + 1), progress=False
+        )
+        tiles.append(_labelled(_label_layer(out, mid, ph.classes), f"layer {mid}, --labels"))
+    return _row([t.convert("RGB") for t in tiles])
+
+
+def _labelled(img: Image.Image, label: str) -> Image.Image:
+    canvas = Image.new(img.mode, (img.width, img.height + 16), _WHITE[img.mode])
+    canvas.paste(img, (0, 16))
+    ImageDraw.Draw(canvas).text((4, 2), label, fill=_BLACK[img.mode])
+    return canvas
+
+
+#: Colours of the label materials in the printing picture (class value -> RGB).
+_LABEL_COLOURS = {
+    1: (70, 130, 220),
+    2: (150, 150, 150),
+    3: (240, 240, 240),
+    4: (230, 180, 60),
+    5: (200, 80, 60),
+}
+
+
+def _label_layer(folder: Path, layer: int, classes: dict[str, int]) -> Image.Image:
+    rgb = None
+    for value in sorted(classes.values()):
+        f = folder / f"label_{value}" / f"layer_{layer:05d}.png"
+        if not f.exists():
+            continue
+        on = np.asarray(Image.open(f).convert("L")) > 0
+        if rgb is None:
+            rgb = np.zeros((*on.shape, 3), np.uint8)
+        rgb[on] = _LABEL_COLOURS.get(value, (255, 0, 255))
+    return Image.fromarray(rgb)
+
+
+#: Picture file name -> function making it (a PIL image or PNG bytes).
+FIGURES: dict[str, Callable[[], Image.Image | bytes]] = {
+    "thresholds.png": thresholds,
+    "all-thresholds.png": all_thresholds,
+    "dithering.png": dithering,
+    "rescale.png": rescale,
+    "preview.png": preview,
+    "printing.png": printing,
+}
+
+
+def write(name: str, out_dir: Path) -> Path:
+    made = FIGURES[name]()
+    path = out_dir / name
+    if isinstance(made, bytes):
+        path.write_bytes(made)
+    else:
+        buf = io.BytesIO()
+        made.save(buf, format="PNG")
+        path.write_bytes(buf.getvalue())
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT, help=f"folder of the pictures (default {OUT})")
+    parser.add_argument(
+        "--only",
+        type=lambda name: name if name.endswith(".png") else f"{name}.png",
+        choices=sorted(FIGURES),
+        nargs="+",
+        help="make only these pictures (names with or without .png)",
+    )
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.only or FIGURES:
+        write(name, args.out)
+    print(f"wrote {sorted(args.only or FIGURES)} to {args.out}")
 
 
 if __name__ == "__main__":
