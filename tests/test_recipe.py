@@ -153,6 +153,7 @@ def recipes(draw) -> Recipe:
                 kernel_size=draw(st.one_of(st.none(), st.integers(1, 64))),
                 threshold=draw(finite) if method == "value" else None,
                 percentile=draw(st.floats(0, 100)) if method == "percentile" else None,
+                **({"low": 0.2, "high": draw(st.floats(0.2, 1.0))} if method == "hysteresis" else {}),
                 units=draw(st.sampled_from(["rescaled"] if curve == "clahe" else ["rescaled", "raw"])),
                 nbins=draw(st.integers(2, 2**16)),
                 seed=draw(st.integers(0, 2**64 - 1)),
