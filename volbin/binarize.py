@@ -16,7 +16,7 @@ import numpy as np
 from . import _kernels as K
 from .recipe import DITHER_METHODS, HISTOGRAM_METHODS, Recipe, merge
 from .rescale import Transform, fit_transform
-from .threshold import decide
+from .threshold import decide, warn_trivial
 from .volume import Grouping, Volume, as_volume, like_input
 
 __all__ = ["apply_thresholds", "binarize", "foreground", "stochastic_graph"]
@@ -121,6 +121,12 @@ def binarize(
     ValueError
         A bad option value (the message names it).
 
+    Warns
+    -----
+    VolbinWarning
+        The mask is empty or full in a volume (or in every slice), e.g. a `threshold`
+        outside the data's range; the message names that range in the threshold's units.
+
     Examples
     --------
     >>> import numpy as np, volbin
@@ -141,7 +147,9 @@ def binarize_volume(vol: Volume, recipe: Recipe) -> Volume:
     if recipe.method in DITHER_METHODS:
         from .dither import dither_volume
 
-        return dither_volume(vol, recipe)
+        tr = fit_transform(vol, vol.grouping("stack" if recipe.scope == "stack" else "volume"), recipe)
+        warn_trivial(tr, recipe)
+        return dither_volume(vol, recipe, transform=tr)
     grouping = vol.grouping(recipe.scope, recipe.axis)
     tr = fit_transform(vol, grouping, recipe)
     step: dict[str, Any] = {
@@ -151,11 +159,13 @@ def binarize_volume(vol: Volume, recipe: Recipe) -> Volume:
         "nonfinite_voxels": int(tr.n_nonfinite.sum()),
     }
     if recipe.method == "stochastic":
+        warn_trivial(tr, recipe)
         data = stochastic_graph(vol.data, tr, recipe.seed, vol.volume_axis)
         step["decision"] = {"method": "stochastic", "seed": recipe.seed}
     else:
         assert recipe.method in (*HISTOGRAM_METHODS, "value")
         dec = decide(vol, grouping, tr, recipe)
+        warn_trivial(tr, recipe, dec.raw)
         data = apply_thresholds(vol.data, grouping, dec.raw, bool(tr.n_nonfinite.any()))
         step["decision"] = dec.record()
     return vol.derive(data, step)

@@ -11,6 +11,7 @@ Otsu, Yen, isodata, minimum and triangle on float data.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +19,13 @@ from typing import Any
 import numpy as np
 from skimage import filters
 
-from .errors import VolbinDataError
+from .errors import VolbinDataError, VolbinWarning
 from .histogram import group_histograms, group_histograms_with_offsets
 from .recipe import HISTOGRAM_METHODS, Recipe
 from .rescale import Transform, fit_transform
 from .volume import Grouping, Volume, as_volume
 
-__all__ = ["Decision", "decide", "threshold"]
+__all__ = ["Decision", "decide", "threshold", "warn_trivial"]
 
 Hist = tuple[np.ndarray, np.ndarray]
 
@@ -226,6 +227,60 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe) ->
         rescaled = out
         raw = np.where(nan, np.inf, tr.to_raw(np.where(nan, 0.0, rescaled)))
     return Decision(grouping, recipe.method, raw, rescaled, nbins)
+
+
+def warn_trivial(tr: Transform, recipe: Recipe, raw: np.ndarray | None = None) -> None:
+    """Warn (`VolbinWarning`) where the mask will be empty or full, from the data's range alone.
+
+    `raw` holds the per-group raw thresholds of a threshold method (foreground is ``volume >
+    raw``); without it the method draws ones with the rescaled intensity as probability or
+    density (stochastic, dithering), so a group whose rescaled range lies at 0 gives no one
+    and one at 1 gives only ones.  Groups that are constant after rescaling were warned about
+    by `fit_transform` and are skipped.  For ``method='value'`` the warning names the data's
+    range in the threshold's units.  With ``scope='slice'`` it warns only when every
+    slice is empty or full (single empty slices are common at the edges of a scan).
+    """
+    g = tr.grouping
+    dmin, dmax = tr.data_min, tr.data_max
+    clean = tr.n_nonfinite == 0  # non-finite voxels are 0 in every output: never full
+    with np.errstate(invalid="ignore", over="ignore"):
+        if raw is not None:
+            raw = np.broadcast_to(np.asarray(raw, np.float64), dmin.shape)
+            empty = ~(dmax > raw)
+            full = (dmin > raw) & clean
+        else:
+            r_lo = np.clip(tr.from_raw(dmin), 0.0, 1.0)
+            r_hi = np.clip(tr.from_raw(dmax), 0.0, 1.0)
+            empty = ~(r_hi > 0.0)
+            full = (r_lo >= 1.0) & clean
+    empty &= ~tr.constant
+    full &= ~tr.constant
+    trivial = empty | full
+    if not trivial.any() or (g.scope == "slice" and not trivial.all()):
+        return
+    which = np.flatnonzero(trivial.ravel())
+    i = int(which[0])
+    state = "empty" if empty.ravel()[i] else "full (every voxel is 1)"
+    where = g.describe(i)
+    if len(which) > 1:
+        where = f"{len(which)} of {g.n_groups} {'slices' if g.scope == 'slice' else 'volumes'} (e.g. {where})"
+    lo, hi = float(dmin.ravel()[i]), float(dmax.ravel()[i])
+    if recipe.method == "value":
+        units = recipe.units
+        if units == "rescaled":
+            with np.errstate(invalid="ignore", over="ignore"):
+                lo, hi = float(tr.from_raw(dmin).ravel()[i]), float(tr.from_raw(dmax).ravel()[i])
+        side = "above" if empty.ravel()[i] else "below"
+        text = (
+            f"`threshold` {recipe.threshold:g} ({units}) lies {side} the data's range {lo:.6g}..{hi:.6g} "
+            f"({units} units) in {where}: the mask is {state} there."
+        )
+    else:
+        text = (
+            f"the {recipe.method} mask is {state} in {where} (data range {lo:.6g}..{hi:.6g}, raw "
+            "units); check the rescale options."
+        )
+    warnings.warn(text, VolbinWarning, stacklevel=3)
 
 
 def threshold(

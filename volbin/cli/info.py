@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{'--sigma' if args.sigma is not None else '--scope'} is only used with --compare")
     cb = chunk_bytes(args)
     with progress("info", enabled=False if args.no_progress else None):
-        vol = load(args.input, chunk_bytes=cb, volume_axis=args.volume_axis)
+        vol = load(
+            args.input, chunk_bytes=cb, volume_axis=args.volume_axis, allow_missing=args.allow_missing_chunks
+        )
         info = describe(vol)
         if args.compare is not None:
             from ..dither.quality import compare_with_input
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 scope=args.scope or "volume",
                 chunk_bytes=cb,
                 volume_axis=args.volume_axis,
+                allow_missing=args.allow_missing_chunks,
             )
     if args.json:
         print(json.dumps(info, indent=2))
