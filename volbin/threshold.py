@@ -235,9 +235,9 @@ def warn_trivial(tr: Transform, recipe: Recipe, raw: np.ndarray | None = None) -
     `raw` holds the per-group raw thresholds of a threshold method (foreground is ``volume >
     raw``); without it the method draws ones with the rescaled intensity as probability or
     density (stochastic, dithering), so a group whose rescaled range lies at 0 gives no one
-    and one at 1 gives only ones.  Groups that are constant after rescaling were warned about
-    by `fit_transform` and are skipped.  For ``method='value'`` the warning names the data's
-    range in the threshold's units.  With ``scope='slice'`` it warns only when every
+    and one at 1 gives only ones.  For histogram methods, groups that are constant after
+    rescaling were warned about by `fit_transform` and are skipped.  For ``method='value'``
+    the warning names the data's range in the threshold's units.  With ``scope='slice'`` it warns only when every
     slice is empty or full (single empty slices are common at the edges of a scan).
     """
     g = tr.grouping
@@ -253,8 +253,9 @@ def warn_trivial(tr: Transform, recipe: Recipe, raw: np.ndarray | None = None) -
             r_hi = np.clip(tr.from_raw(dmax), 0.0, 1.0)
             empty = ~(r_hi > 0.0)
             full = (r_lo >= 1.0) & clean
-    empty &= ~tr.constant
-    full &= ~tr.constant
+    if recipe.method in HISTOGRAM_METHODS:  # fit_transform said they select nothing there
+        empty &= ~tr.constant
+        full &= ~tr.constant
     trivial = empty | full
     if not trivial.any() or (g.scope == "slice" and not trivial.all()):
         return

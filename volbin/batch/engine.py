@@ -266,9 +266,10 @@ def _engine(
     elif scheduler is not None:
         kind, own = "scheduler", True
         try:
+            _probe_scheduler(scheduler, CONNECT_TIMEOUT)
             client = Client(scheduler, set_as_default=False, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            why = str(exc).splitlines()[0] if str(exc) else "no answer"
             raise VolbinError(
                 f"cannot reach a dask scheduler at {scheduler} within {CONNECT_TIMEOUT:g} s ({why}); "
                 "check the address and that a dask scheduler is running there."
@@ -306,6 +307,34 @@ def _engine(
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Ask `address` for its identity; TimeoutError unless a dask scheduler answers in time.
+
+    `distributed.Client` waits without a limit for the answer of a server that accepts
+    connections but does not speak dask's protocol; this bounds the whole exchange.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def identity() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    def run() -> Any:  # in a thread of its own: the caller may be inside an event loop
+        return asyncio.run(asyncio.wait_for(identity(), timeout))
+
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(run).result()
+    if not (isinstance(reply, dict) and reply.get("type") == "Scheduler"):
+        raise ValueError(f"the server there is not a dask scheduler (it answered {str(reply)[:60]!r})")
 
 
 def _run(

@@ -209,11 +209,11 @@ def print_grid(
 MAX_LAYER_PIXELS = 2**28
 
 
-def _check_grid(grid: PrintGrid, max_output_bytes: int | None) -> None:
+def _check_grid(grid: PrintGrid, max_output_bytes: int | None, out: Any) -> None:
     nx, ny, nz = grid.shape
     if nx * ny > MAX_LAYER_PIXELS:
-        raise ValueError(
-            f"a printer layer would be {nx} x {ny} = {nx * ny:,} pixels, more than the "
+        raise OutputFileError(
+            f"{out}: a printer layer would be {nx} x {ny} = {nx * ny:,} pixels, more than the "
             f"{MAX_LAYER_PIXELS:,} volbin computes at a time; check `dpi`."
         )
     if max_output_bytes is None:
@@ -222,8 +222,8 @@ def _check_grid(grid: PrintGrid, max_output_bytes: int | None) -> None:
         raise ValueError(f"`max_output_bytes` must be a positive int or None; got {max_output_bytes!r}.")
     nbytes = nz * ny * -(-nx // 8)
     if nbytes > max_output_bytes:
-        raise ValueError(
-            f"the stack would be {nz:,} layers of {nx} x {ny} pixels ({nbytes / 1e9:.3g} GB at one "
+        raise OutputFileError(
+            f"{out}: the stack would be {nz:,} layers of {nx} x {ny} pixels ({nbytes / 1e9:.3g} GB at one "
             f"bit per pixel), more than the limit of {max_output_bytes / 1e9:.3g} GB; check `layer` "
             "and `dpi`, or pass max_output_bytes= (CLI: --max-output-gb) to allow it."
         )
@@ -377,12 +377,12 @@ def export_slices(
     ------
     OutputFileError
         `out_dir` holds an export with other settings (pass ``force=True``), or another
-        export is writing to it.
+        export is writing to it; or the grid is larger than `max_output_bytes` or
+        `MAX_LAYER_PIXELS` allow.
     VolbinDataError
         A 4D stack without `volume_index`, or a label map that does not hold integers.
     ValueError
-        A bad DPI, layer thickness, mode, kernel or option, or a grid larger than
-        `max_output_bytes` or `MAX_LAYER_PIXELS` allow.
+        A bad DPI, layer thickness, mode, kernel or option.
 
     Notes
     -----
@@ -447,7 +447,7 @@ def export_slices(
         data = da.take(vol.data, t, axis=vol.volume_axis)
         vol = Volume(data, affine=vol.affine, header=None, source=vol.source, steps=vol.steps)
     grid = print_grid(vol, dpi, layer, up=up, order=1 if labels else order)
-    _check_grid(grid, max_output_bytes)
+    _check_grid(grid, max_output_bytes, out_dir)
     dpi2 = (25.4 / grid.pitch[0], 25.4 / grid.pitch[1])
     nz = grid.shape[2]
     todo_range = _layer_range(layers, nz)
