@@ -33,8 +33,8 @@ from volbin.errors import InputFileError, OutputFileError, VolbinWarning
 from volbin.io import folder_lock, load, read_sidecar, save, sidecar_path
 from volbin.phantom import phantom
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ROOT = Path(volbin.__file__).resolve().parents[1]  # the tree under test, for subprocesses
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -441,13 +441,13 @@ def test_too_many_workers_for_the_cores_is_refused(tmp_path, capsys, monkeypatch
     from volbin.batch import engine as E
 
     monkeypatch.setattr(E, "_cores", lambda: 2)
+    assert E._layout(2, 4) == (2, 4)
+    with pytest.raises(ValueError, match="threads on 2 core"):
+        E._layout(3, 3)
     src = _nifti(tmp_path / "in.nii")
     assert main(["batch", str(src), "--out-dir", str(tmp_path / "o"), "--workers", "256"]) == 2
     err = capsys.readouterr().err
     assert "256 x 1 = 256 threads on 2 core(s); at most 8" in err
-    assert E._layout(2, 4) == (2, 4)
-    with pytest.raises(ValueError, match="threads on 2 core"):
-        E._layout(3, 3)
 
 
 def test_a_port_that_is_not_a_dask_scheduler_fails_within_seconds(tmp_path, capsys, monkeypatch):
@@ -527,12 +527,12 @@ def test_export_refuses_a_stack_larger_than_the_limit(tmp_path, capsys):
     big = tmp_path / "big.nii"  # the same voxels, 10 mm each: 200 x 240 x 200 mm
     nib.save(nib.Nifti1Image(np.asarray(ph.intensity), np.diag([10.0, 10, 10, 1])), big)
     t0 = time.monotonic()
-    assert main(["export-slices", str(big), str(tmp_path / "s"), "--layer", "10um", "--dpi", "1000"]) == 1
-    err = capsys.readouterr().err
-    assert "the stack would be 20,000 layers of 7875 x 9449 pixels" in err and "--max-output-gb" in err
     assert main(["export-slices", str(src), str(tmp_path / "s"), "--layer", "1um", "--dpi", "2000",
                  "--max-output-gb", "1"]) == 1  # fmt: skip
     assert "the stack would be 20,000 layers" in capsys.readouterr().err
+    assert main(["export-slices", str(big), str(tmp_path / "s"), "--layer", "10um", "--dpi", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "the stack would be 20,000 layers of 7875 x 9449 pixels" in err and "--max-output-gb" in err
     assert main(["export-slices", str(src), str(tmp_path / "s"), "--dpi", "20000"]) == 1
     assert "pixels, more than the 268,435,456" in capsys.readouterr().err
     assert time.monotonic() - t0 < 60

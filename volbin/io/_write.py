@@ -245,16 +245,10 @@ def save(
                 record.update(sidecar)
             st = os.stat(tmp)
             pending = {**record, "pending": {"device": st.st_dev, "inode": st.st_ino, "size": size}}
-            for rec in (pending, record):
-                side_tmp = temp_path(side)
-                temps.append(side_tmp)
-                _write_json(rec, side_tmp)
-                if rec is pending:
-                    _replace(side_tmp, side)
-                    _fsync_dir(final.parent)
-                    _replace(tmp, final)
-                else:
-                    _replace(side_tmp, side)
+            _put_json(pending, side, temps)
+            _fsync_dir(final.parent)
+            _replace(tmp, final)
+            _put_json(record, side, temps)
         else:
             _replace(tmp, final)
         _fsync_dir(final.parent)
@@ -349,6 +343,14 @@ def _check_output(final: Path, side: Path | None, vol: Volume, force: bool) -> N
         if p == side and own_pending and _read_record(side).get("pending"):
             continue  # left by an interrupted write of this very output
         raise OutputFileError(f"{p} exists; pass force=True (CLI: --force) to overwrite")
+
+
+def _put_json(record: Mapping[str, Any], path: Path, temps: list[Path]) -> None:
+    """Write `record` to a temporary beside `path` (listed in `temps`) and rename it there."""
+    tmp = temp_path(path)
+    temps.append(tmp)
+    _write_json(record, tmp)
+    _replace(tmp, path)
 
 
 def _read_record(side: Path) -> dict[str, Any]:
