@@ -44,7 +44,9 @@ NUMBER = st.one_of(
     st.floats(-100, 100).map(lambda v: f"{v:.3g}"),
 )
 WORD = st.text(alphabet="abcdefxyz-_.:/@ 0123456789", max_size=12)
-SMALL = st.one_of(st.sampled_from(["1", "2", "1.5", "0", "-2", "65", "nan", "inf", "1e308", "x"]), NUMBER)
+SMALL = st.one_of(
+    st.sampled_from(["1", "2", "1.5", "0", "-2", "65", "200", "nan", "inf", "1e308", "x"]), NUMBER
+)
 MEMORY = st.one_of(
     st.sampled_from(
         ["4GB", "16MiB", "1PiB", "2PiB", "15MiB", "inf", "nanGB", "-1MB", "1e308GB", "GB", "4 G"]

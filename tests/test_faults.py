@@ -348,7 +348,6 @@ def test_export_redoes_a_truncated_layer(tmp_path):
 
 
 # --- 7. signals and clean-up -------------------------------------------------------------------
-@pytest.mark.slow
 def test_sigterm_removes_temporaries_and_decompressed_copies(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -679,7 +678,6 @@ def test_the_loser_of_two_runs_on_one_output_says_another_process_writes_it(tmp_
     assert main(["binarize", str(src), str(out)]) == 0
 
 
-@pytest.mark.slow
 def test_two_binarize_processes_racing_on_one_output(tmp_path):
     src = _nifti(tmp_path / "in.nii", (96, 112, 96))
     out = tmp_path / "m.npy"

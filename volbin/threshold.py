@@ -237,8 +237,9 @@ def warn_trivial(tr: Transform, recipe: Recipe, raw: np.ndarray | None = None) -
     density (stochastic, dithering), so a group whose rescaled range lies at 0 gives no one
     and one at 1 gives only ones.  For histogram methods, groups that are constant after
     rescaling were warned about by `fit_transform` and are skipped.  For ``method='value'``
-    the warning names the data's range in the threshold's units.  With ``scope='slice'`` it warns only when every
-    slice is empty or full (single empty slices are common at the edges of a scan).
+    the warning names the data's range in the threshold's units.  With ``scope='slice'`` it
+    warns only when every slice is empty or full (single empty slices are common at the
+    edges of a scan).
     """
     g = tr.grouping
     dmin, dmax = tr.data_min, tr.data_max

@@ -157,6 +157,8 @@ def scheduler_address(text: str) -> str:
         return t
     m = _SCHEME.match(t)
     rest = t[m.end() :] if m else t
+    if m and m.group(1) == "inproc" and rest and not any(c.isspace() for c in rest):
+        return t  # inproc://<host>/<pid>/<n>: a scheduler in this process
     hp = _HOST_PORT.match(rest)
     port = hp.group(3) if hp else None
     if hp is None or (m is None and port is None) or (port is not None and not 0 < int(port) < 65536):
