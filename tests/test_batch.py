@@ -65,10 +65,12 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def _created(out: Path) -> dict[str, tuple[str, int]]:
-    """Sidecar `created` stamp and image mtime of every output in `out`."""
+    """Sidecar `created` stamp and image mtime of every complete output in `out` (sidecars
+    still marked pending, whose write was interrupted, are left out)."""
     return {
         p.name: (read_sidecar(p)["created"], p.with_name(p.stem + ".nii.gz").stat().st_mtime_ns)
         for p in sorted(out.glob("*_mask.json"))
+        if "pending" not in read_sidecar(p)
     }
 
 
@@ -166,7 +168,7 @@ def test_killed_batch_resumes_without_redoing_or_leaving_temporaries(
     )
     try:
         deadline = time.monotonic() + 120
-        while len(list(out.glob("*_mask.json"))) < 3:
+        while len(_created(out)) < 3:
             assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "the batch made no output in 120 s"
             time.sleep(0.01)

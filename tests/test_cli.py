@@ -310,7 +310,7 @@ def test_input_sidecar_is_never_replaced(tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((6, 6, 6)).astype(np.float32), np.eye(4)), src)
     bids = tmp_path / "sub-01_T1w.json"
     bids.write_text('{"RepetitionTime": 2.3}')
-    assert main(["binarize", str(src), str(tmp_path / "sub-01_T1w.npy"), "--force"]) == 1
+    assert main(["binarize", str(src), str(tmp_path / "sub-01_T1w.nii"), "--force"]) == 1
     assert "sidecar" in capsys.readouterr().err
     assert json.loads(bids.read_text()) == {"RepetitionTime": 2.3}
 

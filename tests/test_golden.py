@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from volbin.cli import main
+from volbin.io import sidecar_path
 from volbin.phantom import phantom
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
@@ -66,7 +67,7 @@ def _digest(out: Path) -> dict[str, str]:
         data = np.load(out)
     else:
         data = np.asanyarray(nib.load(out).dataobj)
-    side = json.loads(out.with_name(out.name.split(".")[0] + ".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     record = [
         {"recipe": s.get("recipe"), "decision": s.get("decision")} for s in side["steps"] if "recipe" in s
     ]

@@ -642,9 +642,9 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
     # An existing sidecar is protected too.
     (tmp_path / "p.json").write_text("{}")
     with pytest.raises(OutputFileError, match=r"p\.json exists"):
-        save(data, tmp_path / "p.npy")
-    assert not (tmp_path / "p.npy").exists()
-    save(data, tmp_path / "p.npy", sidecar=False)
+        save(data, tmp_path / "p.nii")
+    assert not (tmp_path / "p.nii").exists()
+    save(data, tmp_path / "p.nii", sidecar=False)
 
 
 def test_output_folder_missing(tmp_path: Path) -> None:
@@ -725,8 +725,9 @@ def test_sidecar_contents(tmp_path: Path) -> None:
 def test_sidecar_path_names() -> None:
     assert sidecar_path("a/mask.nii.gz") == Path("a/mask.json")
     assert sidecar_path("mask.NII") == Path("mask.json")
-    assert sidecar_path("mask.npy") == Path("mask.json")
-    assert sidecar_path("x.zarr") == Path("x.json")
+    # Other formats keep their extension: mask.npy and mask.zarr never share a sidecar.
+    assert sidecar_path("mask.npy") == Path("mask.npy.json")
+    assert sidecar_path("x.zarr") == Path("x.zarr.json")
     assert sidecar_path("x.tar") == Path("x.json")
 
 

@@ -21,9 +21,9 @@ import numpy as np
 from . import _kernels as K
 from .errors import VolbinDataError
 from .masks import mask_fields, recipe_mask
-from .recipe import CLEAN_METHODS, DITHER_METHODS, THRESHOLD_METHODS, Method, Recipe, merge
+from .recipe import CLEAN_METHODS, DITHER_METHODS, HISTOGRAM_METHODS, THRESHOLD_METHODS, Method, Recipe, merge
 from .rescale import Transform, apply_transform, fit_transform
-from .threshold import Decision, decide, grouping_for, with_bounds
+from .threshold import Decision, decide, grouping_for, warn_trivial, with_bounds
 from .volume import Grouping, Volume, as_volume, like_input
 
 __all__ = ["ForegroundTally", "apply_thresholds", "binarize", "foreground", "stochastic_graph"]
@@ -328,6 +328,12 @@ def binarize(
     ValueError
         A bad option value (the message names it).
 
+    Warns
+    -----
+    VolbinWarning
+        The mask is empty or full in a volume (or in every slice), e.g. a `threshold`
+        outside the data's range; the message names that range in the threshold's units.
+
     Examples
     --------
     >>> import numpy as np, volbin
@@ -413,6 +419,7 @@ def binarize_volume(
     cleaning = _clean_options(recipe, vol)
     count = None if cleaning else tally  # the tally counts the final, cleaned, mask
     if recipe.method == "stochastic":
+        warn_trivial(tr, recipe)
         data = stochastic_graph(vol.data, tr, recipe.seed, vol.volume_axis)
         data = _masked(data, zero_outside, tally)
         step["decision"] = {"method": "stochastic", "seed": recipe.seed}
@@ -430,6 +437,8 @@ def binarize_volume(
             dec = _cohort_decision(grouping, tr, recipe, cohort)
         else:
             dec = decide(vol, grouping, tr, recipe, m)
+        if dec.upper_raw is None and not dec.invert and recipe.method in ("value", *HISTOGRAM_METHODS):
+            warn_trivial(tr, recipe, dec.raw)
         data = apply_thresholds(
             vol.data,
             grouping,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,14 +23,14 @@ import numpy as np
 from skimage import filters
 
 from . import autothreshold
-from .errors import VolbinDataError
+from .errors import VolbinDataError, VolbinWarning
 from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, percentiles_from_hist
 from .masks import mask_fields, recipe_mask
 from .recipe import HISTOGRAM_METHODS, HistogramMethod, Recipe, RescaleMethod, Scope, Units
 from .rescale import Transform, fit_transform
 from .volume import Grouping, Volume, as_volume
 
-__all__ = ["Decision", "decide", "grouping_for", "threshold"]
+__all__ = ["Decision", "decide", "grouping_for", "threshold", "warn_trivial"]
 
 Hist = tuple[np.ndarray, np.ndarray]
 
@@ -427,6 +428,62 @@ def percentile_decision(counts: np.ndarray, grouping: Grouping, tr: Transform, q
     raw = np.where(const, np.inf, raw)
     rescaled = np.where(const, np.nan, tr.from_raw(np.where(const, 0.0, raw)))
     return Decision(grouping, "percentile", raw, rescaled, counts.shape[-1])
+
+
+def warn_trivial(tr: Transform, recipe: Recipe, raw: np.ndarray | None = None) -> None:
+    """Warn (`VolbinWarning`) where the mask will be empty or full, from the data's range alone.
+
+    `raw` holds the per-group raw thresholds of a threshold method (foreground is ``volume >
+    raw``); without it the method draws ones with the rescaled intensity as probability or
+    density (stochastic, dithering), so a group whose rescaled range lies at 0 gives no one
+    and one at 1 gives only ones.  For histogram methods, groups that are constant after
+    rescaling were warned about by `fit_transform` and are skipped.  For ``method='value'``
+    the warning names the data's range in the threshold's units.  With ``scope='slice'`` it
+    warns only when every slice is empty or full (single empty slices are common at the
+    edges of a scan).
+    """
+    g = tr.grouping
+    dmin, dmax = tr.data_min, tr.data_max
+    clean = tr.n_nonfinite == 0  # non-finite voxels are 0 in every output: never full
+    with np.errstate(invalid="ignore", over="ignore"):
+        if raw is not None:
+            raw = np.broadcast_to(np.asarray(raw, np.float64), dmin.shape)
+            empty = ~(dmax > raw)
+            full = (dmin > raw) & clean
+        else:
+            r_lo = np.clip(tr.from_raw(dmin), 0.0, 1.0)
+            r_hi = np.clip(tr.from_raw(dmax), 0.0, 1.0)
+            empty = ~(r_hi > 0.0)
+            full = (r_lo >= 1.0) & clean
+    if recipe.method in HISTOGRAM_METHODS:  # fit_transform said they select nothing there
+        empty &= ~tr.constant
+        full &= ~tr.constant
+    trivial = empty | full
+    if not trivial.any() or (g.scope == "slice" and not trivial.all()):
+        return
+    which = np.flatnonzero(trivial.ravel())
+    i = int(which[0])
+    state = "empty" if empty.ravel()[i] else "full (every voxel is 1)"
+    where = g.describe(i)
+    if len(which) > 1:
+        where = f"{len(which)} of {g.n_groups} {'slices' if g.scope == 'slice' else 'volumes'} (e.g. {where})"
+    lo, hi = float(dmin.ravel()[i]), float(dmax.ravel()[i])
+    if recipe.method == "value":
+        units = recipe.units
+        if units == "rescaled":
+            with np.errstate(invalid="ignore", over="ignore"):
+                lo, hi = float(tr.from_raw(dmin).ravel()[i]), float(tr.from_raw(dmax).ravel()[i])
+        side = "above" if empty.ravel()[i] else "below"
+        text = (
+            f"`threshold` {recipe.threshold:g} ({units}) lies {side} the data's range {lo:.6g}..{hi:.6g} "
+            f"({units} units) in {where}: the mask is {state} there."
+        )
+    else:
+        text = (
+            f"the {recipe.method} mask is {state} in {where} (data range {lo:.6g}..{hi:.6g}, raw "
+            "units); check the rescale options."
+        )
+    warnings.warn(text, VolbinWarning, stacklevel=3)
 
 
 def threshold(

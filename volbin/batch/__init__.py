@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import OutputFileError
+from ..io import MAX_OUTPUT_BYTES
 from ..recipe import Recipe, merge
 from .cohort import cohort_id, pooled_decision
 from .engine import _engine, _run, _tasks, process_one
@@ -60,6 +61,9 @@ def batch(
     retries: int = 1,
     progress: bool | str | None = None,
     report: str | os.PathLike[str] | bool | None = None,
+    verify: bool = False,
+    allow_missing: bool = False,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
     **recipe_options: Any,
 ) -> BatchResult:
     """Binarize many volumes on a dask cluster, resumably, each output with its sidecar.
@@ -118,7 +122,16 @@ def batch(
         (to standard error); False: nothing.  Default: the bar on a terminal, lines otherwise.
     report : str, path-like or bool, optional
         Where to write the JSON run report (None or True: ``<out_dir>/volbin-batch-report.json``);
-        False writes none.
+        False writes none.  Its folder must exist and be writable (checked before anything
+        runs).
+    verify : bool
+        Hash every existing output against its sidecar's SHA-256 before skipping it (by
+        default only outputs up to 64 MiB are hashed; every output's size is compared).
+    allow_missing : bool
+        Read chunks missing from zarr inputs as the store's fill value (see
+        `volbin.io.load`).
+    max_output_bytes : int or None
+        Largest output written (see `volbin.io.save`); None for no limit.
 
     Returns
     -------
@@ -145,8 +158,10 @@ def batch(
     An output is skipped when its sidecar records the same recipe and the input's identity
     (absolute path, size, modification time in ns).  io.save renames the image into place
     before the sidecar, so a run killed at any moment leaves no partial file under a final
-    name and no sidecar without its image; the next run removes io.save's temporary files
-    (``*.tmp``) beside the outputs and does what is left.  Two batches must not write the
+    name; an image whose sidecar is still marked pending is recognised when it is the file
+    the sidecar names.  The next run removes io.save's temporary files (``*.tmp``) beside
+    the outputs and does what is left.  An output is skipped only if its size (and SHA-256,
+    up to 64 MiB or with `verify`) matches its sidecar.  Two batches must not write the
     same folder at once; a lock file (``.volbin-batch.lock``) enforces it.
 
     Examples
@@ -183,7 +198,10 @@ def batch(
     report_path = None
     if report is not False:
         given = report if isinstance(report, (str, os.PathLike)) else None  # None or True
-        report_path = os.path.abspath(given or os.path.join(out_root, REPORT_NAME))
+        report_path = os.path.abspath(
+            os.path.expanduser(os.fspath(given or os.path.join(out_root, REPORT_NAME)))
+        )
+        _check_report(report_path)
     recipe_dict = recipe.to_dict()
     doc = _recipe_doc(recipe)
     pooled = recipe.scope == "cohort" and recipe.threshold_from is None
@@ -198,7 +216,7 @@ def batch(
                 continue
             if not os.path.exists(inp):
                 results[i] = FileResult(inp, out, "failed", reason=f"{inp}: no such file")
-            elif not force and _output_state(inp, out, doc, volume_axis, cid)[0] == "current":
+            elif not force and _output_state(inp, out, doc, volume_axis, cid, verify)[0] == "current":
                 results[i] = FileResult(inp, out, "skipped")
             else:
                 todo.append(i)
@@ -219,6 +237,9 @@ def batch(
                     "volume_axis": volume_axis,
                     "memory_limit": _bytes(memory_limit),  # used without a cluster
                     "client_pid": os.getpid(),
+                    "verify": verify,
+                    "allow_missing": allow_missing,
+                    "max_output_bytes": max_output_bytes,
                 }
                 with _engine(client, scheduler, workers, threads_per_worker, memory_limit) as (
                     c,
@@ -247,6 +268,10 @@ def batch(
             finished = True
         finally:
             prog.close()
+            if not finished:  # files written before the interruption whose results never came back
+                for i, r in enumerate(results):
+                    if r is None and _output_state(*jobs[i], doc, volume_axis)[0] == "current":
+                        results[i] = FileResult(*jobs[i], "done", note="finished before the interruption")
             files = [r or FileResult(*jobs[i], "pending") for i, r in enumerate(results)]
             res = BatchResult(files, out_root, time.perf_counter() - t0, report_path, engine, not finished)
             if report_path is not None:
@@ -302,6 +327,29 @@ def _plan(
             "(CLI: --keep-tree) to mirror their folders in the output folder."
         )
     return jobs, results
+
+
+def _check_report(path: str) -> None:
+    """Fail now, not after every file ran, if the report cannot be written at `path`."""
+    from ..io import temp_path
+
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise OutputFileError(f"{path}: the batch report path is a folder; pass a file name.")
+    if not os.path.isdir(folder):
+        raise OutputFileError(
+            f"{path}: cannot write the batch report: {folder} is not an existing folder; create "
+            "it or pass another --report."
+        )
+    probe = temp_path(path)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise OutputFileError(
+            f"{path}: cannot write the batch report there ({exc.strerror or exc}); pass another --report."
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _bytes(size: int | str | None) -> int | None:

@@ -23,11 +23,16 @@ from typing import Any
 import dask
 
 from ..errors import VolbinError
+from ..io import MAX_OUTPUT_BYTES
 from ..recipe import Recipe
 from .inputs import _output_state, _recipe_doc
 from .results import FileResult
 
 _LOCAL_SCHEDULERS = ("threads",)
+#: A local cluster may run at most this many threads per core in all (workers x threads).
+MAX_THREADS_PER_CORE = 4
+#: Seconds to wait for a dask scheduler to answer before giving up.
+CONNECT_TIMEOUT = 5.0
 _TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
@@ -126,6 +131,9 @@ def process_one(
     threads: int | None = None,
     client_pid: int | None = None,
     cohort: dict[str, Any] | None = None,
+    verify: bool = False,
+    allow_missing: bool = False,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
 ) -> dict[str, Any]:
     """Binarize one file: the task `batch` runs on a worker (or in the calling process).
 
@@ -134,7 +142,9 @@ def process_one(
     size follows the worker's memory limit (`volbin.volume.chunk_bytes_for`, counting every
     file the worker may run at once) unless `chunk_bytes` is given.  An output already up to
     date is skipped, so a retried task never redoes finished work.  `cohort` is the pooled
-    decision of a ``scope="cohort"`` batch (`volbin.batch.cohort.pooled_decision`).
+    decision of a ``scope="cohort"`` batch (`volbin.batch.cohort.pooled_decision`).  A file
+    at the output's name that volbin did not write is replaced only with `force`; an output
+    whose sidecar name is another existing image's is never written.
 
     Returns
     -------
@@ -162,19 +172,27 @@ def process_one(
     try:
         rec = Recipe.from_dict(recipe)
         cid = None if cohort is None else cohort["record"].get("id")
-        state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis, cid)
+        state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis, cid, verify)
         if state == "current" and not force:
             result.status = "skipped"
-        elif state == "foreign" and not force:
+        elif state == "conflict" or (state == "foreign" and not force):
             result.reason = reason
         else:
             with _threaded_scheduler(threads):
-                vol = load(input, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
+                vol = load(
+                    input, chunk_bytes=chunk_bytes, volume_axis=volume_axis, allow_missing=allow_missing
+                )
                 mask = binarize_volume(vol, rec, **({} if cohort is None else {"cohort": cohort}))
-                # The old image and sidecar (if any) stay until the new ones are renamed
-                # over them, image first: an interrupted overwrite leaves a sidecar that
-                # no longer matches, which the next run redoes.
-                save(mask, output, force=True, sidecar={"batch": {"volume_axis": volume_axis}})
+                # The old image stays until the new one is renamed over it; its sidecar is
+                # first replaced by the new one marked pending, so an interrupted overwrite
+                # leaves a sidecar that does not match the image, which the next run redoes.
+                save(
+                    mask,
+                    output,
+                    force=True,
+                    sidecar={"batch": {"volume_axis": volume_axis}},
+                    max_output_bytes=max_output_bytes,
+                )
                 del vol, mask  # drops the decompressed copy of a .nii.gz now
             result.status = "done"
             result.note = reason if state == "stale" else None
@@ -234,6 +252,9 @@ def _layout(workers: int | None, threads: int | None) -> tuple[int, int]:
     contend for the GIL (scripts/bench_batch.py --engines).  Above, dask's own choice.
     """
     cores = _cores()
+    for name, v in (("workers", workers), ("threads_per_worker", threads)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"`{name}` must be a positive int; got {v!r}.")
     if workers is None and threads is None:
         if cores > 8:
             from distributed.deploy.utils import nprocesses_nthreads
@@ -242,10 +263,19 @@ def _layout(workers: int | None, threads: int | None) -> tuple[int, int]:
         workers = max(1, cores // 2)
         return workers, max(1, cores // workers)
     if workers is None:
-        return max(1, cores // int(threads)), int(threads)  # type: ignore[arg-type]
-    if threads is None:
-        return int(workers), max(1, cores // int(workers))
-    return int(workers), int(threads)
+        n, t = max(1, cores // int(threads)), int(threads)  # type: ignore[arg-type]
+    elif threads is None:
+        n, t = int(workers), max(1, cores // int(workers))
+    else:
+        n, t = int(workers), int(threads)
+    if n * t > MAX_THREADS_PER_CORE * cores:
+        raise ValueError(
+            f"`workers` x `threads_per_worker` = {n} x {t} = {n * t} threads on {cores} "
+            f"core(s); at most {MAX_THREADS_PER_CORE * cores} ({MAX_THREADS_PER_CORE} per core) "
+            "are allowed (more only thrash memory and starting them takes minutes): pass "
+            "fewer --workers / --threads-per-worker."
+        )
+    return n, t
 
 
 @contextlib.contextmanager
@@ -271,11 +301,13 @@ def _engine(
     elif scheduler is not None:
         kind, own = "scheduler", True
         try:
-            client = Client(scheduler, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
+            _probe_scheduler(scheduler, CONNECT_TIMEOUT)
+            client = Client(scheduler, set_as_default=False, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else "no answer"
             raise VolbinError(
-                f"cannot reach the dask scheduler at {scheduler} ({exc}); check the address "
-                "and that the scheduler is running."
+                f"cannot reach a dask scheduler at {scheduler} within {CONNECT_TIMEOUT:g} s ({why}); "
+                "check the address and that a dask scheduler is running there."
             ) from None
     else:
         kind, own = "local-cluster", True
@@ -310,6 +342,34 @@ def _engine(
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Ask `address` for its identity; TimeoutError unless a dask scheduler answers in time.
+
+    `distributed.Client` waits without a limit for the answer of a server that accepts
+    connections but does not speak dask's protocol; this bounds the whole exchange.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def identity() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    def run() -> Any:  # in a thread of its own: the caller may be inside an event loop
+        return asyncio.run(asyncio.wait_for(identity(), timeout))
+
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(run).result()
+    if not (isinstance(reply, dict) and reply.get("type") == "Scheduler"):
+        raise ValueError(f"the server there is not a dask scheduler (it answered {str(reply)[:60]!r})")
 
 
 def _run(

@@ -23,6 +23,9 @@ from ..io import TEMP_NAME
 from ..recipe import Recipe
 
 REPORT_NAME = "volbin-batch-report.json"
+#: Outputs up to this size are hashed on every resume check (SHA-256 against the sidecar);
+#: larger ones only when asked (``verify=True``).  Their size is compared in any case.
+VERIFY_BYTES = 64 * 2**20
 LOCK_NAME = ".volbin-batch.lock"
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -61,13 +64,14 @@ def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[st
         A list file cannot be read.
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    out: dict[str, None] = {}
+    out: dict[str, str] = {}  # resolved path -> the path as first given
     for item in items:
         for p in _expand(os.fspath(item), list_file_ok=True):
-            out.setdefault(os.path.normpath(p), None)
+            # One file named twice (relative and absolute, or through a link) runs once.
+            out.setdefault(os.path.realpath(p), os.path.normpath(p))
     if not out:
         raise ValueError(f"`inputs` names no input file; got {inputs!r}.")
-    return list(out)
+    return list(out.values())
 
 
 def _expand(item: str, list_file_ok: bool) -> list[str]:
@@ -127,32 +131,59 @@ def _recipe_doc(recipe: Recipe) -> dict[str, Any]:
 
 
 def _output_state(
-    input: str, output: str, recipe_doc: dict[str, Any], volume_axis: int | None, cohort: str | None = None
+    input: str,
+    output: str,
+    recipe_doc: dict[str, Any],
+    volume_axis: int | None,
+    cohort: str | None = None,
+    verify: bool = False,
 ) -> tuple[str, str | None]:
-    """``("current" | "missing" | "stale" | "foreign", reason)`` for an output.
+    """``("current" | "missing" | "stale" | "foreign" | "conflict", reason)`` for an output.
 
     With `cohort` (the identity of a cohort's inputs), an output is current only if its
     sidecar records the same cohort.
 
-    io.save renames the image into place before its sidecar, so a sidecar that matches the
-    recipe and the input's identity means the image beside it is complete.
+    ``foreign``: a file at the output's name (or its sidecar's) that volbin did not write,
+    replaced only with ``force``; ``conflict``: the sidecar name belongs to another image
+    that exists, never replaced.  An image whose sidecar is still marked pending (the writer
+    was killed between renaming the image and completing its sidecar) is complete when it is
+    the very file the pending sidecar names (device, inode and size); its sidecar is then
+    completed here.  A sidecar matching the recipe and the input's identity makes the
+    output current only when the image's size (and SHA-256, for images up to
+    `VERIFY_BYTES` or with `verify`) matches the sidecar's record.
     """
-    from ..io import input_identity, last_recipe, read_sidecar, sidecar_path
+    from ..io import input_identity, last_recipe, read_sidecar, sidecar_path, write_json
 
     side = sidecar_path(output)
+    record: dict[str, Any] | None = None
+    if os.path.lexists(side):
+        try:
+            record = read_sidecar(side)
+        except VolbinError:
+            record = {}
+        if "volbin_version" not in record:
+            return "foreign", f"{side} is not a volbin sidecar; pass --force (force=True) to replace it"
+        described = (record.get("output") or {}).get("path")
+        if isinstance(described, str) and os.path.abspath(described) != os.path.abspath(output):
+            if os.path.lexists(described):
+                return "conflict", (
+                    f"{side} is the sidecar of {described}, another image in this folder; remove it "
+                    "or choose another --suffix or --ext"
+                )
+            record = None  # the sidecar of an image that is gone
     if not os.path.lexists(output):
         return "missing", None
-    if not side.exists():
+    if record is None:
         return "foreign", (
-            f"{output} exists without its sidecar {side.name} (not written by volbin, or an "
-            "interrupted overwrite); pass --force (force=True) to replace it"
+            f"{output} exists without its sidecar {side.name} (not written by volbin); pass "
+            "--force (force=True) to replace it"
         )
-    try:
-        record = read_sidecar(side)
-    except VolbinError:
-        record = {}
-    if "volbin_version" not in record:
-        return "foreign", f"{side} is not a volbin sidecar; pass --force (force=True) to replace it"
+    pending = record.get("pending")
+    if pending is not None:
+        if not _is_pending_image(output, pending):
+            return "stale", "redone after an interrupted write"
+        record = {k: v for k, v in record.items() if k != "pending"}
+        write_json(record, side)
     if last_recipe(record) != recipe_doc:
         return "stale", "replaced an output made with another recipe"
     src = record.get("input") or {}
@@ -173,7 +204,57 @@ def _output_state(
         theirs = ((decisions[-1] or {}).get("cohort") or {}).get("id") if decisions else None
         if theirs != cohort:
             return "stale", "replaced an output of a cohort with other inputs"
+    damage = _damage(output, record.get("output") or {}, verify)
+    if damage:
+        return "stale", f"replaced a damaged output ({damage})"
     return "current", None
+
+
+def _is_pending_image(output: str, pending: Any) -> bool:
+    try:
+        st = os.stat(output)
+        return (
+            isinstance(pending, dict)
+            and (st.st_dev, st.st_ino) == (pending.get("device"), pending.get("inode"))
+            and _size(output) == pending.get("size")
+        )
+    except OSError:
+        return False
+
+
+def _size(path: str) -> int:
+    from ..io import input_identity
+
+    return input_identity(path)[0]
+
+
+def _damage(output: str, recorded: dict[str, Any], verify: bool) -> str | None:
+    """Why `output` is not the file its sidecar describes (size, then SHA-256), or None."""
+    import hashlib
+
+    try:
+        size = _size(output)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    want = recorded.get("size")
+    if isinstance(want, int) and size != want:
+        return f"{size} bytes, its sidecar records {want}; truncated?"
+    digest = recorded.get("sha256")
+    if (
+        isinstance(digest, str)
+        and os.path.isfile(output)
+        and (verify or size <= VERIFY_BYTES or want is None)
+    ):
+        h = hashlib.sha256()
+        try:
+            with open(output, "rb") as f:
+                while block := f.read(16 * 2**20):
+                    h.update(block)
+        except OSError as exc:
+            return f"cannot read it: {exc.strerror or exc}"
+        if h.hexdigest() != digest:
+            return "its SHA-256 differs from the one its sidecar records"
+    return None
 
 
 def _clean_stray_temps(folders: set[str], suffix: str) -> list[str]:
@@ -183,7 +264,7 @@ def _clean_stray_temps(folders: set[str], suffix: str) -> list[str]:
     report are touched.
     """
     removed = []
-    bases = tuple(suffix + e for e in (*IMAGE_EXTS, ".json"))
+    bases = tuple(suffix + e for e in (*IMAGE_EXTS, ".json", ".npy.json", ".zarr.json"))
     for folder in folders:
         try:
             entries = list(os.scandir(folder))

@@ -15,8 +15,12 @@ import sys
 import textwrap
 from typing import Any
 
-from . import batch, binarize, classify, convert, demo, export, info, normalize, preview, threshold
-from ._common import EXIT_DATA, EXIT_OK, EXIT_USAGE, Parser, UsageError
+try:
+    from . import batch, binarize, classify, convert, demo, export, info, normalize, preview, threshold
+    from ._common import EXIT_DATA, EXIT_OK, EXIT_USAGE, Parser, UsageError
+except KeyboardInterrupt:  # Ctrl-C while the command line starts: no traceback
+    print("volbin: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 __all__ = ["build_parser", "main"]
 
@@ -64,27 +68,73 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code.
 
     Warnings about the data (`VolbinWarning`) are printed as one line each on stderr.
+    SIGTERM is handled as Ctrl-C (the temporary files of an interrupted write are removed,
+    and so are decompressed copies of inputs), and nibabel's log messages are not shown;
+    both are restored when the command ends.
     """
-    import warnings
+    try:
+        import logging
+        import warnings
 
-    from ..errors import VolbinWarning
+        from ..errors import VolbinWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", VolbinWarning)
-        warnings.showwarning = _show_warning
-        return _main(argv)
+        with warnings.catch_warnings(), _sigterm_as_interrupt(), _quiet_logger("nibabel", logging):
+            warnings.simplefilter("always", VolbinWarning)
+            warnings.showwarning = _show_warning
+            return _main(argv)
+    except KeyboardInterrupt:  # before or after the command ran
+        print("volbin: interrupted", file=sys.stderr)
+        return 130
+
+
+class _quiet_logger:
+    """Raise a logger's level above CRITICAL for the duration of a block."""
+
+    def __init__(self, name: str, logging: Any) -> None:
+        self.logger = logging.getLogger(name)
+        self.level = logging.CRITICAL + 1
+
+    def __enter__(self) -> None:
+        self.saved = self.logger.level
+        self.logger.setLevel(self.level)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.logger.setLevel(self.saved)
+
+
+class _sigterm_as_interrupt:
+    """While the block runs (in the main thread), SIGTERM raises KeyboardInterrupt."""
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        self.saved: Any = None
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+            return
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        self.saved = signal.signal(signal.SIGTERM, interrupt)
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.saved is not None:
+            signal.signal(signal.SIGTERM, self.saved)
 
 
 def _main(argv: list[str] | None) -> int:
     from ..errors import VolbinError, VolbinFileError
 
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:  # accepted anywhere on the line, not only before the command
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     args = None
     try:
+        parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()

@@ -157,6 +157,62 @@ def volume_axis(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is not NaN (±inf allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be a number, not NaN; got {text!r}")
+    return value
+
+
+_SCHEME = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:(\d{1,5}))?/?$")
+
+
+def scheduler_address(text: str) -> str:
+    """An argparse type: ``threads`` or a dask scheduler address (``tcp://host:8786``)."""
+    t = text.strip()
+    if t == "threads":
+        return t
+    m = _SCHEME.match(t)
+    rest = t[m.end() :] if m else t
+    if m and m.group(1) == "inproc" and rest and not any(c.isspace() for c in rest):
+        return t  # inproc://<host>/<pid>/<n>: a scheduler in this process
+    hp = _HOST_PORT.match(rest)
+    port = hp.group(3) if hp else None
+    if hp is None or (m is None and port is None) or (port is not None and not 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(
+            f"not a scheduler address: {text!r} (e.g. tcp://host:8786, host:8786, or 'threads')"
+        )
+    return t
+
+
+def max_output_gb(text: str) -> int:
+    """An argparse type: a size in GB (10^9 bytes), 0.001 to 10^6, as bytes."""
+    return int(float_in(1e-3, 1e6)(text) * 1e9)
+
+
+def add_output_limit(p: argparse.ArgumentParser) -> None:
+    """``--max-output-gb``: the largest output a command writes."""
+    p.add_argument(
+        "--max-output-gb",
+        type=max_output_gb,
+        default=None,
+        metavar="GB",
+        help="refuse to write an output larger than GB, uncompressed (default 17.2, i.e. 16 GiB)",
+    )
+
+
+def max_output_bytes(args: argparse.Namespace) -> int:
+    from ..io import MAX_OUTPUT_BYTES
+
+    given = getattr(args, "max_output_gb", None)
+    return MAX_OUTPUT_BYTES if given is None else int(given)
+
+
 #: Chunk sizes volbin accepts: below 1 KiB the graph overhead dominates, above 16 GiB one
 #: chunk no longer fits a machine.
 chunk_mb = float_in(1 / 1024, 16 * 1024)
@@ -184,6 +240,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="MB",
         help="input chunk size in MiB, 0.001 to 16384 (default 32; overrides --memory-limit)",
+    )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="zarr input: read chunks missing from the store as its fill value (with a warning)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -272,7 +333,10 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
                 "help": "region of --curve clahe in mm, MM or MX MY MZ (uses the voxel sizes)",
             },
         ),
-        "threshold": ("--threshold", {"type": float, "help": "threshold for --method value, in --units"}),
+        "threshold": (
+            "--threshold",
+            {"type": finite_float, "help": "threshold for --method value, in --units"},
+        ),
         "percentile": (
             "--percentile",
             {"type": float_in(0, 100), "metavar": "P", "help": "percentile (0-100) for --method percentile"},

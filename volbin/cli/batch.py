@@ -6,7 +6,18 @@ import argparse
 from typing import Any
 
 from ..formats import IMAGE_EXTS
-from ._common import EXIT_DATA, EXIT_OK, add_common, add_recipe_args, chunk_bytes, int_in, recipe_from_args
+from ._common import (
+    EXIT_DATA,
+    EXIT_OK,
+    add_common,
+    add_output_limit,
+    add_recipe_args,
+    chunk_bytes,
+    int_in,
+    max_output_bytes,
+    recipe_from_args,
+    scheduler_address,
+)
 
 EPILOG = """\
 examples:
@@ -35,6 +46,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--ext", choices=IMAGE_EXTS, help="output format (default: the input's)")
     p.add_argument("--force", action="store_true", help="redo outputs that are up to date")
     p.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every existing output against its sidecar before skipping it (default: "
+        "outputs up to 64 MiB; sizes are always compared)",
+    )
+    p.add_argument(
         "--keep-tree",
         action="store_true",
         help="mirror the inputs' folders in --out-dir (needed when names repeat)",
@@ -52,6 +69,7 @@ def add_parser(subparsers: Any) -> None:
     )
     g.add_argument(
         "--scheduler",
+        type=scheduler_address,
         metavar="ADDRESS",
         help="join a running dask scheduler (tcp://host:8786), or 'threads' to run "
         "in this process without a cluster",
@@ -59,6 +77,7 @@ def add_parser(subparsers: Any) -> None:
     g.add_argument("--retries", type=int_in(0, 100), default=1, help="retries of a task that errors (1)")
     add_recipe_args(p)
     add_common(p)
+    add_output_limit(p)
     p.set_defaults(func=run)
 
 
@@ -86,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         retries=args.retries,
         progress="log" if args.no_progress else None,
         report=args.report,
+        verify=args.verify,
+        allow_missing=args.allow_missing_chunks,
+        max_output_bytes=max_output_bytes(args),
     )
     print(res.summary())
     return EXIT_OK if res.ok else EXIT_DATA

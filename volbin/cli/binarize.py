@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_OK, add_common, add_recipe_args, chunk_bytes, recipe_from_args
+from ._common import (
+    EXIT_OK,
+    add_common,
+    add_output_limit,
+    add_recipe_args,
+    chunk_bytes,
+    max_output_bytes,
+    recipe_from_args,
+)
 
 EPILOG = """\
 examples:
@@ -71,10 +82,13 @@ def add_parser(sub: Any) -> None:
     )
     add_recipe_args(p)
     add_common(p)
+    add_output_limit(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ..binarize import binarize_volume
     from ..io import load, save
     from ..progress import progress
@@ -86,13 +100,26 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--no-quality is not used by --method {recipe.method}")
     cb = chunk_bytes(args)
     t0 = time.perf_counter()
-    with progress("binarize", enabled=False if args.no_progress else None):
-        vol = load(args.input, chunk_bytes=cb, volume_axis=args.volume_axis)
+    with _output_lock(Path(args.output)), progress("binarize", enabled=False if args.no_progress else None):
+        vol = load(
+            args.input, chunk_bytes=cb, volume_axis=args.volume_axis, allow_missing=args.allow_missing_chunks
+        )
         out = binarize_volume(vol, recipe)
-        path = save(out, args.output, force=args.force, dtype=args.dtype)
+        path = save(
+            out, args.output, force=args.force, dtype=args.dtype, max_output_bytes=max_output_bytes(args)
+        )
         quality = None
         if recipe.method in RENDERING_METHODS and not args.no_quality:
-            quality = _record_quality(path, args, cb, recipe)
+            try:
+                quality = _record_quality(path, args, cb, recipe)
+            except KeyboardInterrupt:
+                print(
+                    f"volbin: interrupted while measuring the rendering error: {path} and its "
+                    "sidecar were written; the quality figures were not (re-run with --force to "
+                    "measure them, or use volbin info --compare)",
+                    file=sys.stderr,
+                )
+                return 130
         png = _write_preview(path, args, out, recipe) if args.preview else None
     dec = out.steps[-1].get("decision", {})
     t = dec.get("threshold_raw")
@@ -154,6 +181,40 @@ def _fmt(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+@contextlib.contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside `output` while it is written, and remove the temporary
+    files that a killed run left under its name (and its sidecar's)."""
+    from ..io import TEMP_NAME, folder_lock, sidecar_path
+
+    folder = output.parent
+    if not folder.is_dir():  # io.save says so
+        yield
+        return
+    with folder_lock(
+        folder / f".{output.name}.lock",
+        f"{output}: another volbin process is writing this output; wait for it to finish or "
+        "choose another output path.",
+        remove=True,
+    ):
+        bases = {output.name, sidecar_path(output).name}
+        for e in os.scandir(folder):
+            m = TEMP_NAME.match(e.name)
+            if m and m["base"] in bases:
+                _remove_temp(e.path)
+        yield
+
+
+def _remove_temp(path: str) -> None:
+    import shutil
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def _record_quality(path: Path, args: argparse.Namespace, cb: int | None, recipe: Any) -> dict[str, Any]:
     """Measure how well a dithered/stochastic output renders its input; store it in the sidecar."""
     from ..dither.quality import compare_with_input
@@ -166,6 +227,7 @@ def _record_quality(path: Path, args: argparse.Namespace, cb: int | None, recipe
         scope="slice" if recipe.scope == "slice" else "volume",
         chunk_bytes=cb,
         volume_axis=args.volume_axis,
+        allow_missing=args.allow_missing_chunks,
     )
     update_sidecar(path, quality=metrics)
     return metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import EXIT_OK, add_common, chunk_bytes
+from ._common import EXIT_OK, add_common, add_output_limit, chunk_bytes, max_output_bytes
 
 EPILOG = """\
 examples:
@@ -28,6 +28,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("output", help="output path (.nii, .nii.gz, .npy, .zarr)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     add_common(p)
+    add_output_limit(p)
     p.set_defaults(func=run)
 
 
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             chunk_bytes=chunk_bytes(args),
             volume_axis=args.volume_axis,
+            allow_missing=args.allow_missing_chunks,
+            max_output_bytes=max_output_bytes(args),
         )
     print(f"wrote {path}")
     return EXIT_OK

@@ -7,7 +7,16 @@ import math
 import time
 from typing import Any
 
-from ._common import EXIT_OK, add_common, add_recipe_args, chunk_bytes, int_in, recipe_from_args
+from ._common import (
+    EXIT_OK,
+    add_common,
+    add_output_limit,
+    add_recipe_args,
+    chunk_bytes,
+    int_in,
+    max_output_bytes,
+    recipe_from_args,
+)
 
 EPILOG = """\
 examples:
@@ -148,6 +157,7 @@ def add_parser(subparsers: Any) -> None:
         title="grey levels",
     )
     add_common(p)
+    add_output_limit(p)
     p.set_defaults(func=run)
 
 
@@ -159,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cb = chunk_bytes(args)
     res = export_slices(
-        load(args.input, chunk_bytes=cb, volume_axis=args.volume_axis),
+        load(
+            args.input, chunk_bytes=cb, volume_axis=args.volume_axis, allow_missing=args.allow_missing_chunks
+        ),
         args.out_dir,
         dpi=args.dpi,
         layer=args.layer,
@@ -175,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
         chunk_bytes=cb,
         progress=False if args.no_progress else None,
+        max_output_bytes=max_output_bytes(args),
     )
     m = res.manifest
     n = m["layer_count"]

@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     cb = chunk_bytes(args)
     with progress("info", enabled=False if args.no_progress else None):
-        vol = load(args.input, chunk_bytes=cb, volume_axis=args.volume_axis)
+        vol = load(
+            args.input, chunk_bytes=cb, volume_axis=args.volume_axis, allow_missing=args.allow_missing_chunks
+        )
         summary = binary_summary(vol)
         info = describe(vol) if summary is None else {**_geometry(vol), "binary": summary}
         other = None
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 scope=args.scope or "volume",
                 chunk_bytes=cb,
                 volume_axis=args.volume_axis,
+                allow_missing=args.allow_missing_chunks,
             )
         if args.histogram:
             from ..exposure import exposure_stats

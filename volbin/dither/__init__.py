@@ -19,7 +19,8 @@ Intensities are first rescaled to [0, 1] (per volume, or per stack with ``scope=
 and optionally upsampled.  Slices are scanned row by row along the lower of the two in-plane
 array axes (x for axial slices), rows stepping along the higher one (y).  Threshold jitter
 draws from the counter-based generator keyed by (seed, global voxel index), so every method
-gives the same bytes for any chunking or number of workers.  Non-finite input voxels are 0.
+gives the same bytes for any chunking or number of workers, and for a 4D stack whatever its
+axis order (the index runs over (volume, x, y, z)).  Non-finite input voxels are 0.
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ def _c_strides(shape: tuple[int, ...]) -> np.ndarray:
     strides = np.ones(len(shape), dtype=np.int64)
     for a in range(len(shape) - 2, -1, -1):
         strides[a] = strides[a + 1] * shape[a + 1]
+    return strides
+
+
+def _canonical_strides(shape: tuple[int, ...], vaxis: int | None) -> np.ndarray:
+    """Per array axis, its stride in the C-order index over (volume, x, y, z).
+
+    The index of the jitter's random numbers: with it an (X, Y, Z, T) stack and the same data
+    stored (T, X, Y, Z) draw the same number for the same voxel (as `stochastic_graph` does).
+    """
+    perm = list(range(len(shape)))
+    if vaxis is not None:
+        perm = [vaxis] + [a for a in perm if a != vaxis]
+    canon = _c_strides(tuple(shape[a] for a in perm))
+    strides = np.empty(len(shape), dtype=np.int64)
+    strides[perm] = canon
     return strides
 
 
@@ -107,7 +123,7 @@ def _slices_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
     vaxis = vol.volume_axis
     kernel = DK.diffusion_kernel(recipe.kernel)
     key = seed_key(recipe.seed, stream=2)
-    full_strides = _c_strides(data.shape)
+    full_strides = _canonical_strides(data.shape, vaxis)
 
     def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         loc = block_info[0]["array-location"]  # type: ignore[index]
@@ -186,7 +202,7 @@ def _volume_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da.
     vaxis = vol.volume_axis
     kernel = DK.diffusion_kernel_3d(recipe.kernel)
     key = seed_key(recipe.seed, stream=2)
-    full_strides = _c_strides(data.shape)
+    full_strides = _canonical_strides(data.shape, vaxis)
     strides = tuple(int(full_strides[a]) for a in ax)
     ax3 = _axes3(ax, vaxis)
     n_slices = data.shape[axis]
@@ -254,10 +270,15 @@ def _ordered_graph(data: da.Array, vol: Volume, recipe: Recipe, axis: int) -> da
     return da.map_blocks(run, data, dtype=np.uint8, meta=np.empty((0,) * data.ndim, np.uint8))
 
 
-def dither_volume(vol: Volume, recipe: Recipe) -> Volume:
-    """Dither a Volume by `recipe` (method ``dither`` or ``ordered``); lazy result."""
-    rgroup = vol.grouping("stack" if recipe.scope == "stack" else "volume")
-    tr = fit_transform(vol, rgroup, recipe)
+def dither_volume(vol: Volume, recipe: Recipe, transform: Any = None) -> Volume:
+    """Dither a Volume by `recipe` (method ``dither`` or ``ordered``); lazy result.
+
+    `transform` is the rescale fitted per volume (or per stack with ``scope='stack'``), if
+    the caller has it already.
+    """
+    tr = transform
+    if tr is None:
+        tr = fit_transform(vol, vol.grouping("stack" if recipe.scope == "stack" else "volume"), recipe)
     rescaled = vol.derive(apply_transform(vol.data, tr))
     if recipe.upsample is not None and any(f != 1 for f in recipe.upsample):
         from ..resample import upsample

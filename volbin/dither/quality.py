@@ -110,13 +110,34 @@ def blur(
     return like_input(vol.derive(data, step), kind)
 
 
+class _NotBinary(VolbinDataError):
+    """`binary` holds a value other than 0 and 1 (`value`)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        super().__init__(
+            f"`binary` must hold only 0 and 1 (a binarized volume); it holds {value:g}: pass the "
+            "binary volume first and the grey volume it renders second."
+        )
+
+
+def _check_binary(block: np.ndarray) -> None:
+    bad = (block != 0) & (block != 1)
+    if bad.any():
+        raise _NotBinary(float(block[bad].ravel()[0]))
+
+
 def _streamed_sums(
-    b: da.Array, r: da.Array, sigmas: tuple[float, ...], support_sigmas: tuple[float, ...]
+    b: da.Array,
+    r: da.Array,
+    sigmas: tuple[float, ...],
+    support_sigmas: tuple[float, ...],
+    check_binary: bool = False,
 ) -> tuple[float, ...]:
     """Sums of (G*b - r)^2, (G*b - G*r)^2, b, r, (G*b - G*r)^2 inside the support and the
     support's size, slab by slab along the reference's most chunked axis, each slab read
     with a margin of the blurs' radius.  The support is ``G1*r > SUPPORT_LEVEL`` with G1 the
-    Gaussian of `support_sigmas`.
+    Gaussian of `support_sigmas`.  With `check_binary`, `b` must hold only 0 and 1.
 
     One slab (plus margins) is in memory at a time: a dask graph of these four reductions
     shares the blurred intermediates, and the scheduler then keeps them until every
@@ -134,6 +155,8 @@ def _streamed_sums(
         index: list[Any] = [slice(None)] * r.ndim
         index[axis] = slice(e0, e1)
         bs = np.asarray(b[tuple(index)].compute(scheduler="sync"))
+        if check_binary:
+            _check_binary(bs)
         rs = np.asarray(r[tuple(index)].compute(scheduler="sync"))
         inner: list[Any] = [slice(None)] * r.ndim
         inner[axis] = slice(int(z0) - e0, int(z1) - e0)
@@ -230,6 +253,13 @@ def dither_error(
     """
     bvol, _ = as_volume(binary, volume_axis=volume_axis)
     rvol, _ = as_volume(reference, volume_axis=volume_axis)
+    return _error_metrics(bvol, rvol, sigma, scope, axis, check_binary=False)
+
+
+def _error_metrics(
+    bvol: Volume, rvol: Volume, sigma: float, scope: str, axis: Any, check_binary: bool
+) -> dict[str, Any]:
+    """`dither_error` on Volumes; with `check_binary`, `bvol` must hold only 0 and 1."""
     if bvol.shape != rvol.shape:
         raise ValueError(
             f"`binary` and `reference` must have the same shape; got {bvol.shape} and {rvol.shape}."
@@ -242,7 +272,9 @@ def dither_error(
     n = int(np.prod(bvol.shape))
     if n == 0:
         raise VolbinDataError("cannot measure the dithering error of an empty volume.")
-    sq1, sq2, sb, sr, sq_in, n_in = _streamed_sums(b, r, sigmas, _sigmas(bvol, 1.0, scope, axis))
+    sq1, sq2, sb, sr, sq_in, n_in = _streamed_sums(
+        b, r, sigmas, _sigmas(bvol, 1.0, scope, axis), check_binary
+    )
     return {
         "support_rms": math.sqrt(sq_in / n_in) if n_in else None,
         "perceptual_rms": math.sqrt(sq2 / n),
@@ -288,6 +320,7 @@ def compare_with_input(
     scope: Literal["slice", "volume"] = "volume",
     chunk_bytes: int | None = None,
     volume_axis: int | None = None,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """`dither_error` of a binary file against the grey file it was made from.
 
@@ -305,6 +338,8 @@ def compare_with_input(
         Input chunk size.
     volume_axis : int, optional
         Volume axis of 4D ``.npy``/zarr inputs.
+    allow_missing : bool, optional
+        Read chunks missing from zarr stores as their fill value (see `volbin.io.load`).
 
     Returns
     -------
@@ -314,7 +349,7 @@ def compare_with_input(
     Raises
     ------
     VolbinDataError
-        The volumes' shapes do not match.
+        The volumes' shapes do not match, or `binary` holds values other than 0 and 1.
     InputFileError
         A file cannot be read.
     """
@@ -322,8 +357,13 @@ def compare_with_input(
     from ..recipe import DITHER_METHODS, Recipe
     from ..rescale import apply_transform, fit_transform
 
-    bvol = load(binary, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
-    gvol = load(grey, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
+    kw: dict[str, Any] = {
+        "chunk_bytes": chunk_bytes,
+        "volume_axis": volume_axis,
+        "allow_missing": allow_missing,
+    }
+    bvol = load(binary, **kw)
+    gvol = load(grey, **kw)
     step = _sidecar_step(binary)
     if step is not None:
         recipe = Recipe.from_dict(step["recipe"])
@@ -353,7 +393,14 @@ def compare_with_input(
             f"{binary} has shape {bvol.shape} but {grey} has shape {ref.shape}; compare a "
             "binary volume with the grey volume it was made from."
         )
-    out = dither_error(bvol, ref, sigma=sigma, scope=scope, axis=recipe.axis)
+    try:
+        out = _error_metrics(bvol, ref, sigma, scope, recipe.axis, check_binary=True)
+    except _NotBinary as exc:
+        raise VolbinDataError(
+            f"{binary}: not a binary volume (it holds {exc.value:g}); the comparison measures how "
+            f"a binary volume renders a grey one: give the binary volume first and the grey "
+            f"volume ({grey}) second (CLI: volbin info BINARY --compare GREY)."
+        ) from None
     out["reference"] = {"path": os.fspath(grey), "rescale": how, "transform": tr.record()}
     return out
 

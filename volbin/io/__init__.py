@@ -29,9 +29,10 @@ from ._read import _NpyReader as _NpyReader
 from ._read import load
 from ._sidecar import last_recipe, read_sidecar, sidecar_path, to_jsonable, update_sidecar, write_json
 from ._write import DEFAULT_COMPRESS_LEVEL as DEFAULT_COMPRESS_LEVEL
-from ._write import save
+from ._write import MAX_OUTPUT_BYTES, save, volbin_zarr
 
 __all__ = [
+    "MAX_OUTPUT_BYTES",
     "TEMP_NAME",
     "atomic_file",
     "convert",
@@ -45,6 +46,7 @@ __all__ = [
     "temp_path",
     "to_jsonable",
     "update_sidecar",
+    "volbin_zarr",
     "write_atomic",
     "write_json",
 ]

@@ -73,13 +73,15 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str | Callable[[IO[
 
 
 @contextlib.contextmanager
-def folder_lock(lock: str | os.PathLike[str], busy: str) -> Iterator[None]:
+def folder_lock(lock: str | os.PathLike[str], busy: str, *, remove: bool = False) -> Iterator[None]:
     """Hold an exclusive `flock` on the file `lock` (created if missing) while the block runs.
 
     The lock file is opened without following symbolic links, so a link planted at its name
     cannot make volbin create or truncate a file elsewhere.  Raises `OutputFileError` with
     the message `busy` when another process holds the lock; on file systems without locks
-    the block runs unlocked.
+    the block runs unlocked.  With `remove` the lock file is removed when the block ends
+    (a process that opened it meanwhile sees that the file it locked is no longer the one
+    at that name, and opens the new one).
     """
     try:
         import fcntl
@@ -87,22 +89,37 @@ def folder_lock(lock: str | os.PathLike[str], busy: str) -> Iterator[None]:
         yield
         return
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(lock, flags, 0o666)
-    except OSError as exc:
-        if os.path.islink(lock):
-            raise OutputFileError(
-                f"{lock}: the lock file is a symbolic link; remove it (volbin does not follow links "
-                "for its lock files)."
-            ) from None
-        raise OutputFileError(f"{lock}: cannot create the lock file ({exc.strerror or exc}).") from exc
-    try:
+    while True:
+        try:
+            fd = os.open(lock, flags, 0o666)
+        except OSError as exc:
+            if os.path.islink(lock):
+                raise OutputFileError(
+                    f"{lock}: the lock file is a symbolic link; remove it (volbin does not follow "
+                    "links for its lock files)."
+                ) from None
+            raise OutputFileError(f"{lock}: cannot create the lock file ({exc.strerror or exc}).") from exc
+        locked = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise OutputFileError(busy) from None
         except OSError:  # file systems without locks: run unlocked
-            pass
+            locked = False
+        if locked and remove:
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock, follow_symlinks=False))
+            except OSError:
+                same = False
+            if not same:  # removed by the holder we waited for: lock the new file
+                os.close(fd)
+                continue
+        break
+    try:
         yield
     finally:
+        if remove and locked:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
         os.close(fd)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import VolbinWarning
 from ._read import load
-from ._write import save
+from ._write import MAX_OUTPUT_BYTES, save
 
 __all__ = ["convert"]
 
@@ -26,6 +26,8 @@ def convert(
     force: bool = False,
     chunk_bytes: int | None = None,
     volume_axis: int | None = None,
+    allow_missing: bool = False,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
 ) -> Path:
     """Copy the image `src` to `dst` in the format `dst`'s extension names.
 
@@ -41,6 +43,10 @@ def convert(
         Size in bytes of the chunks streamed through memory (default 32 MiB).
     volume_axis : int, optional
         Volume axis of 4D ``.npy``/zarr input (default 3, or the zarr's own attribute).
+    allow_missing : bool, optional
+        Read chunks missing from a zarr `src` as its fill value (see `load`).
+    max_output_bytes : int or None, optional
+        Largest output written (see `save`).
 
     Returns
     -------
@@ -85,7 +91,7 @@ def convert(
     True
     >>> tmp.cleanup()
     """
-    vol = load(src, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
+    vol = load(src, chunk_bytes=chunk_bytes, volume_axis=volume_axis, allow_missing=allow_missing)
     if str(dst).lower().endswith(".npy") and (
         vol.header is not None or not np.array_equal(vol.affine, np.eye(4))
     ):
@@ -95,4 +101,4 @@ def convert(
             VolbinWarning,
             stacklevel=2,
         )
-    return save(vol, dst, force=force, sidecar=False)
+    return save(vol, dst, force=force, sidecar=False, max_output_bytes=max_output_bytes)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import base64
 import errno
 import gzip
+import itertools
 import math
 import os
 import secrets
 import shutil
 import tempfile
+import warnings
 import weakref
 import zlib
 from collections.abc import Mapping
@@ -25,7 +27,7 @@ from dask.base import tokenize
 from isal import igzip, isal_zlib
 from nibabel.volumeutils import apply_read_scaling
 
-from ..errors import InputFileError, VolbinDataError, VolbinError
+from ..errors import InputFileError, VolbinDataError, VolbinError, VolbinWarning
 from ..volume import DEFAULT_CHUNK_BYTES, Volume, slab_chunks
 from ._common import (
     _COPY_BYTES,
@@ -64,6 +66,23 @@ def _check_ndim(shape: tuple[int, ...], name: str) -> None:
             f"{name}: volbin reads 3D (X, Y, Z) or 4D (X, Y, Z, T) images; this one is "
             f"{len(shape)}D with shape {shape}."
         )
+
+
+def _check_voxels(shape: tuple[int, ...], name: str) -> None:
+    if 0 in shape:
+        raise InputFileError(
+            f"{name}: the image holds no voxels (shape {shape}, a dimension of size 0); re-export the file."
+        )
+
+
+def _check_affine(affine: np.ndarray, name: str, what: str) -> np.ndarray:
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise InputFileError(
+            f"{name}: its {what} is not a finite 4x4 matrix (it holds NaN or infinite values); "
+            "fix the header (e.g. with nibabel's set_sform/set_qform) or re-export the file."
+        )
+    return a
 
 
 class _NpyReader:
@@ -145,8 +164,11 @@ class _NiftiReader:
     dtype nibabel produces) so that every block matches the dask array's meta.
     """
 
-    def __init__(self, proxy: Any, dtype: np.dtype, name: str, header: Any, affine: np.ndarray) -> None:
+    def __init__(
+        self, proxy: Any, dtype: np.dtype, name: str, header: Any, affine: np.ndarray, src: str | None = None
+    ) -> None:
         self.proxy = proxy
+        self.src = src  # the file nibabel reads (a decompressed copy of a .nii.gz), if not `name`
         self.shape = tuple(int(s) for s in proxy.shape)
         self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
@@ -157,9 +179,127 @@ class _NiftiReader:
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
             block = np.asarray(self.proxy[key])
-        except OSError as exc:
-            raise InputFileError(f"{self.name}: cannot read ({exc.strerror or exc}).") from exc
+        except MemoryError:
+            raise
+        except Exception as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InputFileError(
+                f"{self.name}: cannot read ({_shown_as(why, self.src, self.name)})."
+            ) from None
         return block.astype(self.dtype, copy=False)
+
+
+def _shown_as(text: str, src: Any, shown: Any) -> str:
+    """`text` with the path of a temporary copy replaced by the path the user gave."""
+    if src is None or str(src) == str(shown):
+        return text
+    return text.replace(str(src), str(shown)).replace(os.path.basename(str(src)), str(shown))
+
+
+class _ZarrReader:
+    """Slices of a zarr array, with damaged chunks reported by the file that holds them."""
+
+    def __init__(self, array: Any, name: str, root: str | None) -> None:
+        self.array = array
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        self.chunks = tuple(int(c) for c in array.chunks)
+        self.name = name
+        self.root = root
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except MemoryError:
+            raise
+        except Exception as exc:
+            where = self._bad_chunk(key)
+            raise InputFileError(
+                f"{self.name}: {where or 'a chunk'} cannot be decoded ({type(exc).__name__}: {exc}); "
+                "the store is damaged: re-copy or re-export it."
+            ) from None
+
+    def _bad_chunk(self, key: Any) -> str | None:
+        """The first chunk under `key` that fails to decode, as ``chunk (i, j, k) (file)``."""
+        grid = _storage_chunks(self.array)
+        key = key if isinstance(key, tuple) else (key,)
+        ranges = []
+        for a, n in enumerate(self.shape):
+            k = key[a] if a < len(key) else slice(None)
+            lo, hi, _ = k.indices(n) if isinstance(k, slice) else (int(k), int(k) + 1, 1)
+            ranges.append(range(lo // grid[a], max(lo // grid[a] + 1, -(-hi // grid[a]))))
+        for coords in itertools.product(*ranges):
+            sel = tuple(
+                slice(c * g, min((c + 1) * g, n)) for c, g, n in zip(coords, grid, self.shape, strict=True)
+            )
+            try:
+                self.array[sel]
+            except Exception:
+                return f"chunk {coords} ({_chunk_file(self.array, coords, self.root)})"
+        return None
+
+
+def _storage_chunks(array: Any) -> tuple[int, ...]:
+    """The shape of the objects a zarr array stores: its shards, or else its chunks."""
+    shards = getattr(array, "shards", None)
+    return tuple(int(c) for c in (shards or array.chunks))
+
+
+def _chunk_file(array: Any, coords: tuple[int, ...], root: str | None) -> str:
+    meta = getattr(array, "metadata", None)
+    try:
+        key = meta.encode_chunk_key(coords)  # type: ignore[union-attr]
+    except AttributeError:  # pragma: no cover - zarr 2
+        key = array._chunk_key(coords)
+    path = getattr(array, "path", "") or ""
+    if root is None:
+        return f"key {'/'.join(p for p in (path, key) if p)}"
+    return os.path.join(root, path, *key.split("/"))
+
+
+def _check_chunks(array: Any, name: str, root: str | None, allow_missing: bool) -> None:
+    """Refuse a zarr array with missing chunks (or warn with `allow_missing` and a fill value)."""
+    grid = _storage_chunks(array)
+    counts = [-(-n // g) for n, g in zip(array.shape, grid, strict=True)]
+    total = math.prod(counts)
+    present = getattr(array, "nshards_initialized", None) if getattr(array, "shards", None) else None
+    if present is None:
+        present = array.nchunks_initialized
+    missing = total - int(present)
+    if missing <= 0:
+        return
+    meta = getattr(array, "metadata", None)
+    fill = getattr(meta, "fill_value", getattr(array, "fill_value", None))
+    if isinstance(fill, np.generic):
+        fill = fill.item()
+    if allow_missing and fill is not None:
+        warnings.warn(
+            f"{name}: {missing} of {total} chunks are missing from the store; they read as its "
+            f"fill value {fill!r}.",
+            VolbinWarning,
+            stacklevel=4,
+        )
+        return
+    first = None
+    if root is not None:
+        for coords in np.ndindex(*counts):
+            f = _chunk_file(array, tuple(int(c) for c in coords), root)
+            if not os.path.exists(f):
+                first = f"chunk {tuple(int(c) for c in coords)} ({f})"
+                break
+    example = f", e.g. {first}" if first else ""
+    if fill is None:
+        hint = "the store declares no fill value to read them as: re-copy or re-export it."
+    else:
+        hint = (
+            "re-copy or re-export it, or pass allow_missing=True (CLI: --allow-missing-chunks) "
+            f"to read them as the store's fill value {fill!r}."
+        )
+    raise InputFileError(
+        f"{name}: {missing} of {total} chunks are missing from the store{example}; a dense "
+        f"image needs every chunk (an interrupted copy?): {hint}"
+    )
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -169,6 +309,7 @@ def load(
     chunks: Any = None,
     chunk_bytes: int | None = None,
     volume_axis: int | None = None,
+    allow_missing: bool = False,
 ) -> Volume:
     """Open a 3D or 4D image lazily as a `Volume`.
 
@@ -187,6 +328,9 @@ def load(
         For 4D ``.npy`` and zarr data, the axis that indexes volumes (default 3; pass 0 for
         stacks saved with ``np.stack`` as ``(T, X, Y, Z)``).  NIfTI stores volumes last, so
         only 3 is accepted for NIfTI.
+    allow_missing : bool, optional
+        For zarr: read chunks missing from the store as the store's fill value, with a
+        `VolbinWarning` giving their number.  By default a missing chunk is an error.
 
     Returns
     -------
@@ -202,7 +346,9 @@ def load(
     ------
     InputFileError
         The file is missing, of an unknown format, not a valid image, shorter than its header
-        says (truncated) or, for ``.nii.gz``, truncated or corrupt gzip data.
+        says (truncated), holds no voxels or a non-finite affine, or, for ``.nii.gz``,
+        truncated or corrupt gzip data; a zarr store lacks chunks (see `allow_missing`).
+        Reading a damaged zarr chunk raises it too, naming the chunk's file.
     VolbinDataError
         The image is not 3D or 4D, or its data type is complex, RGB or not numeric.
     ValueError
@@ -247,7 +393,7 @@ def load(
     reader: Any
     order: Literal["C", "F"]
     if kind == "zarr":
-        reader, order, affine, header, file_vaxis = _open_zarr(p, path)
+        reader, order, affine, header, file_vaxis = _open_zarr(p, path, allow_missing)
         if volume_axis is None:
             volume_axis = file_vaxis
         zc = tuple(int(c) for c in reader.chunks)
@@ -366,13 +512,20 @@ def _nifti_reader(src: Path, shown: Any) -> _NiftiReader:
     try:
         img = nib.load(src, mmap=False)
     except OSError as exc:
-        raise InputFileError(f"{shown}: cannot read ({exc.strerror or exc}).") from exc
+        why = _shown_as(str(exc.strerror or exc), src, shown)
+        raise InputFileError(f"{shown}: cannot read ({why}).") from None
     except Exception as exc:
-        raise InputFileError(f"{name}: not a NIfTI image ({exc}); volbin reads {_SUPPORTED}.") from None
+        why = _shown_as(str(exc), src, shown)
+        raise InputFileError(f"{name}: not a NIfTI image ({why}); volbin reads {_SUPPORTED}.") from None
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise InputFileError(f"{name}: not a NIfTI image; volbin reads {_SUPPORTED}.")
     shape = tuple(int(s) for s in img.shape)
     _check_ndim(shape, name)
+    _check_voxels(shape, name)
+    try:
+        affine = _check_affine(img.affine, name, "affine (sform or qform)")
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise InputFileError(f"{name}: its affine (sform or qform) is invalid ({exc}).") from None
     raw = img.get_data_dtype()
     _check_dtype(raw, name)
     proxy: Any = img.dataobj
@@ -389,7 +542,7 @@ def _nifti_reader(src: Path, shown: Any) -> _NiftiReader:
     header = img.header
     if isinstance(header, nib.Nifti2Header) and max(shape) <= _NIFTI1_MAX_DIM:
         header = _as_nifti1_header(header)
-    return _NiftiReader(proxy, scaled, str(shown), header, np.asarray(img.affine, np.float64))
+    return _NiftiReader(proxy, scaled, str(shown), header, affine, str(src))
 
 
 def _as_nifti1_header(header: Any) -> Any:
@@ -422,6 +575,7 @@ def _open_npy(p: Path, shown: Any) -> _NpyReader:
         raise InputFileError(f"{shown}: cannot read ({exc.strerror or exc}).") from exc
     shape = tuple(int(s) for s in shape)
     _check_ndim(shape, name)
+    _check_voxels(shape, name)
     _check_dtype(np.dtype(dtype), name)
     expected = offset + math.prod(shape) * dtype.itemsize
     actual = p.stat().st_size
@@ -433,7 +587,9 @@ def _open_npy(p: Path, shown: Any) -> _NpyReader:
     return _NpyReader(str(p), shape, dtype, offset, fortran)
 
 
-def _open_zarr(p: Path, shown: Any) -> tuple[Any, Literal["C"], np.ndarray, Any, int | None]:
+def _open_zarr(
+    p: Path, shown: Any, allow_missing: bool = False
+) -> tuple[Any, Literal["C"], np.ndarray, Any, int | None]:
     import zarr
 
     name = Path(shown).name
@@ -455,11 +611,20 @@ def _open_zarr(p: Path, shown: Any) -> tuple[Any, Literal["C"], np.ndarray, Any,
         attrs.update(dict(node.attrs))
     shape = tuple(int(s) for s in node.shape)
     _check_ndim(shape, name)
+    _check_voxels(shape, name)
     _check_dtype(np.dtype(node.dtype), name)
-    affine = np.asarray(attrs.get("affine", np.eye(4)), dtype=np.float64)
+    try:
+        affine = _check_affine(
+            np.asarray(attrs.get("affine", np.eye(4)), dtype=np.float64), name, "affine attribute"
+        )
+    except (TypeError, ValueError):
+        raise InputFileError(f"{name}: its affine attribute is not a 4x4 matrix of numbers.") from None
     header = _header_from_attr(attrs.get("header"))
     vaxis: Any = attrs.get("volume_axis")
-    return node, "C", affine, header, (int(vaxis) if vaxis is not None else None)
+    root = str(p)
+    _check_chunks(node, str(shown), root, allow_missing)
+    reader = _ZarrReader(node, str(shown), root)
+    return reader, "C", affine, header, (int(vaxis) if vaxis is not None else None)
 
 
 def _header_from_attr(value: Any) -> Any:

@@ -20,19 +20,28 @@ from ._common import _create, _kind
 
 # --- sidecars --------------------------------------------------------------------------------
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """The JSON sidecar of an image: the image extension replaced by ``.json``.
+    """The JSON sidecar of an image: where volbin records how the image was made.
+
+    NIfTI images follow BIDS: the extension is replaced by ``.json`` (``mask.nii.gz`` and
+    ``mask.nii`` -> ``mask.json``).  Other formats keep their extension and add ``.json``
+    (``mask.npy`` -> ``mask.npy.json``, ``mask.zarr`` -> ``mask.zarr.json``), so that two
+    outputs of one name in different formats never share a sidecar.  A NIfTI and a
+    ``.nii.gz`` of one name do share one: `volbin.io.save` refuses to write an image whose
+    sidecar describes another image that still exists.
 
     Examples
     --------
     >>> sidecar_path("out/mask.nii.gz").as_posix()
     'out/mask.json'
     >>> sidecar_path("x.zarr").name, sidecar_path("mask.npy").name
-    ('x.json', 'mask.json')
+    ('x.zarr.json', 'mask.npy.json')
     """
     path = Path(path)
     kind = _kind(path)
     if kind is None:
         return path.with_suffix(".json")
+    if kind in ("npy", "zarr"):
+        return path.with_name(path.name + ".json")
     return path.with_name(path.name[: -len(kind) - 1] + ".json")
 
 

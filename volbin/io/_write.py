@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -36,6 +37,11 @@ from ._common import (
     _version,
 )
 from ._sidecar import _write_json, sidecar_path
+
+#: The largest output `save` writes unless told otherwise (``max_output_bytes``): 16 GiB of
+#: data, 17 G voxels of a binary volume.  A mistaken upsampling factor would otherwise start
+#: writing (and computing) for hours before the disk fills.
+MAX_OUTPUT_BYTES = 16 * 2**30
 
 #: isal's levels run 0-3 and all write standard gzip.  On 256^3 phantom masks level 1 gave the
 #: same size as 2 and 1.1-1.8x the speed; 3 was 1-2 % smaller and 5-10x slower; 0 was 30 %
@@ -103,6 +109,7 @@ def save(
     dtype: str | np.dtype | None = None,
     sidecar: bool | Mapping[str, Any] = True,
     compress_level: int | None = None,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
 ) -> Path:
     """Write a volume to ``.nii``, ``.nii.gz``, ``.npy`` or zarr, streamed and atomically.
 
@@ -127,6 +134,9 @@ def save(
         top-level fields are merged into the sidecar (e.g. ``{"batch": {...}}``).
     compress_level : int, optional
         gzip level for ``.nii.gz``: 0-3 (isal's levels; all write standard gzip).  Default 1.
+    max_output_bytes : int or None, optional
+        Refuse to write more data than this (uncompressed; default `MAX_OUTPUT_BYTES`,
+        16 GiB); None writes any size.
 
     Returns
     -------
@@ -137,9 +147,11 @@ def save(
     ------
     OutputFileError
         `path` or its sidecar exists and `force` is False; the folder is missing; `path` is
-        the input file of `volume` (even with `force`); or writing failed (disk full,
-        permission denied, ...).  Temporary files are removed and nothing is left under
-        `path`.
+        the input file of `volume` (even with `force`); `path` is a folder other than a zarr
+        store volbin wrote, or its sidecar is the sidecar of another image that exists (both
+        even with `force`); the output is larger than `max_output_bytes`; or writing failed
+        (disk full, permission denied, ...).  Temporary files are removed and nothing is
+        left under `path`.
     ValueError
         Unknown output extension, or a `dtype` or `compress_level` the format cannot take.
 
@@ -154,6 +166,14 @@ def save(
     set to 0/1 for uint8 output (0/0 otherwise) and ``descrip`` to the volbin version.
     NIfTI-1 is written unless a dimension exceeds 32767.  Writing is fastest when the chunks
     are slabs along the last axis (as `load` makes them for NIfTI input).
+
+    The sidecar is put in place first, marked ``"pending"`` with the identity (device and
+    inode) and size of the finished temporary image; then the image is renamed into place
+    (a rename keeps the inode), then the sidecar is rewritten without the mark.  A process
+    killed between the two renames leaves an image whose pending sidecar names it exactly,
+    which `volbin.batch` recognises as complete; killed before, the pending sidecar names a
+    file that is not there.  The sidecar's ``output`` records the file's size (the total
+    of its files for zarr) and, except for zarr, its SHA-256, to check it later.
 
     Examples
     --------
@@ -178,6 +198,7 @@ def save(
     level = _compress_level(compress_level, kind)
     side = sidecar_path(final) if sidecar else None
     _check_output(final, side, vol, force)
+    _check_size(final, vol.shape, out_dtype, max_output_bytes)
 
     data, vaxis = vol.data, vol.volume_axis
     if kind in ("nii", "nii.gz") and vol.ndim == 4 and vaxis != 3:
@@ -202,12 +223,14 @@ def save(
             written_dtype = _write_zarr(data, vol, vaxis, tmp)
         _fsync(tmp)
         if side is not None:
+            size = _tree_size(tmp)
             output: dict[str, Any] = {
                 "path": str(final),
                 "format": _FORMAT[kind],
                 "shape": list(data.shape),
                 "dtype": str(written_dtype),
                 "volume_axis": vaxis,
+                "size": size,
             }
             if kind != "zarr":
                 output["sha256"] = _sha256(tmp)
@@ -220,12 +243,14 @@ def save(
             }
             if isinstance(sidecar, Mapping):
                 record.update(sidecar)
-            side_tmp = temp_path(side)
-            temps.append(side_tmp)
-            _write_json(record, side_tmp)
-        _replace(tmp, final)
-        if side is not None:
-            _replace(side_tmp, side)
+            st = os.stat(tmp)
+            pending = {**record, "pending": {"device": st.st_dev, "inode": st.st_ino, "size": size}}
+            _put_json(pending, side, temps)
+            _fsync_dir(final.parent)
+            _replace(tmp, final)
+            _put_json(record, side, temps)
+        else:
+            _replace(tmp, final)
         _fsync_dir(final.parent)
     except BaseException as exc:
         for t in temps:
@@ -294,9 +319,90 @@ def _check_output(final: Path, side: Path | None, vol: Volume, force: bool) -> N
             f"{final}: its sidecar {side.name} would replace the input's own JSON sidecar; "
             "choose an output name with another stem (e.g. add _mask)."
         )
+    if final.is_dir() and not final.is_symlink() and not (_kind(final) == "zarr" and volbin_zarr(final)):
+        raise OutputFileError(
+            f"{final}: is a folder that volbin did not write (not a zarr store with volbin's "
+            "attributes); volbin replaces no other folder, even with --force; remove it or "
+            "choose another output path."
+        )
+    if side is not None and side.is_dir() and not side.is_symlink():
+        raise OutputFileError(
+            f"{final}: its sidecar name {side} is a folder; remove it or choose another output path."
+        )
+    other = sidecar_owner(side) if side is not None else None
+    if other is not None and os.path.abspath(other) != str(final) and os.path.lexists(other):
+        raise OutputFileError(
+            f"{final}: its sidecar {side} is the sidecar of {other}, which exists; remove "
+            "that image or choose another output name (a .nii and a .nii.gz of one name "
+            "share a sidecar)."
+        )
+    own_pending = side is not None and other is not None and not os.path.lexists(final)
     for p in (final, side):
-        if p is not None and os.path.lexists(p) and not force:
-            raise OutputFileError(f"{p} exists; pass force=True (CLI: --force) to overwrite")
+        if p is None or not os.path.lexists(p) or force:
+            continue
+        if p == side and own_pending and _read_record(side).get("pending"):
+            continue  # left by an interrupted write of this very output
+        raise OutputFileError(f"{p} exists; pass force=True (CLI: --force) to overwrite")
+
+
+def _put_json(record: Mapping[str, Any], path: Path, temps: list[Path]) -> None:
+    """Write `record` to a temporary beside `path` (listed in `temps`) and rename it there."""
+    tmp = temp_path(path)
+    temps.append(tmp)
+    _write_json(record, tmp)
+    _replace(tmp, path)
+
+
+def _read_record(side: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def sidecar_owner(side: str | os.PathLike[str]) -> str | None:
+    """The image a volbin sidecar describes (its ``output.path``), or None."""
+    record = _read_record(Path(side))
+    out = record.get("output") if "volbin_version" in record else None
+    path = out.get("path") if isinstance(out, dict) else None
+    return path if isinstance(path, str) else None
+
+
+def volbin_zarr(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a zarr store written by volbin (its attributes name volbin)."""
+    p = Path(path)
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        try:
+            doc = json.loads((p / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        attrs = doc.get(key) if key else doc
+        if isinstance(attrs, dict) and "volbin_version" in attrs:
+            return True
+    return False
+
+
+def _check_size(final: Path, shape: tuple[int, ...], dtype: np.dtype, limit: int | None) -> None:
+    if limit is None:
+        return
+    if not isinstance(limit, (int, np.integer)) or isinstance(limit, bool) or limit <= 0:
+        raise ValueError(f"`max_output_bytes` must be a positive int or None; got {limit!r}.")
+    voxels = math.prod(int(s) for s in shape)
+    nbytes = voxels * np.dtype(dtype).itemsize
+    if nbytes > limit:
+        raise OutputFileError(
+            f"{final}: the output would hold {voxels:,} voxels ({nbytes / 1e9:.3g} GB of "
+            f"{np.dtype(dtype)} data), more than the limit of {limit / 1e9:.3g} GB; check the "
+            "upsampling factors, or pass max_output_bytes= (CLI: --max-output-gb) to allow it."
+        )
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes of a file, or of all files under a directory (a zarr store)."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(os.stat(os.path.join(root, f)).st_size for root, _, files in os.walk(path) for f in files)
 
 
 def _write_failure(final: Path, exc: OSError) -> str:
@@ -408,7 +514,15 @@ def _write_zarr(data: da.Array, vol: Volume, vaxis: int | None, path: Path) -> n
     }
     if isinstance(vol.header, nib.Nifti1Header):
         attrs["header"] = base64.b64encode(vol.header.binaryblock).decode("ascii")
-    z = zarr.open_array(store=str(path), mode="w-", shape=data.shape, chunks=chunks, dtype=data.dtype)
+    # Every chunk is written, all-zero ones too (zarr 3 skips chunks equal to the fill value
+    # by default): `load` refuses a store with missing chunks unless told otherwise.
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        empty: dict[str, Any] = {"config": {"write_empty_chunks": True}}
+    else:  # pragma: no cover - zarr 2
+        empty = {"write_empty_chunks": True}
+    z = zarr.open_array(
+        store=str(path), mode="w-", shape=data.shape, chunks=chunks, dtype=data.dtype, **empty
+    )
     z.attrs.update(attrs)
     if data.size:
         da.store(data, z, lock=False)  # type: ignore[arg-type]

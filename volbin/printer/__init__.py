@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import _dither_kernels as D
 from ..errors import OutputFileError, VolbinDataError
+from ..io import MAX_OUTPUT_BYTES
 from ..recipe import Recipe, merge
 from ..resample import VoxelMap
 from ..volume import Volume, as_volume
@@ -202,6 +203,70 @@ def print_grid(
 
 
 # --- the export --------------------------------------------------------------------------------
+#: The largest printer layer `export_slices` computes, in pixels: a few layers are held in
+#: memory at 4 bytes a pixel (about 4 GiB at this size).
+MAX_LAYER_PIXELS = 2**28
+
+
+def _check_grid(grid: PrintGrid, max_output_bytes: int | None, out: Any) -> None:
+    nx, ny, nz = grid.shape
+    if nx * ny > MAX_LAYER_PIXELS:
+        raise OutputFileError(
+            f"{out}: a printer layer would be {nx} x {ny} = {nx * ny:,} pixels, more than the "
+            f"{MAX_LAYER_PIXELS:,} volbin computes at a time; check `dpi`."
+        )
+    if max_output_bytes is None:
+        return
+    if not isinstance(max_output_bytes, int) or isinstance(max_output_bytes, bool) or max_output_bytes <= 0:
+        raise ValueError(f"`max_output_bytes` must be a positive int or None; got {max_output_bytes!r}.")
+    nbytes = nz * ny * -(-nx // 8)
+    if nbytes > max_output_bytes:
+        raise OutputFileError(
+            f"{out}: the stack would be {nz:,} layers of {nx} x {ny} pixels ({nbytes / 1e9:.3g} GB at one "
+            f"bit per pixel), more than the limit of {max_output_bytes / 1e9:.3g} GB; check `layer` "
+            "and `dpi`, or pass max_output_bytes= (CLI: --max-output-gb) to allow it."
+        )
+
+
+def _layer_ok(path: Path, size: tuple[int, int]) -> bool:
+    """Whether `path` is a whole 1-bit greyscale PNG of `size` (width, height).
+
+    The checks of Pillow's ``PngImageFile.verify`` (every chunk whole, with its CRC, up to
+    ``IEND``) plus the header's size and mode, read here without Pillow's pixel limit, which
+    printer layers may exceed.
+    """
+    import struct
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            first = True
+            while True:
+                head = f.read(8)
+                if len(head) != 8:
+                    return False  # truncated
+                length, kind = struct.unpack(">I4s", head)
+                body = f.read(length)
+                crc = f.read(4)
+                if len(body) != length or len(crc) != 4:
+                    return False
+                if zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+                    return False
+                if first:
+                    if kind != b"IHDR" or length != 13:
+                        return False
+                    width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+                    if (width, height) != size or (depth, colour) != (1, 0):
+                        return False
+                    first = False
+                elif kind == b"IEND":
+                    return True
+    except OSError:
+        return False
+
+
 @dataclass
 class ExportResult:
     """What `export_slices` did.
@@ -247,6 +312,7 @@ def export_slices(
     keep_checkpoints: bool = False,
     chunk_bytes: int | None = None,
     progress: bool | None = None,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
     **options: Any,
 ) -> ExportResult:
     """Write a volume as a stack of 1-bit PNG layers for a bitmap 3D printer.
@@ -294,6 +360,11 @@ def export_slices(
         Size of the source slabs read at a time (default `SLAB_BYTES`, 8 MiB).
     progress : bool, optional
         Show a progress bar (default: when standard error is a terminal).
+    max_output_bytes : int or None, optional
+        Refuse a stack whose layers hold more than this many bytes at one bit per pixel
+        (per label with `labels`; default `volbin.io.MAX_OUTPUT_BYTES`, 16 GiB, i.e. 137 G
+        pixels); None for no limit.  A layer is also refused above `MAX_LAYER_PIXELS`
+        pixels, since a few layers are held in memory at 4 bytes a pixel.
     **options
         `Recipe` fields.
 
@@ -305,7 +376,8 @@ def export_slices(
     ------
     OutputFileError
         `out_dir` holds an export with other settings (pass ``force=True``), or another
-        export is writing to it.
+        export is writing to it; or the grid is larger than `max_output_bytes` or
+        `MAX_LAYER_PIXELS` allow.
     VolbinDataError
         A 4D stack without `volume_index`, or a label map that does not hold integers.
     ValueError
@@ -337,6 +409,8 @@ def export_slices(
     every `checkpoint_every` layers and a resumed run restarts from the last checkpoint at
     or below the first missing layer (from layer 0 if there is none), recomputing the
     layers in between without rewriting them; the bytes are those of an uninterrupted run.
+    A layer counts as present only if its PNG decodes (Pillow's ``verify``) and has the
+    grid's size and 1-bit mode; another file under a layer's name is replaced.
     """
     from ..io import load
     from ..rescale import fit_transform
@@ -375,6 +449,7 @@ def export_slices(
         data = da.take(vol.data, t, axis=vol.volume_axis)
         vol = Volume(data, affine=vol.affine, header=None, source=vol.source, steps=vol.steps)
     grid = print_grid(vol, dpi, layer, up=up, order=1 if labels else order)
+    _check_grid(grid, max_output_bytes, out_dir)
     dpi2 = (25.4 / grid.pitch[0], 25.4 / grid.pitch[1])
     nz = grid.shape[2]
     todo_range = _layer_range(layers, nz)
@@ -441,7 +516,15 @@ def export_slices(
         def present(files: list[set[str]]) -> list[bool]:
             return [all(n in f for f in files) for n in names]
 
+        size = (grid.shape[0], grid.shape[1])
         done = present(listing())
+        for k, ok in enumerate(done):
+            if ok and not all(_layer_ok(f / names[k], size) for f in folders):
+                for f in folders:  # a damaged layer (a truncated copy, another file): redo it
+                    with contextlib.suppress(OSError):
+                        if not _layer_ok(f / names[k], size):
+                            (f / names[k]).unlink()
+                done[k] = False
         todo = [k for k in todo_range if not done[k]]
         t0 = time.perf_counter()
         written: list[int] = []
