@@ -397,7 +397,9 @@ def binarize_volume(
     if recipe.method in DITHER_METHODS:
         from .dither import dither_volume
 
-        out = dither_volume(vol, recipe)
+        tr = fit_transform(vol, vol.grouping("stack" if recipe.scope == "stack" else "volume"), recipe)
+        warn_trivial(tr, recipe)
+        out = dither_volume(vol, recipe, transform=tr)
         step = dict(out.steps[-1], foreground=tally)
         data = tally.attach(_masked(out.data, None, tally))
         return dataclasses.replace(out, data=data, steps=(*out.steps[:-1], step))

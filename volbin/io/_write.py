@@ -255,6 +255,8 @@ def save(
     except BaseException as exc:
         for t in temps:
             _remove(t)
+        if kind == "zarr":
+            _remove_settled(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, VolbinError):
             raise OutputFileError(_write_failure(final, exc)) from exc
         raise
@@ -536,6 +538,24 @@ def _compress(src: Path, dst: Path, level: int) -> None:
         # bytes.
         with igzip.IGzipFile(filename="", mode="wb", compresslevel=level, fileobj=raw, mtime=0) as gz:
             shutil.copyfileobj(f, gz, _COPY_BYTES)
+
+
+def _remove_settled(folder: Path, seconds: float = 2.0) -> None:
+    """Remove a zarr temporary again while it reappears.
+
+    When one chunk fails, dask's threaded scheduler raises at once while the tasks already
+    running on other threads finish and write their chunks, re-creating the folder.
+    """
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if not os.path.lexists(folder):
+            time.sleep(0.05)
+            if not os.path.lexists(folder):
+                return
+        _remove(folder)
 
 
 def _sha256(path: Path) -> str:
