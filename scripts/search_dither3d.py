@@ -32,7 +32,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+
+try:
+    from numba import njit
+except ImportError:  # a research script: its own loops are numba; volbin itself does not use numba
+    raise SystemExit("scripts/search_dither3d.py needs numba: pip install numba") from None
 from scipy import ndimage
 
 # --------------------------------------------------------------------------------------------
