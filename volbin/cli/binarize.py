@@ -49,7 +49,7 @@ Clean-up options (--opening, --min-size, --keep-largest, --closing, --fill-holes
 thresholding method, in that order; the sidecar records the voxels each removed and added.
 """
 
-#: Methods whose output renders grey levels: their rendering error is measured by default.
+#: Methods whose output renders grey levels: `--quality` measures their rendering error.
 RENDERING_METHODS = ("stochastic", "dither", "ordered")
 
 
@@ -69,10 +69,11 @@ def add_parser(sub: Any) -> None:
         "--dtype", choices=("uint8", "bool"), default=None, help="output dtype (bool: .npy/.zarr only)"
     )
     p.add_argument(
-        "--no-quality",
+        "--quality",
         action="store_true",
-        help="skip measuring the rendering error of stochastic/dither/ordered outputs "
-        "(by default it is printed and stored in the sidecar)",
+        help="also measure the rendering error of a stochastic/dither/ordered output (RMS "
+        "difference of output and input both blurred), print it and store it in the sidecar; "
+        "one more pass over input and output (volbin info --compare measures it later)",
     )
     p.add_argument(
         "--preview",
@@ -94,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import progress
 
     recipe = recipe_from_args(args)
-    if args.no_quality and recipe.method not in RENDERING_METHODS:
+    if args.quality and recipe.method not in RENDERING_METHODS:
         from ._common import UsageError
 
-        raise UsageError(f"--no-quality is not used by --method {recipe.method}")
+        raise UsageError(f"--quality is not used by --method {recipe.method}")
     cb = chunk_bytes(args)
     t0 = time.perf_counter()
     with _output_lock(Path(args.output)), progress("binarize", enabled=False if args.no_progress else None):
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             out, args.output, force=args.force, dtype=args.dtype, max_output_bytes=max_output_bytes(args)
         )
         quality = None
-        if recipe.method in RENDERING_METHODS and not args.no_quality:
+        if args.quality:
             try:
                 quality = _record_quality(path, args, cb, recipe)
             except KeyboardInterrupt:

@@ -31,6 +31,7 @@ from typing import Any, overload
 
 import dask
 import dask.array as da
+import dask.local
 import numpy as np
 
 from .. import _dither_kernels as DK
@@ -169,7 +170,7 @@ class _Slab:
         self.array = array
 
     def compute(self) -> np.ndarray:
-        return np.asarray(self.array.compute(scheduler="sync"))
+        return np.asarray(self.array.compute(scheduler=dask.local.get_sync))
 
 
 def _slab_task(slab: _Slab, carry: Any, *, ax3, kernel, recipe, key, z0, n_slices, base, strides):
