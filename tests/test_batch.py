@@ -429,3 +429,60 @@ def test_slurm_example_is_importable_and_has_help() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert "usage:" in done.stdout
+
+
+def test_files_at_once_in_this_process_give_the_bytes_of_one_at_a_time(tmp_path: Path) -> None:
+    from volbin.batch.engine import local_layout
+
+    paths = _write_inputs(tmp_path / "data", 5)
+    glob = str(tmp_path / "data/sub-*/anat/*.nii.gz")
+    both = volbin.batch(glob, tmp_path / "a", method="otsu", scheduler="threads", progress=False)
+    one = volbin.batch(
+        glob, tmp_path / "b", method="otsu", scheduler="threads", threads_per_worker=1, progress=False
+    )
+    assert both.ok and one.ok and len(both.done) == len(paths) == len(one.done)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert local_layout() == (cores, 1) and local_layout(3) == (1, 3)
+    assert both.engine["files_at_once"] == local_layout()[0] and one.engine["files_at_once"] == 1
+    for f in both.done:
+        g = tmp_path / "b" / Path(f.output).name
+        assert _image_bytes(Path(f.output)) == _image_bytes(g)
+
+
+SCRIPT = """
+import os, sys
+import volbin
+{setup}
+res = volbin.batch(sys.argv[1], sys.argv[2], method="otsu", progress=False{options})
+print("done", len(res.done))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_batch_from_a_script_without_a_main_guard(tmp_path: Path) -> None:
+    """On a machine of up to 2 cores the default batch runs in the script's process, so a plain
+    script needs no main guard; asked for worker processes, an unguarded top-level call is
+    refused at once with the fix, before any worker starts."""
+    _write_inputs(tmp_path / "data", 3)
+    glob = str(tmp_path / "data/sub-*/anat/*.nii.gz")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(name: str, setup: str, options: str) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / f"{name}.py"
+        script.write_text(SCRIPT.format(setup=setup, options=options))
+        return subprocess.run(
+            [sys.executable, str(script), glob, str(tmp_path / name)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    ok = run("plain", "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})", "")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split() == ["done", "3"]
+    refused = run("workers", "", ", workers=2")
+    assert refused.returncode == 1
+    assert "workers.py, line 5" in refused.stderr and 'if __name__ == "__main__":' in refused.stderr
+    assert "Nanny" not in refused.stderr
+    assert not list((tmp_path / "workers").glob("*_mask.nii.gz"))

@@ -93,15 +93,20 @@ def batch(
     client : distributed.Client, optional
         Run on this client's cluster (left open).
     workers, threads_per_worker : int, optional
-        Size of the LocalCluster started when neither `client` nor `scheduler` is given;
-        by default workers x threads = the cores this process may use, with workers of 2
-        threads up to 8 cores.
+        Size of the LocalCluster of worker processes started when neither `client` nor
+        `scheduler` is given: workers x threads = the cores this process may use by default,
+        with workers of 2 threads up to 8 cores.  Given none of `client`, `scheduler`,
+        `workers` and `threads_per_worker`, a machine of at most 2 cores runs the batch in
+        this process instead (as ``scheduler="threads"``), where it is faster; a script that
+        starts worker processes from its top level must do so under
+        ``if __name__ == "__main__":`` (workers import the script), and is told so if not.
     memory_limit : int or str, optional
         Memory limit of each worker of that LocalCluster (``"4GB"``); default: the machine's
         memory shared between workers.  Input chunks are sized from each worker's limit.
     scheduler : str, optional
         Address of a running dask scheduler (``tcp://host:8786``) to join, or ``"threads"``
-        to run file after file in this process with each file's chunks on threads.
+        to run in this process on threads: one file per core at a time, each on one thread
+        (with `threads_per_worker`: one file at a time on that many threads).
     chunk_bytes : int, optional
         Input chunk size in bytes; overrides the size chosen from the memory limit.
     volume_axis : int, optional
@@ -256,12 +261,17 @@ def batch(
                         options["cohort"] = pooled_decision(
                             inputs,
                             recipe,
-                            _tasks(c, engine.get("threads"), memory_limit),
+                            _tasks(
+                                c, engine.get("threads", 1) * engine.get("files_at_once", 1), memory_limit
+                            ),
                             chunk_bytes,
                             volume_axis,
                         )
                         options["cohort"]["record"]["id"] = cid
-                    runs = _run(c, jobs, todo, recipe_dict, options, retries, engine.get("threads"))
+                    runs = _run(
+                        c, jobs, todo, recipe_dict, options, retries, engine.get("threads"),
+                        engine.get("files_at_once", 1),
+                    )  # fmt: skip
                     for i, r in runs:
                         results[i] = r
                         prog.file(r)
