@@ -8,6 +8,7 @@ tiny per-group partial, and dask sums the partials, so memory follows the chunk 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -242,8 +243,11 @@ def range_graph(data: da.Array, grouping: Grouping, mask: da.Array | None = None
 _GATHER_BYTES = 64 * 2**20
 
 
-def _gather(parts: da.Array) -> bool:
-    return parts.nbytes <= _GATHER_BYTES
+def _gather(data: da.Array, grouping: Grouping, trailing: tuple[int, ...]) -> bool:
+    """Whether the per-block partials of `data` (8-byte entries of shape `trailing`) are
+    small enough to gather and reduce in numpy."""
+    n = math.prod(data.shape[a] if a in grouping.group_axes else data.numblocks[a] for a in range(data.ndim))
+    return 8 * n * math.prod(trailing) <= _GATHER_BYTES
 
 
 def group_range(
@@ -256,8 +260,7 @@ def group_range(
     gives the number of voxels of each group (inside the mask), from the same pass.
     """
     data = volume.data if isinstance(volume, Volume) else volume
-    parts = _range_parts(data, grouping, mask)
-    if _gather(parts):
+    if _gather(data, grouping, _RANGE[1]):
         p = _partials(data, grouping, *_RANGE, mask=mask)
         axes = _nongroup_axes(grouping)
         res = np.concatenate(
@@ -448,9 +451,8 @@ def _summed_histograms(
     offsets: bool,
 ) -> np.ndarray:
     """The summed partials of `histogram_graph`, gathered and summed in numpy when small."""
-    parts = histogram_graph(data, grouping, lo, hi, nbins, pre, offsets=offsets, gather=True, mask=mask)
-    if _gather(parts):
-        kernel, trailing = _histogram_kernel(grouping, lo, hi, nbins, offsets)
+    kernel, trailing = _histogram_kernel(grouping, lo, hi, nbins, offsets)
+    if _gather(data, grouping, trailing):
         p = _partials(data, grouping, kernel, trailing, np.int64, pre, mask)
         return p.sum(axis=_nongroup_axes(grouping), keepdims=True)
     return np.asarray(
