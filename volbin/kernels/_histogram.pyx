@@ -192,7 +192,9 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
                 for i2 in range(n2):
                     gb = i0 * g0s + i1 * g1s + i2 * g2s
                     row = &x[i0, i1, i2, 0]
-                    if g3s == 0:
+                    if g3s == 0 and real_t is double:
+                        vb_minmax(<const double*>row, n3, mn + gb, mx + gb, nf + gb)
+                    elif g3s == 0:
                         # A row of one group: the vector loop over the row as doubles.
                         for i3 in range(n3):
                             buf[i3] = <double>row[i3]
