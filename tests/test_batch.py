@@ -217,7 +217,15 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_results_identical_on_every_engine(
     mixed: list[Path], tmp_path: Path, engine: str, request: pytest.FixtureRequest
 ) -> None:
-    kw = {"method": "otsu", "scope": "volume", "chunk_bytes": 16 * 2**10, "progress": False}
+    # Previews (about a second each here) are compared on the engine that draws two at once.
+    preview = engine == "2 workers"
+    kw = {
+        "method": "otsu",
+        "scope": "volume",
+        "chunk_bytes": 16 * 2**10,
+        "progress": False,
+        "preview": preview,
+    }
     ref = tmp_path / "ref"
     res = volbin.batch(mixed[:4], ref, scheduler="threads", **kw)
     res_npy = volbin.batch(mixed[4:], ref, scheduler="threads", volume_axis=0, **kw)
@@ -242,6 +250,9 @@ def test_results_identical_on_every_engine(
     for f in [*res.files, *res_npy.files]:
         name = Path(f.output).name
         assert _image_bytes(out / name) == _image_bytes(ref / name), name
+        if preview:  # drawn on the workers, two files at once on a worker's threads
+            png = Path(f.preview).name
+            assert (out / png).read_bytes() == (ref / png).read_bytes(), png
     assert load(out / "run-02_bold_mask.npy", volume_axis=0).shape == (3, *SHAPE)
 
 
@@ -402,7 +413,10 @@ def test_report_path_progress_lines_and_summary(
     assert err.count("volbin: [") == 2 and "sub-00_T1w_mask.nii.gz in " in err
     doc = json.loads(report.read_text())
     assert doc["recipe"]["method"] == "otsu" and doc["counts"]["done"] == 2
-    assert set(doc["files"][0]) == {"input", "output", "status", "seconds", "reason", "note", "worker"}
+    assert set(doc["files"][0]) == {
+        "input", "output", "status", "seconds", "reason", "note", "worker",
+        "thresholds", "foreground_voxels", "foreground_mm3", "preview",
+    }  # fmt: skip
     assert not (tmp_path / "out" / REPORT_NAME).exists()
     assert res.report == str(report)
     text = res.summary()

@@ -25,8 +25,8 @@ import dask
 from ..errors import VolbinError
 from ..io import MAX_OUTPUT_BYTES
 from ..recipe import Recipe
-from .inputs import _output_state, _recipe_doc
-from .results import FileResult
+from .inputs import _named_preview, _output_state, _recipe_doc
+from .results import FileResult, _outcome
 
 _LOCAL_SCHEDULERS = ("threads",)
 #: A local cluster may run at most this many threads per core in all (workers x threads).
@@ -135,6 +135,7 @@ def process_one(
     verify: bool = False,
     allow_missing: bool = False,
     max_output_bytes: int | None = MAX_OUTPUT_BYTES,
+    preview: bool = False,
 ) -> dict[str, Any]:
     """Binarize one file: the task `batch` runs on a worker (or in the calling process).
 
@@ -147,15 +148,23 @@ def process_one(
     at the output's name that volbin did not write is replaced only with `force`; an output
     whose sidecar name is another existing image's is never written.
 
+    With `preview`, the preview PNG (`volbin.preview.preview_output`) is drawn after the
+    mask, here on the worker; an up-to-date mask whose sidecar names no existing preview gets
+    only its preview.  A PNG at the preview's name that the output's sidecar does not name
+    is replaced only with `force`.  Without `preview`, a redone output's old preview (it
+    shows the old mask) is removed.
+
     Returns
     -------
     result : dict
         The fields of a `FileResult`.  Errors volbin raises on purpose (corrupt input, bad
         data, unwritable output) come back as ``status="failed"``; anything else is raised
-        so that dask retries the task.
+        so that dask retries the task.  A preview that fails for any reason makes the
+        result ``failed`` with the reason, the mask and its sidecar staying in place.
     """
     from ..binarize import binarize_volume
     from ..io import load, save
+    from ..preview import preview_path
     from ..volume import chunk_bytes_for
 
     t0 = time.perf_counter()
@@ -171,14 +180,32 @@ def process_one(
     at_once = threads if worker is not None else max(1, int(files_at_once))
     if chunk_bytes is None:
         chunk_bytes = chunk_bytes_for(memory_limit, threads * at_once)
+    written = False
     try:
         rec = Recipe.from_dict(recipe)
         cid = None if cohort is None else cohort["record"].get("id")
         state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis, cid, verify)
-        if state == "current" and not force:
-            result.status = "skipped"
-        elif state == "conflict" or (state == "foreign" and not force):
+        old_png = _named_preview(output)
+        png = preview_path(output)
+        if state == "conflict" or (state == "foreign" and not force):
             result.reason = reason
+        elif preview and old_png is None and os.path.lexists(png) and not force:
+            result.reason = (
+                f"{png} exists and the output's sidecar does not name it (not written by volbin); "
+                "pass --force (force=True) to replace it"
+            )
+        elif state == "current" and not force:
+            result.status = "skipped"
+            written = True
+            if preview and not (old_png is not None and old_png.is_file()):
+                result.status = "done"
+                result.note = "only the preview was written; the mask was up to date"
+                with _threaded_scheduler(threads):
+                    vol = load(
+                        input, chunk_bytes=chunk_bytes, volume_axis=volume_axis, allow_missing=allow_missing
+                    )
+                    _write_preview(result, output, vol, volume_axis)
+                    del vol
         else:
             with _threaded_scheduler(threads):
                 vol = load(
@@ -195,15 +222,38 @@ def process_one(
                     sidecar={"batch": {"volume_axis": volume_axis}},
                     max_output_bytes=max_output_bytes,
                 )
-                del vol, mask  # drops the decompressed copy of a .nii.gz now
-            result.status = "done"
-            result.note = reason if state == "stale" else None
+                del mask
+                result.status = "done"
+                result.note = reason if state == "stale" else None
+                written = True
+                if preview:
+                    _write_preview(result, output, vol, volume_axis)
+                elif old_png is not None:  # it shows the mask just replaced
+                    with contextlib.suppress(OSError):
+                        os.unlink(old_png)
+                del vol  # drops the decompressed copy of a .nii.gz now
     except VolbinError as exc:
-        result.reason = str(exc)
+        result.status, result.reason = "failed", str(exc)
     except (ValueError, TypeError) as exc:  # bad recipe or option: same for every file
-        result.reason = f"{type(exc).__name__}: {exc}"
+        result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
+    if written:  # the mask is in place (also when its preview failed)
+        for key, value in _outcome(output).items():
+            setattr(result, key, value)
     result.seconds = round(time.perf_counter() - t0, 3)
     return asdict(result)
+
+
+def _write_preview(result: FileResult, output: str, vol: Any, volume_axis: int | None) -> None:
+    """Draw `output`'s preview; if it cannot be made, `result` fails with the reason (the
+    mask and its sidecar stay in place, and the next run draws the preview again)."""
+    from ..preview import preview_output
+
+    try:
+        preview_output(output, vol, force=True, volume_axis=volume_axis)
+    except Exception as exc:  # any failure of the picture leaves a mask that is fine
+        why = str(exc) if isinstance(exc, VolbinError) else f"{type(exc).__name__}: {exc}"
+        result.status = "failed"
+        result.reason = f"{output}: the mask and its sidecar were written, but its preview failed: {why}"
 
 
 def _tasks(client: Any, threads: int | None, memory_limit: Any) -> Any:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..recipe import RENDERING_METHODS
 from ._common import (
     EXIT_OK,
     add_common,
@@ -48,9 +49,6 @@ The line printed and the sidecar give the foreground voxel count, fraction and v
 Clean-up options (--opening, --min-size, --keep-largest, --closing, --fill-holes) follow any
 thresholding method, in that order; the sidecar records the voxels each removed and added.
 """
-
-#: Methods whose output renders grey levels: `--quality` measures their rendering error.
-RENDERING_METHODS = ("stochastic", "dither", "ordered")
 
 
 def add_parser(sub: Any) -> None:
@@ -121,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 130
-        png = _write_preview(path, args, out, recipe) if args.preview else None
+        png = _write_preview(path, args) if args.preview else None
     dec = out.steps[-1].get("decision", {})
     t = dec.get("threshold_raw")
     msg = f"wrote {path} ({recipe.method}, scope {recipe.scope}"
@@ -150,32 +148,11 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write_preview(path: Path, args: argparse.Namespace, out: Any, recipe: Any) -> Path:
+def _write_preview(path: Path, args: argparse.Namespace) -> Path:
     """The preview PNG beside the output (``m.nii.gz`` -> ``m.png``), named in its sidecar."""
-    from ..formats import image_ext
-    from ..io import update_sidecar
-    from ..preview import preview
+    from ..preview import preview_output
 
-    png = path.with_name(path.name[: len(path.name) - len(image_ext(path.name) or "")] + ".png")
-    if recipe.method in RENDERING_METHODS:
-        preview(path, out=png, force=args.force, dithered=True, volume_axis=args.volume_axis)
-    else:
-        t = out.steps[-1].get("decision", {}).get("threshold_raw")
-        thresholds: Any = None  # per slice: too many lines to draw
-        if isinstance(t, float):
-            thresholds = t
-        elif isinstance(t, list) and recipe.scope == "volume":
-            thresholds = {i: v for i, v in enumerate(t) if isinstance(v, float)}
-        preview(
-            args.input,
-            mask=path,
-            thresholds=thresholds,
-            out=png,
-            force=args.force,
-            volume_axis=args.volume_axis,
-        )
-    update_sidecar(path, preview=png.name)
-    return png
+    return preview_output(path, args.input, force=args.force, volume_axis=args.volume_axis)
 
 
 def _fmt(value: float | None, digits: int) -> str:
