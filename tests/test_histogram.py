@@ -212,3 +212,34 @@ def test_fine_nbins_budget():
     for n in (1, 7, 500, 4000):
         f = fine_nbins(n)
         assert f * n <= 2**23 or f == 256
+
+
+@pytest.mark.parametrize("scope", ["volume", "slice"])
+def test_histograms_gathered_by_batch_equal_one_compute(phantom4d, monkeypatch, scope):
+    # Large results come back a batch of blocks at a time (bounded memory): same bytes.
+    import volbin.histogram as H
+
+    x = phantom4d.intensity
+    vol = Volume(da.from_array(x, chunks=(20, 48, 40, 1)), volume_axis=3)
+    grouping = vol.grouping(scope, "y")
+    lo, hi, _ = group_range(vol, grouping)
+    nbins = 512
+    graph = H.histogram_graph(vol.data, grouping, lo, hi, nbins, offsets=True)
+    ref = graph.compute()
+    ref_counts, ref_means = group_histograms_with_offsets(vol, grouping, lo, hi, nbins)
+    plain = group_histograms(vol, grouping, lo, hi, nbins)
+    monkeypatch.setattr(H, "_BATCH_BYTES", graph.nbytes // 3)
+    assert graph.nbytes > H._BATCH_BYTES and graph.npartitions > 3
+    np.testing.assert_array_equal(H._compute_by_batch(graph), ref)
+    counts, means = group_histograms_with_offsets(vol, grouping, lo, hi, nbins)
+    assert counts.tobytes() == ref_counts.tobytes() and means.tobytes() == ref_means.tobytes()
+    np.testing.assert_array_equal(group_histograms(vol, grouping, lo, hi, nbins), plain)
+    # Bin means one group at a time equal the whole array at once (the formula before).
+    c, off = ref[..., 0, :], ref[..., 1, :]
+    c, off = H._move_groups(c, grouping), H._move_groups(off, grouping)
+    lo_, hi_ = lo.reshape(grouping.group_shape)[..., None], hi.reshape(grouping.group_shape)[..., None]
+    step = (hi_ - lo_) / nbins
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos = np.where(c > 0, off / (np.maximum(c, 1) * float(H.K.OFFSET_SCALE)), 0.5)
+    whole = np.arange(nbins) * step + lo_ + pos * step
+    assert means.tobytes() == whole.tobytes()
