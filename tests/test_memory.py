@@ -150,7 +150,7 @@ def classes_npy(tmp_path_factory) -> Path:
 def test_classify_three_times_the_memory_limit(tmp_path, classes_npy, method):
     """Multi-Otsu and k-means on intensities, one decision per volume, of a .npy stack 3x the
     limit.  Measured (400 MiB limit, 90 MiB importing volbin): multi-Otsu 177 MiB, k-means
-    290 MiB, where k-means took 565 MiB while its 128 x 65536-bin histograms were joined in a
+    269-290 MiB, where k-means took 565 MiB while its 128 x 65536-bin histograms were joined in a
     second copy and their bin means made full-size temporaries."""
     from skimage.filters import threshold_multiotsu
 
