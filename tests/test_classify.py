@@ -412,6 +412,22 @@ def test_vector_kmeans_on_real_4d_series(real_4d_path):
     assert int(res.iterations) == it
 
 
+def test_vector_blocks_keep_the_input_chunk_size():
+    # Channels split across chunks are gathered into blocks of whole voxel vectors no larger
+    # than the input's chunks (their size follows --memory-limit), with the same result.
+    from volbin.classify import _vector_chunks
+
+    x, brain = two_contrasts()
+    xd = da.from_array(x, chunks=(24, 28, 6, 1))
+    blocks = _vector_chunks(Volume(xd, volume_axis=3), 3)
+    assert blocks.chunks[3] == (2,)
+    assert max(blocks.chunks[2]) * 24 * 28 * 2 * x.itemsize <= 24 * 28 * 6 * x.itemsize
+    ref = classify(x, "kmeans", 3, channels=True, mask=brain, seed=3)
+    res = classify(xd, "kmeans", 3, channels=True, mask=brain, seed=3)
+    np.testing.assert_array_equal(res.centres, ref.centres)
+    np.testing.assert_array_equal(res.labels.compute(), ref.labels)
+
+
 def test_vector_kmeans_per_slice_and_stack_scope():
     x, brain = two_contrasts((16, 18, 14))
     per_slice = classify(x, "kmeans", 2, channels=True, scope="slice", axis="z", stats_mask=brain)

@@ -242,3 +242,34 @@ def test_numpy_input_reduced_without_a_graph_equals_the_dask_path(data, scope, n
     c_slow, m_slow = group_histograms_with_offsets(slow, g_slow, lo, hi, nbins)
     np.testing.assert_array_equal(c_fast, c_slow)
     np.testing.assert_array_equal(m_fast, m_slow)
+
+
+@pytest.mark.parametrize("scope", ["volume", "slice"])
+def test_histograms_gathered_by_batch_equal_one_compute(phantom4d, monkeypatch, scope):
+    # Large results come back a batch of blocks at a time (bounded memory): same bytes.
+    import volbin.histogram as H
+
+    x = phantom4d.intensity
+    vol = Volume(da.from_array(x, chunks=(20, 48, 40, 1)), volume_axis=3)
+    grouping = vol.grouping(scope, "y")
+    lo, hi, _ = group_range(vol, grouping)
+    nbins = 512
+    graph = H.histogram_graph(vol.data, grouping, lo, hi, nbins, offsets=True)
+    ref = graph.compute()
+    ref_counts, ref_means = group_histograms_with_offsets(vol, grouping, lo, hi, nbins)
+    plain = group_histograms(vol, grouping, lo, hi, nbins)
+    monkeypatch.setattr(H, "_BATCH_BYTES", graph.nbytes // 3)
+    assert graph.nbytes > H._BATCH_BYTES and graph.npartitions > 3
+    np.testing.assert_array_equal(H._compute_by_batch(graph), ref)
+    counts, means = group_histograms_with_offsets(vol, grouping, lo, hi, nbins)
+    assert counts.tobytes() == ref_counts.tobytes() and means.tobytes() == ref_means.tobytes()
+    np.testing.assert_array_equal(group_histograms(vol, grouping, lo, hi, nbins), plain)
+    # Bin means one group at a time equal the whole array at once (the formula before).
+    c, off = ref[..., 0, :], ref[..., 1, :]
+    c, off = H._move_groups(c, grouping), H._move_groups(off, grouping)
+    lo_, hi_ = lo.reshape(grouping.group_shape)[..., None], hi.reshape(grouping.group_shape)[..., None]
+    step = (hi_ - lo_) / nbins
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos = np.where(c > 0, off / (np.maximum(c, 1) * float(H.K.OFFSET_SCALE)), 0.5)
+    whole = np.arange(nbins) * step + lo_ + pos * step
+    assert means.tobytes() == whole.tobytes()

@@ -28,7 +28,7 @@ from .components import as_mask
 from .errors import VolbinDataError, VolbinWarning
 from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, group_range
 from .threshold import bin_centers
-from .volume import DEFAULT_CHUNK_BYTES, Grouping, Volume, as_volume, like_input, slab_chunks
+from .volume import Grouping, Volume, as_volume, like_input, slab_chunks
 
 __all__ = ["CLASSIFY_METHODS", "Classification", "classify"]
 
@@ -561,11 +561,14 @@ def _vector_ranges(vol: Volume, data: da.Array, caxis: int, grouping: Grouping, 
 
 
 def _vector_chunks(vol: Volume, caxis: int) -> da.Array:
+    """The data with whole voxel vectors in each block, blocks no larger than the input's
+    (whose size follows the memory the caller allows)."""
     data = vol.data
     if data.numblocks[caxis] == 1:
         return data
     nc = vol.shape[caxis]
-    spatial = slab_chunks(vol.spatial_shape, data.dtype.itemsize * nc, "F", DEFAULT_CHUNK_BYTES)
+    largest = math.prod(max(c) for c in data.chunks) * data.dtype.itemsize
+    spatial = slab_chunks(vol.spatial_shape, data.dtype.itemsize * nc, "F", max(largest, 1))
     chunks = list(spatial)
     chunks.insert(caxis, nc)
     return data.rechunk(tuple(chunks))

@@ -403,6 +403,30 @@ def _histogram_kernel(
     return kernel, trailing
 
 
+#: Bytes of per-group results gathered from the workers at a time by `_compute_by_batch`.
+_BATCH_BYTES = 32 * 2**20
+
+
+def _compute_by_batch(graph: da.Array) -> np.ndarray:
+    """``graph.compute()`` for a reduction whose blocks are independent groups of results,
+    without the full second copy that joining the blocks at the end makes: a batch of
+    blocks (up to `_BATCH_BYTES`) at a time is computed and copied into one array.  Each
+    block reads only its own groups' data, so batches read no voxel twice."""
+    if graph.npartitions == 1 or graph.nbytes <= _BATCH_BYTES:
+        return graph.compute()
+    out = np.empty(graph.shape, graph.dtype)
+    blocks = graph.to_delayed()
+    starts = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in graph.chunks]
+    largest = max(1, int(np.prod([max(c) for c in graph.chunks])) * graph.dtype.itemsize)
+    ids = list(np.ndindex(*graph.numblocks))
+    step = max(1, _BATCH_BYTES // largest)
+    for i in range(0, len(ids), step):
+        batch = ids[i : i + step]
+        for bid, part in zip(batch, dask.compute(*[blocks[b] for b in batch]), strict=True):
+            out[tuple(slice(starts[a][j], starts[a][j + 1]) for a, j in enumerate(bid))] = part
+    return out
+
+
 def group_histograms(
     volume: Volume | da.Array,
     grouping: Grouping,
@@ -455,9 +479,7 @@ def _summed_histograms(
     if _gather(data, grouping, trailing):
         p = _partials(data, grouping, kernel, trailing, np.int64, pre, mask)
         return p.sum(axis=_nongroup_axes(grouping), keepdims=True)
-    return np.asarray(
-        histogram_graph(data, grouping, lo, hi, nbins, pre, offsets=offsets, mask=mask).compute()
-    )
+    return _compute_by_batch(histogram_graph(data, grouping, lo, hi, nbins, pre, offsets=offsets, mask=mask))
 
 
 def group_histograms_with_offsets(
@@ -486,21 +508,38 @@ def group_histograms_with_offsets(
         _summed_histograms(data, grouping, lo, hi, int(nbins), pre, mask, offsets=True), grouping
     )
     counts, offsets = res[..., 0, :], res[..., 1, :]
-    return counts, bin_means(counts, offsets, lo, hi, grouping.group_shape)
+    # The means take the offsets' place (both 8 bytes a bin): no second array of the size.
+    means = bin_means(counts, offsets, lo, hi, grouping.group_shape, out=offsets.view(np.float64))
+    return counts, means
 
 
 def bin_means(
-    counts: np.ndarray, offsets: np.ndarray, lo: np.ndarray, hi: np.ndarray, group_shape: tuple[int, ...]
+    counts: np.ndarray,
+    offsets: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    group_shape: tuple[int, ...],
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The mean value of each bin from the fixed-point offset sums of `histogram_graph`."""
+    """The mean value of each bin from the fixed-point offset sums of `histogram_graph`.
+
+    One group at a time, so that temporaries are one group's bins; `out` (float64, the
+    counts' shape) may be the memory of `offsets` itself.
+    """
     nbins = counts.shape[-1]
-    lo_ = np.asarray(lo, dtype=np.float64).reshape(group_shape)[..., None]
-    hi_ = np.asarray(hi, dtype=np.float64).reshape(group_shape)[..., None]
-    step = (hi_ - lo_) / nbins
-    left = np.arange(nbins) * step + lo_  # the kernels' (and np.linspace's) edges
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pos = np.where(counts > 0, offsets / (np.maximum(counts, 1) * float(K.OFFSET_SCALE)), 0.5)
-    return left + pos * step
+    lo_ = np.asarray(lo, dtype=np.float64).reshape(group_shape)
+    hi_ = np.asarray(hi, dtype=np.float64).reshape(group_shape)
+    if out is None:
+        out = np.empty(counts.shape, dtype=np.float64)
+    edges = np.arange(nbins)
+    for idx in np.ndindex(*group_shape):
+        step = (hi_[idx] - lo_[idx]) / nbins
+        left = edges * step + lo_[idx]  # the kernels' (and np.linspace's) edges
+        c = counts[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pos = np.where(c > 0, offsets[idx] / (np.maximum(c, 1) * float(K.OFFSET_SCALE)), 0.5)
+        out[idx] = left + pos * step
+    return out
 
 
 def percentiles_from_hist(
