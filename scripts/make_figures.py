@@ -143,6 +143,61 @@ def preview() -> bytes:
     return volbin.preview(ph.intensity, mask=mask, thresholds=t, dpi=80)
 
 
+def classify() -> Image.Image:
+    """Three classes inside the brain (multi-Otsu, as ``volbin preview --labels`` draws them),
+    and an Otsu head mask before and after clean-up (docs/classify.md)."""
+    ph = _phantom()
+    x = ph.intensity
+    otsu = volbin.classify(x, "multi-otsu", 3, mask=ph.brain)
+    names = {1: "CSF", 2: "grey matter", 3: "white matter"}
+    labels = volbin.preview(
+        x, labels=otsu.labels, label_names=names, thresholds=list(otsu.thresholds), dpi=60
+    )
+    top = _labelled(Image.open(io.BytesIO(labels)).convert("RGB"), "multi-otsu, 3 classes, --mask brain")
+    cleaned = volbin.binarize(x, "otsu", keep_largest=True, fill_holes="3d")
+    masks = [("otsu", volbin.binarize(x, "otsu")), ("otsu --keep-largest --fill-holes 3d", cleaned)]
+    tiles = []
+    for text, mask in masks:
+        png = volbin.preview(x, mask=mask, slices=1, axis="z", histogram=False, dpi=60)
+        tiles.append(_labelled(Image.open(io.BytesIO(png)).convert("RGB"), text))
+    return _grid([top, _row(tiles)], columns=1)
+
+
+#: Two "scanners": the same anatomy at another scale and contrast (docs/normalize.md).
+SCANNERS = ({"seed": 1}, {"seed": 2, "max_intensity": 650.0, "means": {"white_matter": 0.78, "csf": 0.32}})
+
+
+def normalize() -> Image.Image:
+    """Brain histograms of two scanners: raw, z-scored, and on a Nyul scale learnt from both."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    phs = [volbin.phantom((80, 96, 80), **kw) for kw in SCANNERS]
+    masks = [ph.brain for ph in phs]
+    landmarks = volbin.fit_nyul([ph.intensity for ph in phs], masks)
+    pairs = list(zip(phs, masks, strict=True))
+    shown = {
+        "raw": [ph.intensity for ph in phs],
+        "--method zscore": [volbin.normalize(ph.intensity, "zscore", mask=m) for ph, m in pairs],
+        "--method nyul": [
+            volbin.normalize(ph.intensity, "nyul", mask=m, landmarks=landmarks) for ph, m in pairs
+        ],
+    }
+    fig = Figure(figsize=(9.0, 2.4), dpi=80, facecolor="white")
+    canvas = FigureCanvasAgg(fig)
+    for k, (title, volumes) in enumerate(shown.items()):
+        ax = fig.add_subplot(1, 3, k + 1)
+        for i, (v, m) in enumerate(zip(volumes, masks, strict=True)):
+            ax.hist(np.asarray(v)[m], bins=120, histtype="step", lw=1.2, label=f"scanner {i + 1}")
+        ax.set_title(title, fontsize=9)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=7)
+    fig.axes[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
 def printing() -> Image.Image:
     """One printer layer through the middle of the head: 2D and 3D diffusion, and labels."""
     import nibabel as nib
@@ -210,6 +265,8 @@ FIGURES: dict[str, Callable[[], Image.Image | bytes]] = {
     "rescale.png": rescale,
     "preview.png": preview,
     "printing.png": printing,
+    "classify.png": classify,
+    "normalize.png": normalize,
 }
 
 

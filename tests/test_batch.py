@@ -320,11 +320,13 @@ def test_stray_temporaries_of_outputs_are_removed_and_others_kept(mixed: list[Pa
         "sub-00_T1w_mask.json.89abcdef.tmp",
         "old_mask.npy.deadbeef.tmp",
         f"{REPORT_NAME}.12345678.tmp",
+        "sub-00_T1w_mask.png.0badcafe.tmp",
+        "index.html.c0ffee00.tmp",
     ]
     for name in strays:
         (tmp_path / name).write_bytes(b"partial")
     (tmp_path / "sub-09_T1w_mask.zarr.feedf00d.tmp").mkdir()
-    keep = ["notes.tmp", "sub-00_T1w.nii.gz.0123abcd.tmp", "x_mask.nii.gz.tmp"]
+    keep = ["notes.tmp", "sub-00_T1w.nii.gz.0123abcd.tmp", "x_mask.nii.gz.tmp", "photo.png.0badcafe.tmp"]
     for name in keep:
         (tmp_path / name).write_bytes(b"not ours")
     res = volbin.batch(mixed[:1], tmp_path, scheduler="threads", progress=False)

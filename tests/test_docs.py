@@ -225,10 +225,10 @@ def path_like(value: str) -> bool:
 
 def is_output(dest: str, help_text: str | None) -> bool:
     """An argument naming something the command writes (``output``, ``--out-dir``, ``--out``,
-    ``--report``)."""
+    ``--report``, ``--index``, ``--save-landmarks``)."""
     return (
-        dest.startswith("out")
-        or dest == "report"
+        dest.startswith(("out", "save_"))
+        or dest in ("report", "index")
         or (help_text or "").lower().startswith(("output", "write"))
     )
 
@@ -370,6 +370,8 @@ def cli_inputs(argv: tuple[str, ...]) -> tuple[list[tuple[str, str]], dict[str, 
         value = getattr(ns, action.dest, None)
         if value is None or value == action.default:
             continue
+        if action.dest == "inputs" and getattr(ns, "out_dir", True) is None and len(value) > 1:
+            value = value[:-1]  # ``IN OUT`` without --out-dir (volbin normalize): OUT is written
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, str) and path_like(v):
                 found.append((action.dest, v))
@@ -700,8 +702,26 @@ def test_inputs_and_outputs_come_from_the_parser() -> None:
     assert inputs == [("input", "t1.nii.gz"), ("mask", "m.nii.gz")] and ns["slices"] == 4
     inputs, _ = cli_inputs(("binarize", "a.npy", "b.npy", "--recipe", "a.json", "--kernel", "stucki"))
     assert inputs == [("input", "a.npy"), ("recipe", "a.json")]
-    inputs, _ = cli_inputs(("batch", "list.txt", "dir/", "--out-dir", "o/", "--report", "r.json"))
+    inputs, _ = cli_inputs(
+        ("batch", "list.txt", "dir/", "--out-dir", "o/", "--report", "r.json", "--index", "o/i.html")
+    )
     assert inputs == [("inputs", "list.txt"), ("inputs", "dir/")]
+    inputs, _ = cli_inputs(
+        (
+            "normalize",
+            "a.nii.gz",
+            "b.nii.gz",
+            "--out-dir",
+            "n/",
+            "--method",
+            "nyul",
+            "--save-landmarks",
+            "n.json",
+        )
+    )
+    assert inputs == [("inputs", "a.nii.gz"), ("inputs", "b.nii.gz")]
+    inputs, _ = cli_inputs(("normalize", "a.nii.gz", "a_z.nii.gz", "--method", "zscore"))
+    assert inputs == [("inputs", "a.nii.gz")]
     assert python_inputs(
         'import volbin\nv = volbin.load("in.nii.gz")\nvolbin.save(v, "out.nii.gz")\n'
         'volbin.preview("out.nii.gz", mask="m.nii.gz", out="p.png")\n'

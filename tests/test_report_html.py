@@ -18,6 +18,8 @@ from urllib.parse import unquote
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import volbin
 from volbin.batch import INDEX_NAME
@@ -91,7 +93,7 @@ class Page(HTMLParser):
 
 
 def read_page(path: Path) -> tuple[str, Page]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_bytes().decode("utf-8")  # as written: no newline translation
     page = Page()
     page.feed(text)
     page.close()
@@ -368,3 +370,48 @@ def test_exact_values_named_thresholds_and_notes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"rows\[0\]\['thresholds'\]"):
         write_index_html([{"name": "a", "thresholds": {"low": "high"}}], tmp_path / "j.html")
     assert not is_volbin_index(tmp_path / "missing.html")
+
+
+def test_interrupted_batch_still_writes_its_index(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    B = importlib.import_module("volbin.batch")
+    real_run = B._run
+
+    def one_then_interrupted(*args, **kw):
+        for item in real_run(*args, **kw):
+            yield item
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(B, "_run", one_then_interrupted)
+    inputs = [cohort / "data" / s / "anat" / f"{s}_T1w.nii.gz" for s in GOOD]
+    out = tmp_path / "masks"
+    with pytest.raises(KeyboardInterrupt):
+        volbin.batch(inputs, out, preview=True, scheduler="threads", progress=False)
+    text, page = read_page(out / INDEX_NAME)
+    assert [cells(r)["status"]["text"] for r in page.rows] == ["done", "pending", "pending"]
+    assert len(page.imgs) == 1 and "interrupted" in text
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    names=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=4),
+    values=st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64), min_size=1, max_size=4),
+    error=st.text(max_size=30),
+)
+def test_any_text_and_number_reads_back_from_the_page(
+    names: list[str], values: list[float], error: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    rows = [
+        {"name": n, "status": "failed", "error": error, "thresholds": values, "foreground_mm3": values[0]}
+        for n in names
+    ]
+    path = write_index_html(rows, tmp_path_factory.mktemp("page") / "index.html")
+    _, page = read_page(path)
+    assert len(page.rows) == len(names)
+    for name, row in zip(names, page.rows, strict=True):
+        c = cells(row)
+        assert c["subject"]["text"] == name and c["preview"]["error"] == error
+        assert exact(c["raw"]) == values
+        assert exact(c["mm3"]) == values[0]
