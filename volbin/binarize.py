@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
 from typing import Any, overload
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from . import _kernels as K
 from .errors import VolbinDataError
-from .masks import mask_fields, recipe_mask
+from .intensity import prepare, relabel
+from .masks import ARRAY, mask_fields
 from .recipe import CLEAN_METHODS, DITHER_METHODS, HISTOGRAM_METHODS, THRESHOLD_METHODS, Method, Recipe, merge
 from .rescale import Transform, apply_transform, fit_transform
 from .threshold import Decision, decide, grouping_for, warn_trivial, with_bounds
@@ -363,11 +365,16 @@ def binarize(
     """
     fields, array = mask_fields(mask, stats_mask)
     options = {**options, **fields}
+    arrays: dict[str, Any] = {}
+    for name in ("reference", "reference_mask"):  # in-memory volumes of normalize="match"
+        value = options.get(name)
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            options[name], arrays[name] = ARRAY, value
     if method is None and recipe is None and options.get("threshold_from") is not None:
         method = sidecar_method(options["threshold_from"])
     recipe = merge(recipe, options, method)
     vol, kind = as_volume(volume, volume_axis=volume_axis)
-    result = binarize_volume(vol, recipe, mask=array)
+    result = binarize_volume(vol, recipe, mask=array, arrays=arrays)
     return like_input(result, kind)
 
 
@@ -385,34 +392,47 @@ def sidecar_method(path: Any) -> str:
 
 
 def binarize_volume(
-    vol: Volume, recipe: Recipe, *, mask: Any = None, cohort: dict[str, Any] | None = None
+    vol: Volume,
+    recipe: Recipe,
+    *,
+    mask: Any = None,
+    cohort: dict[str, Any] | None = None,
+    arrays: dict[str, Any] | None = None,
 ) -> Volume:
     """`binarize` on a Volume, returning a Volume (lazy data, decisions in `steps`).
 
-    `mask` is the in-memory mask a recipe records as ``"<array>"``; `cohort` the pooled
-    decision of a cohort (``threshold_raw``, ``threshold_rescaled`` and what to record),
-    from `volbin.batch`.
+    `mask` is the in-memory mask a recipe records as ``"<array>"`` (`arrays`: the
+    in-memory ``reference`` and ``reference_mask`` of ``normalize="match"``); `cohort` the
+    pooled decision of a cohort (``threshold_raw``, ``threshold_rescaled`` and what to
+    record), from `volbin.batch`.  The recipe runs in the order normalize -> rescale ->
+    curve -> decide (`volbin.intensity.prepare` does the first stage, and CLAHE).
     """
     tally = ForegroundTally(vol.volume_axis, math.prod(vol.zooms), recipe.mask is not None)
     if recipe.method in DITHER_METHODS:
         from .dither import dither_volume
 
-        tr = fit_transform(vol, vol.grouping("stack" if recipe.scope == "stack" else "volume"), recipe)
-        warn_trivial(tr, recipe)
-        out = dither_volume(vol, recipe, transform=tr)
-        step = dict(out.steps[-1], foreground=tally)
+        stage = prepare(vol, recipe, arrays=arrays)
+        vol, rec = stage.volume, stage.recipe
+        tr = fit_transform(vol, vol.grouping("stack" if rec.scope == "stack" else "volume"), rec)
+        warn_trivial(tr, rec)
+        out = dither_volume(vol, rec, transform=tr)
+        step = dict(
+            out.steps[-1], recipe=recipe.to_dict(), rescale=stage.rescale_record(tr), foreground=tally
+        )
         data = tally.attach(_masked(out.data, None, tally))
         return dataclasses.replace(out, data=data, steps=(*out.steps[:-1], step))
     if recipe.scope == "cohort" and recipe.threshold_from is None and cohort is None:
         # Refused before any pass over the data.
         decide(vol, vol.grouping("stack"), None, recipe)  # type: ignore[arg-type]
+    stage = prepare(vol, recipe, mask, arrays)
+    vol, m, given = stage.volume, stage.mask, recipe
+    recipe = stage.recipe  # what follows the intensity stage
     grouping = grouping_for(vol, recipe)
-    m = recipe_mask(recipe, vol, mask)
     tr = fit_transform(vol, grouping, recipe, m)
     step: dict[str, Any] = {
         "step": "binarize",
-        "recipe": recipe.to_dict(),
-        "rescale": tr.record(),
+        "recipe": given.to_dict(),
+        "rescale": stage.rescale_record(tr),
         "nonfinite_voxels": int(tr.n_nonfinite.sum()),
     }
     if m is not None:
@@ -421,7 +441,7 @@ def binarize_volume(
     cleaning = _clean_options(recipe, vol)
     count = None if cleaning else tally  # the tally counts the final, cleaned, mask
     if recipe.method == "stochastic":
-        warn_trivial(tr, recipe)
+        warn_trivial(tr, given)
         data = stochastic_graph(vol.data, tr, recipe.seed, vol.volume_axis)
         data = _masked(data, zero_outside, tally)
         step["decision"] = {"method": "stochastic", "seed": recipe.seed}
@@ -429,7 +449,8 @@ def binarize_volume(
         if recipe.method == "local":
             data, step["decision"] = _local(vol, tr, recipe)
         else:
-            data, step["decision"] = _hysteresis(vol, grouping, tr, recipe, m)
+            data, decision = _hysteresis(vol, grouping, tr, recipe, m)
+            step["decision"] = relabel(decision, stage.thresholded)
         if tr.n_nonfinite.any():
             data = _finite_only(data, vol.data)
         data = _masked(data, zero_outside, count)
@@ -438,9 +459,9 @@ def binarize_volume(
         if cohort is not None and recipe.threshold_from is None:
             dec = _cohort_decision(grouping, tr, recipe, cohort)
         else:
-            dec = decide(vol, grouping, tr, recipe, m)
+            dec = decide(vol, grouping, tr, recipe, m, thresholded=stage.thresholded)
         if dec.upper_raw is None and not dec.invert and recipe.method in ("value", *HISTOGRAM_METHODS):
-            warn_trivial(tr, recipe, dec.raw)
+            warn_trivial(tr, given, dec.raw)
         data = apply_thresholds(
             vol.data,
             grouping,
@@ -452,7 +473,7 @@ def binarize_volume(
             mask=zero_outside,
             tally=count,
         )
-        step["decision"] = dec.record()
+        step["decision"] = relabel(dec.record(), stage.thresholded)
     if cleaning:
         from .clean import clean
 

@@ -1,6 +1,7 @@
 """The batch engine: the per-file task, the dask cluster it runs on, and the loop over tasks.
 
-`process_one` binarizes one file on a worker with the file's chunks on that worker's threads;
+`process_one` binarizes one file on a worker with the file's chunks on that worker's threads
+(`run_file` is the body every per-file task shares);
 `_engine` gives the client to submit to (a LocalCluster sized to the machine, a scheduler, a
 given client, or none), and `_run` submits one task per file and yields results as they finish.
 """
@@ -16,7 +17,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -153,7 +154,54 @@ def process_one(
         data, unwritable output) come back as ``status="failed"``; anything else is raised
         so that dask retries the task.
     """
-    from ..binarize import binarize_volume
+
+    def job() -> tuple[dict[str, Any], Any]:
+        from ..binarize import binarize_volume
+
+        rec = Recipe.from_dict(recipe)
+        extra = {} if cohort is None else {"cohort": cohort}
+        return _recipe_doc(rec), lambda vol: binarize_volume(vol, rec, **extra)
+
+    return run_file(
+        input,
+        output,
+        job,
+        force=force,
+        chunk_bytes=chunk_bytes,
+        volume_axis=volume_axis,
+        memory_limit=memory_limit,
+        threads=threads,
+        client_pid=client_pid,
+        cohort_id=None if cohort is None else cohort["record"].get("id"),
+        verify=verify,
+        allow_missing=allow_missing,
+        max_output_bytes=max_output_bytes,
+    )
+
+
+def run_file(
+    input: str,
+    output: str,
+    job: Callable[[], tuple[dict[str, Any], Callable[[Any], Any]]],
+    *,
+    force: bool = False,
+    chunk_bytes: int | None = None,
+    volume_axis: int | None = None,
+    memory_limit: int | None = None,
+    threads: int | None = None,
+    client_pid: int | None = None,
+    cohort_id: str | None = None,
+    verify: bool = False,
+    allow_missing: bool = False,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
+    dtype: str | None = None,
+) -> dict[str, Any]:
+    """The body of every per-file task (`process_one`, `volbin.batch.normalizing.normalize_one`).
+
+    ``job()`` gives the recipe record an up-to-date output's sidecar holds and the function
+    from the loaded input to the (lazy) output Volume; its errors, like those of loading,
+    computing and writing, are reported as `process_one` says.  `dtype` is the output's.
+    """
     from ..io import load, save
     from ..volume import chunk_bytes_for
 
@@ -170,9 +218,8 @@ def process_one(
     if chunk_bytes is None:
         chunk_bytes = chunk_bytes_for(memory_limit, threads * at_once)
     try:
-        rec = Recipe.from_dict(recipe)
-        cid = None if cohort is None else cohort["record"].get("id")
-        state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis, cid, verify)
+        doc, make = job()
+        state, reason = _output_state(input, output, doc, volume_axis, cohort_id, verify)
         if state == "current" and not force:
             result.status = "skipped"
         elif state == "conflict" or (state == "foreign" and not force):
@@ -182,18 +229,19 @@ def process_one(
                 vol = load(
                     input, chunk_bytes=chunk_bytes, volume_axis=volume_axis, allow_missing=allow_missing
                 )
-                mask = binarize_volume(vol, rec, **({} if cohort is None else {"cohort": cohort}))
+                out = make(vol)
                 # The old image stays until the new one is renamed over it; its sidecar is
                 # first replaced by the new one marked pending, so an interrupted overwrite
                 # leaves a sidecar that does not match the image, which the next run redoes.
                 save(
-                    mask,
+                    out,
                     output,
                     force=True,
+                    dtype=dtype,
                     sidecar={"batch": {"volume_axis": volume_axis}},
                     max_output_bytes=max_output_bytes,
                 )
-                del vol, mask  # drops the decompressed copy of a .nii.gz now
+                del vol, out  # drops the decompressed copy of a .nii.gz now
             result.status = "done"
             result.note = reason if state == "stale" else None
     except VolbinError as exc:
@@ -380,11 +428,13 @@ def _run(
     options: dict[str, Any],
     retries: int,
     threads: int | None = None,
+    task: Callable[..., dict[str, Any]] = process_one,
 ) -> Iterator[tuple[int, FileResult]]:
     """Run the jobs in `todo`, yielding (index, result) as each finishes.
 
-    Tasks get absolute input paths (a worker's current folder is not this one); results
-    name inputs as the user gave them.
+    ``task(input, output, recipe, **options)`` is the per-file task (`process_one`).  Tasks
+    get absolute input paths (a worker's current folder is not this one); results name
+    inputs as the user gave them.
     """
 
     def result(i: int, fields: dict[str, Any]) -> FileResult:
@@ -393,14 +443,14 @@ def _run(
     if client is None:
         options = {**options, "threads": threads}
         for i in todo:
-            yield i, result(i, process_one(os.path.abspath(jobs[i][0]), jobs[i][1], recipe, **options))
+            yield i, result(i, task(os.path.abspath(jobs[i][0]), jobs[i][1], recipe, **options))
         return
     from distributed import as_completed
 
     token = secrets.token_hex(4)
     futures = {
         client.submit(
-            process_one,
+            task,
             os.path.abspath(jobs[i][0]),
             jobs[i][1],
             recipe,

@@ -42,9 +42,19 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("inputs", nargs="+", help="globs (quote them), list files, folders or paths")
     p.add_argument("--out-dir", "-o", required=True, help="output folder (created if missing)")
-    p.add_argument("--suffix", default="_mask", help="added before the extension (default _mask)")
-    p.add_argument("--ext", choices=IMAGE_EXTS, help="output format (default: the input's)")
+    add_output_args(p, "_mask")
     p.add_argument("--force", action="store_true", help="redo outputs that are up to date")
+    add_cluster_args(p)
+    add_recipe_args(p)
+    add_common(p)
+    add_output_limit(p)
+    p.set_defaults(func=run)
+
+
+def add_output_args(p: argparse.ArgumentParser, suffix: str) -> None:
+    """The options of a batch's outputs: names, format, resume checks, report."""
+    p.add_argument("--suffix", default=suffix, help=f"added before the extension (default {suffix})")
+    p.add_argument("--ext", choices=IMAGE_EXTS, help="output format (default: the input's)")
     p.add_argument(
         "--verify",
         action="store_true",
@@ -59,6 +69,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--report", metavar="PATH", help="JSON run report (default: volbin-batch-report.json in OUT_DIR)"
     )
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """Where a batch runs: a local cluster, a scheduler, or this process."""
     g = p.add_argument_group("cluster")
     g.add_argument("--workers", type=int_in(1, 256), metavar="N", help="local cluster: worker processes")
     g.add_argument(
@@ -75,10 +89,6 @@ def add_parser(subparsers: Any) -> None:
         "in this process without a cluster",
     )
     g.add_argument("--retries", type=int_in(0, 100), default=1, help="retries of a task that errors (1)")
-    add_recipe_args(p)
-    add_common(p)
-    add_output_limit(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
