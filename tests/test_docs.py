@@ -370,6 +370,8 @@ def cli_inputs(argv: tuple[str, ...]) -> tuple[list[tuple[str, str]], dict[str, 
         value = getattr(ns, action.dest, None)
         if value is None or value == action.default:
             continue
+        if ns.command == "normalize" and action.dest == "inputs" and ns.out_dir is None:
+            value = value[:-1]  # IN OUT: the last is the output
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, str) and path_like(v):
                 found.append((action.dest, v))
@@ -415,10 +417,13 @@ def python_inputs(code: str) -> list[tuple[str, str]]:
 # --- the tests -----------------------------------------------------------------------------------
 def starts_cluster(cmd: Command) -> bool:
     """The command starts a dask cluster of worker processes (seconds of start-up): it has a
-    ``--scheduler`` option and is not told ``--scheduler threads``."""
+    ``--scheduler`` option and is not told ``--scheduler threads`` (``normalize`` only with
+    ``--out-dir``: one file runs in the calling process)."""
     if cmd.skip:
         return False
     _, ns = cli_inputs(cmd.argv)
+    if ns.get("command") == "normalize" and ns.get("out_dir") is None:
+        return False
     return "scheduler" in ns and ns["scheduler"] != "threads"
 
 
@@ -702,6 +707,12 @@ def test_inputs_and_outputs_come_from_the_parser() -> None:
     assert inputs == [("input", "a.npy"), ("recipe", "a.json")]
     inputs, _ = cli_inputs(("batch", "list.txt", "dir/", "--out-dir", "o/", "--report", "r.json"))
     assert inputs == [("inputs", "list.txt"), ("inputs", "dir/")]
+    inputs, _ = cli_inputs(("normalize", "a.nii.gz", "b.nii.gz", "--method", "match", "--reference", "r.nii"))
+    assert inputs == [("inputs", "a.nii.gz"), ("reference", "r.nii")]
+    inputs, _ = cli_inputs(
+        ("normalize", "a.nii", "b.nii", "-o", "n/", "--method", "nyul", "--save-landmarks", "l.json")
+    )
+    assert inputs == [("inputs", "a.nii"), ("inputs", "b.nii")]
     assert python_inputs(
         'import volbin\nv = volbin.load("in.nii.gz")\nvolbin.save(v, "out.nii.gz")\n'
         'volbin.preview("out.nii.gz", mask="m.nii.gz", out="p.png")\n'

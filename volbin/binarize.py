@@ -304,8 +304,15 @@ def binarize(
     stats_mask : same as `mask`, optional
         Compute the statistics inside this mask and apply the thresholds everywhere.
     **options
-        `Recipe` fields: ``scope``, ``axis``, ``rescale``, ``percentiles``,
-        ``value_range``, ``curve``, ``gamma``, ``threshold``, ``units``, ``upper``
+        `Recipe` fields: ``normalize`` (``zscore``, ``match``, ``nyul``, ``whitestripe``,
+        ``n4``: MRI normalisation first, statistics inside `mask` or `stats_mask`, by
+        default the non-zero voxels) and its options (``reference``, ``reference_mask``,
+        arrays too; ``landmarks``; ``contrast``, ``tau``, ...; the N4 settings), ``scope``,
+        ``axis``, ``rescale``, ``percentiles``, ``value_range``, ``curve`` (``clahe``
+        equalises each whole 3D volume, in memory, with ``clip_limit``, ``kernel_size``
+        or ``kernel_mm``; its thresholds are in rescaled units), ``gamma``,
+        ``threshold``, ``units`` (``normalized``: in the units of the normalisation),
+        ``upper``
         (foreground ``threshold < x <= upper``), ``inclusive`` (``x >= threshold``),
         ``invert`` (the complement, inside the mask), ``threshold_from`` (a sidecar whose
         raw thresholds to apply; its method unless `method` is given), ``nbins``,
@@ -336,6 +343,14 @@ def binarize(
         The mask is empty or full in a volume (or in every slice), e.g. a `threshold`
         outside the data's range; the message names that range in the threshold's units.
 
+    Notes
+    -----
+    The recipe runs in the order normalize -> rescale -> curve -> decide.  After a
+    normalisation the thresholds compare the normalised volume: a decision records them as
+    ``threshold_normalized`` (``units='raw'`` is refused).  CLAHE and N4 hold one whole 3D
+    volume in memory; their output is computed once into a temporary file that the
+    following passes read (`volbin.io.spill`).
+
     Examples
     --------
     >>> import numpy as np, volbin
@@ -361,6 +376,13 @@ def binarize(
     True
     >>> hyst = volbin.binarize(x, "hysteresis", low=0.2, high=0.5)
     >>> bool((hyst == apply_hysteresis_threshold(r, 0.2, 0.5)).all())
+    True
+
+    A z-score inside a mask, then a threshold in z-score units:
+
+    >>> z = ((x - x[inside].mean()) / x[inside].std()).astype(np.float32)
+    >>> m = volbin.binarize(x, "value", threshold=1.0, units="normalized", normalize="zscore", mask=inside)
+    >>> bool((m == (inside & (z > 1.0))).all())
     True
     """
     fields, array = mask_fields(mask, stats_mask)

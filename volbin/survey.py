@@ -73,7 +73,10 @@ def survey(
         only (as `volbin.binarize` would write it), with `stats_mask` everywhere.
     volume_axis : int, optional
     **options
-        Other `Recipe` fields (``percentiles``, ``value_range``, ``curve``, ...).
+        Other `Recipe` fields (``percentiles``, ``value_range``, ``curve``, ``normalize``
+        and its options, ...).  After a normalisation the thresholds are given as
+        ``threshold_normalized`` (and the result's ``thresholded`` is ``"normalized"``);
+        after CLAHE, ``threshold_raw`` is None and ``threshold_rescaled`` is compared.
 
     Returns
     -------

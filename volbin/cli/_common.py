@@ -67,7 +67,8 @@ class Parser(argparse.ArgumentParser):
         for arg in message[len(prefix) :].split():
             flag = arg.split("=", 1)[0]
             if flag.startswith("-"):
-                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                # A flag of another command is no typo: suggest only other spellings.
+                close = difflib.get_close_matches(flag, [k for k in known if k != flag], n=1, cutoff=0.6)
                 if close:
                     hints.append(f"did you mean {close[0]} (not {flag})?")
         return ("; " + "; ".join(hints)) if hints else ""
