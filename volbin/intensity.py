@@ -80,9 +80,7 @@ def downstream(recipe: Recipe) -> Recipe:
     return recipe.with_method(recipe.method, **changes)
 
 
-def prepare(
-    vol: Volume, recipe: Recipe, mask: Any = None, arrays: dict[str, Any] | None = None
-) -> Intensity:
+def prepare(vol: Volume, recipe: Recipe, mask: Any = None, arrays: dict[str, Any] | None = None) -> Intensity:
     """Run the intensity stage of `recipe` on `vol` (statistics now, data lazy).
 
     Parameters
