@@ -430,6 +430,7 @@ def test_normalize_nyul_cohort_then_new_volume(tmp_path):
         srcs.append(path)
     lm = tmp_path / "nyul.json"
     args = ["normalize", str(srcs[0]), str(srcs[1]), "--out-dir", str(tmp_path / "norm"), "--method", "nyul"]
+    args += ["--scheduler", "threads"]
     assert main([*args, "--save-landmarks", str(lm)]) == 0
     assert json.loads(lm.read_text())
     out = tmp_path / "new.nii.gz"

@@ -1,7 +1,7 @@
 """Random option values for every command: volbin answers each with an exit code and a line.
 
 Hypothesis draws numbers (huge, tiny, negative, NaN, infinite, malformed) and strings for the
-options of ``binarize``, ``info``, ``batch``, ``convert`` and ``export-slices`` on small
+options of ``binarize``, ``info``, ``batch``, ``convert``, ``normalize`` and ``export-slices`` on small
 phantom inputs, and checks what a user sees: the exit code is 0, 1 or 2; standard error holds
 no traceback and no "unexpected" error; a failed run leaves no file behind; and the command
 ends (a hang fails the time limit).  ``main([...])`` runs in-process.
@@ -70,11 +70,17 @@ RECIPE = {
     "--rescale": choice("minmax", "percentile", "fixed", "dtype", "none"),
     "--percentiles": st.lists(NUMBER, min_size=2, max_size=2),
     "--range": st.lists(NUMBER, min_size=2, max_size=2),
-    "--curve": choice("linear", "gamma", "log", "equalize"),
+    "--curve": choice("linear", "gamma", "log", "equalize", "clahe", "sigmoid"),
+    "--clip-limit": one(NUMBER),
+    "--kernel-size": st.lists(SMALL, min_size=1, max_size=3),
+    "--normalize": choice("zscore", "match", "nyul", "whitestripe"),
+    "--reference": st.just(["GREY"]),
+    "--tau": one(NUMBER),
+    "--contrast": choice("t1", "t2"),
     "--gamma": one(NUMBER),
     "--log-gain": one(NUMBER),
     "--threshold": one(NUMBER),
-    "--units": choice("raw", "rescaled"),
+    "--units": choice("raw", "rescaled", "normalized"),
     "--nbins": one(st.one_of(st.sampled_from(["2", "256", "1", "1000"]), NUMBER)),
     "--seed": one(NUMBER),
     "--kernel": choice("floyd-steinberg", "stucki", "atkinson", "floyd-steinberg-3d"),
@@ -121,6 +127,20 @@ COMMANDS = {
         "--verify": st.just([]),
     },
     "convert": {**COMMON, **WRITE},
+    "normalize": {
+        **COMMON,
+        **WRITE,
+        "--method": choice("zscore", "match", "nyul", "whitestripe"),
+        "--reference": st.just(["GREY"]),
+        "--mask": choice("nonzero"),
+        "--scope": choice("stack", "volume", "slice"),
+        "--tau": one(NUMBER),
+        "--peak-fraction": one(NUMBER),
+        "--bandwidth": one(NUMBER),
+        "--contrast": choice("t1", "t2"),
+        "--save-landmarks": one(WORD.map(lambda w: f"OUT/{w}.json")),
+        "--shrink-factor": one(SMALL),
+    },
     "export-slices": {
         **{
             k: RECIPE[k]
@@ -198,13 +218,21 @@ def command_lines(draw: st.DrawFn, command: str, inputs: dict[str, Path], out: P
         "info": [str(src)],
         "batch": [str(src), "--out-dir", str(out / "batch")],
         "convert": [str(src), str(out / f"o{ext}")],
+        "normalize": [str(src), str(out / f"o{ext}")],
         "export-slices": [str(src), str(out / "stack")],
     }[command]
     line = [command, *positional]
     for flag in flags:
         values = draw(options[flag])
-        line += [flag, *[str(inputs["grey"]) if v == "GREY" else v for v in values]]
+        line += [flag, *[_value(v, inputs, out) for v in values]]
     return line
+
+
+def _value(v: str, inputs: dict[str, Path], out: Path) -> str:
+    """``GREY``: the grey input; ``OUT/name``: a file in the example's output folder."""
+    if v == "GREY":
+        return str(inputs["grey"])
+    return str(out / v[4:]) if v.startswith("OUT/") else v
 
 
 def _left_behind(out: Path) -> list[str]:

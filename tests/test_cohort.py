@@ -202,3 +202,29 @@ def test_cli_batch_cohort_and_threshold_from(cohort, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "scope 'cohort'" in err and "scope 'volume'" in err and err.count("\n") == 1
     assert not (folder / "bad.nii").exists()
+
+
+def test_cohort_after_normalisation_is_skimage_on_the_pooled_z_scores(cohort):
+    folder, arrays = cohort
+    res = batch(
+        f"{folder}/*.nii",
+        folder / "out",
+        method="otsu",
+        scope="cohort",
+        normalize="zscore",
+        scheduler="threads",
+        progress=False,
+    )
+    assert res.ok and len(res.done) == 3
+    z = []
+    for a in arrays:
+        x = a.astype(np.float64)
+        nz = x[x != 0]
+        z.append(((x - nz.mean()) / nz.std()).astype(np.float32))
+    t = threshold_otsu(np.concatenate([v.ravel() for v in z]).astype(np.float64))
+    sides = _sidecars(folder / "out")
+    assert {s["steps"][-1]["decision"]["threshold_normalized"] for s in sides.values()} == {t}
+    for i, zi in enumerate(z):
+        out = load(folder / "out" / f"sub-{i}_mask.nii").compute().astype(bool)
+        np.testing.assert_array_equal(out, zi > t)
+        assert sides[f"sub-{i}_mask.json"]["steps"][0]["step"] == "normalize"

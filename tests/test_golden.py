@@ -47,6 +47,12 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     ),
     "ordered-bayer": ("3d", "bayer.nii", ["--method", "ordered", "--matrix", "8"]),
     "npy-otsu": ("npy", "otsu.npy", ["--method", "otsu", "--volume-axis", "0"]),
+    "zscore-normalized": (
+        "4d",
+        "z.nii.gz",
+        ["--normalize", "zscore", "--method", "value", "--threshold", "0.5", "--units", "normalized"],
+    ),
+    "clahe-otsu": ("3d", "clahe.nii", ["--curve", "clahe", "--kernel-size", "8", "--method", "otsu"]),
 }
 
 

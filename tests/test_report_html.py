@@ -387,7 +387,8 @@ def test_interrupted_batch_still_writes_its_index(
     inputs = [cohort / "data" / s / "anat" / f"{s}_T1w.nii.gz" for s in GOOD]
     out = tmp_path / "masks"
     with pytest.raises(KeyboardInterrupt):
-        volbin.batch(inputs, out, preview=True, scheduler="threads", progress=False)
+        # One file at a time, so that the files after the interruption have not started.
+        volbin.batch(inputs, out, preview=True, scheduler="threads", threads_per_worker=1, progress=False)
     text, page = read_page(out / INDEX_NAME)
     assert [cells(r)["status"]["text"] for r in page.rows] == ["done", "pending", "pending"]
     assert len(page.imgs) == 1 and "interrupted" in text

@@ -43,7 +43,7 @@ _LAZY = {
     "Classification": "volbin.classify",
     "clean": "volbin.clean",
     "CleanResult": "volbin.clean",
-    "normalize": "volbin.normalize",
+    "normalize": "volbin.batch.normalizing",
     "fit_normalize": "volbin.normalize",
     "fit_nyul": "volbin.normalize",
     "NyulLandmarks": "volbin.normalize",
@@ -78,6 +78,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .batch import batch
+    from .batch.normalizing import normalize
     from .binarize import binarize
     from .classify import Classification, classify
     from .clean import CleanResult, clean
@@ -86,7 +87,7 @@ if TYPE_CHECKING:
     from .exposure import exposure_stats
     from .io import convert, load, read_sidecar, save
     from .local import apply_hysteresis_threshold, binarize_local, threshold_local
-    from .normalize import Normalization, NyulLandmarks, fit_normalize, fit_nyul, normalize
+    from .normalize import Normalization, NyulLandmarks, fit_normalize, fit_nyul
     from .overlap import binary_summary, compare_masks
     from .phantom import Phantom, phantom
     from .preview import preview

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
 from typing import Any, overload
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from . import _kernels as K
 from .errors import VolbinDataError
-from .masks import mask_fields, recipe_mask
+from .intensity import prepare, relabel
+from .masks import ARRAY, mask_fields
 from .recipe import CLEAN_METHODS, DITHER_METHODS, HISTOGRAM_METHODS, THRESHOLD_METHODS, Method, Recipe, merge
 from .rescale import Transform, apply_transform, fit_transform
 from .threshold import Decision, decide, grouping_for, warn_trivial, with_bounds
@@ -314,8 +316,15 @@ def binarize(
     stats_mask : same as `mask`, optional
         Compute the statistics inside this mask and apply the thresholds everywhere.
     **options
-        `Recipe` fields: ``scope``, ``axis``, ``rescale``, ``percentiles``,
-        ``value_range``, ``curve``, ``gamma``, ``threshold``, ``units``, ``upper``
+        `Recipe` fields: ``normalize`` (``zscore``, ``match``, ``nyul``, ``whitestripe``,
+        ``n4``: MRI normalisation first, statistics inside `mask` or `stats_mask`, by
+        default the non-zero voxels) and its options (``reference``, ``reference_mask``,
+        arrays too; ``landmarks``; ``contrast``, ``tau``, ...; the N4 settings), ``scope``,
+        ``axis``, ``rescale``, ``percentiles``, ``value_range``, ``curve`` (``clahe``
+        equalises each whole 3D volume, in memory, with ``clip_limit``, ``kernel_size``
+        or ``kernel_mm``; its thresholds are in rescaled units), ``gamma``,
+        ``threshold``, ``units`` (``normalized``: in the units of the normalisation),
+        ``upper``
         (foreground ``threshold < x <= upper``), ``inclusive`` (``x >= threshold``),
         ``invert`` (the complement, inside the mask), ``threshold_from`` (a sidecar whose
         raw thresholds to apply; its method unless `method` is given), ``nbins``,
@@ -346,6 +355,14 @@ def binarize(
         The mask is empty or full in a volume (or in every slice), e.g. a `threshold`
         outside the data's range; the message names that range in the threshold's units.
 
+    Notes
+    -----
+    The recipe runs in the order normalize -> rescale -> curve -> decide.  After a
+    normalisation the thresholds compare the normalised volume: a decision records them as
+    ``threshold_normalized`` (``units='raw'`` is refused).  CLAHE and N4 hold one whole 3D
+    volume in memory; their output is computed once into a temporary file that the
+    following passes read (`volbin.io.spill`).
+
     Examples
     --------
     >>> import numpy as np, volbin
@@ -372,14 +389,26 @@ def binarize(
     >>> hyst = volbin.binarize(x, "hysteresis", low=0.2, high=0.5)
     >>> bool((hyst == apply_hysteresis_threshold(r, 0.2, 0.5)).all())
     True
+
+    A z-score inside a mask, then a threshold in z-score units:
+
+    >>> z = ((x - x[inside].mean()) / x[inside].std()).astype(np.float32)
+    >>> m = volbin.binarize(x, "value", threshold=1.0, units="normalized", normalize="zscore", mask=inside)
+    >>> bool((m == (inside & (z > 1.0))).all())
+    True
     """
     fields, array = mask_fields(mask, stats_mask)
     options = {**options, **fields}
+    arrays: dict[str, Any] = {}
+    for name in ("reference", "reference_mask"):  # in-memory volumes of normalize="match"
+        value = options.get(name)
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            options[name], arrays[name] = ARRAY, value
     if method is None and recipe is None and options.get("threshold_from") is not None:
         method = sidecar_method(options["threshold_from"])
     recipe = merge(recipe, options, method)
     vol, kind = as_volume(volume, volume_axis=volume_axis)
-    result = binarize_volume(vol, recipe, mask=array)
+    result = binarize_volume(vol, recipe, mask=array, arrays=arrays)
     return like_input(result, kind)
 
 
@@ -397,34 +426,47 @@ def sidecar_method(path: Any) -> str:
 
 
 def binarize_volume(
-    vol: Volume, recipe: Recipe, *, mask: Any = None, cohort: dict[str, Any] | None = None
+    vol: Volume,
+    recipe: Recipe,
+    *,
+    mask: Any = None,
+    cohort: dict[str, Any] | None = None,
+    arrays: dict[str, Any] | None = None,
 ) -> Volume:
     """`binarize` on a Volume, returning a Volume (lazy data, decisions in `steps`).
 
-    `mask` is the in-memory mask a recipe records as ``"<array>"``; `cohort` the pooled
-    decision of a cohort (``threshold_raw``, ``threshold_rescaled`` and what to record),
-    from `volbin.batch`.
+    `mask` is the in-memory mask a recipe records as ``"<array>"`` (`arrays`: the
+    in-memory ``reference`` and ``reference_mask`` of ``normalize="match"``); `cohort` the
+    pooled decision of a cohort (``threshold_raw``, ``threshold_rescaled`` and what to
+    record), from `volbin.batch`.  The recipe runs in the order normalize -> rescale ->
+    curve -> decide (`volbin.intensity.prepare` does the first stage, and CLAHE).
     """
     tally = ForegroundTally(vol.volume_axis, math.prod(vol.zooms), recipe.mask is not None)
     if recipe.method in DITHER_METHODS:
         from .dither import dither_volume
 
-        tr = fit_transform(vol, vol.grouping("stack" if recipe.scope == "stack" else "volume"), recipe)
-        warn_trivial(tr, recipe)
-        out = dither_volume(vol, recipe, transform=tr)
-        step = dict(out.steps[-1], foreground=tally)
+        stage = prepare(vol, recipe, arrays=arrays)
+        vol, rec = stage.volume, stage.recipe
+        tr = fit_transform(vol, vol.grouping("stack" if rec.scope == "stack" else "volume"), rec)
+        warn_trivial(tr, rec)
+        out = dither_volume(vol, rec, transform=tr)
+        step = dict(
+            out.steps[-1], recipe=recipe.to_dict(), rescale=stage.rescale_record(tr), foreground=tally
+        )
         data = tally.attach(_masked(out.data, None, tally))
         return dataclasses.replace(out, data=data, steps=(*out.steps[:-1], step))
     if recipe.scope == "cohort" and recipe.threshold_from is None and cohort is None:
         # Refused before any pass over the data.
         decide(vol, vol.grouping("stack"), None, recipe)  # type: ignore[arg-type]
+    stage = prepare(vol, recipe, mask, arrays)
+    vol, m, given = stage.volume, stage.mask, recipe
+    recipe = stage.recipe  # what follows the intensity stage
     grouping = grouping_for(vol, recipe)
-    m = recipe_mask(recipe, vol, mask)
     tr = fit_transform(vol, grouping, recipe, m)
     step: dict[str, Any] = {
         "step": "binarize",
-        "recipe": recipe.to_dict(),
-        "rescale": tr.record(),
+        "recipe": given.to_dict(),
+        "rescale": stage.rescale_record(tr),
         "nonfinite_voxels": int(tr.n_nonfinite.sum()),
     }
     if m is not None:
@@ -433,7 +475,7 @@ def binarize_volume(
     cleaning = _clean_options(recipe, vol)
     count = None if cleaning else tally  # the tally counts the final, cleaned, mask
     if recipe.method == "stochastic":
-        warn_trivial(tr, recipe)
+        warn_trivial(tr, given)
         data = stochastic_graph(vol.data, tr, recipe.seed, vol.volume_axis)
         data = _masked(data, zero_outside, tally)
         step["decision"] = {"method": "stochastic", "seed": recipe.seed}
@@ -441,7 +483,8 @@ def binarize_volume(
         if recipe.method == "local":
             data, step["decision"] = _local(vol, tr, recipe)
         else:
-            data, step["decision"] = _hysteresis(vol, grouping, tr, recipe, m)
+            data, decision = _hysteresis(vol, grouping, tr, recipe, m)
+            step["decision"] = relabel(decision, stage.thresholded)
         if tr.n_nonfinite.any():
             data = _finite_only(data, vol.data)
         data = _masked(data, zero_outside, count)
@@ -450,9 +493,9 @@ def binarize_volume(
         if cohort is not None and recipe.threshold_from is None:
             dec = _cohort_decision(grouping, tr, recipe, cohort)
         else:
-            dec = decide(vol, grouping, tr, recipe, m)
+            dec = decide(vol, grouping, tr, recipe, m, thresholded=stage.thresholded)
         if dec.upper_raw is None and not dec.invert and recipe.method in ("value", *HISTOGRAM_METHODS):
-            warn_trivial(tr, recipe, dec.raw)
+            warn_trivial(tr, given, dec.raw)
         data = apply_thresholds(
             vol.data,
             grouping,
@@ -464,7 +507,7 @@ def binarize_volume(
             mask=zero_outside,
             tally=count,
         )
-        step["decision"] = dec.record()
+        step["decision"] = relabel(dec.record(), stage.thresholded)
     if cleaning:
         from .clean import clean
 

@@ -11,9 +11,7 @@ volume as a whole (one volume in memory per running task).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from .histogram import (
     group_range,
     percentiles_from_hist,
 )
+from .recipe import NORMALIZE_METHODS, NORMALIZE_OPTIONS, normalize_options, nyul_landmarks
 from .volume import Grouping, Volume, as_volume, like_input
 
 __all__ = [
@@ -42,28 +41,8 @@ __all__ = [
     "normalize",
 ]
 
-NORMALIZE_METHODS = ("zscore", "match", "nyul", "whitestripe", "n4")
-
 #: Default Nyul landmarks: the 1st and 99th percentiles and the deciles between.
 NYUL_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
-
-#: Defaults of the options of each method; an option of another method is refused.
-_OPTIONS: dict[str, dict[str, Any]] = {
-    "zscore": {},
-    "match": {"reference": None, "reference_mask": None},
-    "nyul": {"landmarks": None},
-    "whitestripe": {"contrast": "t1", "tau": 0.05, "bandwidth": None, "peak_fraction": 0.2},
-    "n4": {
-        "shrink_factor": 4,
-        "n_iterations": (50, 50, 50, 50),
-        "convergence_threshold": 0.001,
-        "n_control_points": 4,
-        "spline_order": 3,
-        "bias_field_fwhm": 0.15,
-        "wiener_noise": 0.01,
-        "n_histogram_bins": 200,
-    },
-}
 
 #: Bins of the WhiteStripe histogram in which the white-matter peak is looked for.
 WHITESTRIPE_BINS = 2048
@@ -328,50 +307,18 @@ class NyulLandmarks:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NyulLandmarks:
-        try:
-            out = cls(
-                tuple(float(p) for p in d["percentiles"]),
-                tuple(float(s) for s in d["standard_scale"]),
-                _check_range(d.get("standard_range", (0.0, 100.0))),
-                int(d.get("n_volumes", 0)),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a Nyul landmarks record ({exc!r}): {d!r}") from None
-        _check_percentiles(out.percentiles)
-        if len(out.standard_scale) != len(out.percentiles):
-            raise ValueError(
-                f"`standard_scale` must have one value per percentile ({len(out.percentiles)}); "
-                f"got {len(out.standard_scale)}."
-            )
-        return out
+        """From the record `to_dict` makes (`volbin.recipe.nyul_landmarks` checks it)."""
+        rec = nyul_landmarks(d)
+        return cls(
+            tuple(rec["percentiles"]),
+            tuple(rec["standard_scale"]),
+            (rec["standard_range"][0], rec["standard_range"][1]),
+            rec["n_volumes"],
+        )
 
     @classmethod
     def from_json(cls, text: str) -> NyulLandmarks:
         return cls.from_dict(json.loads(text))
-
-
-def _check_percentiles(p: Sequence[float]) -> tuple[float, ...]:
-    try:
-        ps = tuple(float(v) for v in p)
-    except (TypeError, ValueError):
-        raise ValueError(f"`percentiles` must be increasing numbers in [0, 100]; got {p!r}.") from None
-    if (
-        len(ps) < 2
-        or not all(0.0 <= v <= 100.0 for v in ps)
-        or not all(a < b for a, b in itertools.pairwise(ps))
-    ):
-        raise ValueError(f"`percentiles` must be at least two increasing numbers in [0, 100]; got {p!r}.")
-    return ps
-
-
-def _check_range(r: Any) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in r)
-    except (TypeError, ValueError):
-        raise ValueError(f"`standard_range` must be a pair of numbers (lo, hi); got {r!r}.") from None
-    if not (math.isfinite(a) and math.isfinite(b) and a < b):
-        raise ValueError(f"`standard_range` must be finite with lo < hi; got {r!r}.")
-    return a, b
 
 
 def _landmarks(
@@ -442,44 +389,85 @@ def fit_nyul(
     >>> lm.standard_scale[0], lm.standard_scale[-1], lm.n_volumes
     (0.0, 100.0, 2)
     """
-    ps = _check_percentiles(percentiles)
-    s1, s2 = _check_range(standard_range)
+    ps, (s1, s2) = _nyul_check(percentiles, standard_range)
     mask_iter = iter(masks) if masks is not None else None
-    total = np.zeros(len(ps))
-    n = 0
-    for item in volumes:
+    rows: list[np.ndarray] = []
+    for i, item in enumerate(volumes):
         mask = next(mask_iter, None) if mask_iter is not None else None
         if mask_iter is not None and mask is None:
             raise ValueError("`masks` must give one mask per volume; it ran out first.")
-        vol = _load(item, volume_axis)
-        g = vol.grouping("volume")
-        lm, _ = _landmarks(vol, g, mask, ps)
-        for idx in np.ndindex(*g.group_shape):
-            lmi = lm[idx]
-            span = lmi[-1] - lmi[0]
-            if not span > 0:
-                raise VolbinDataError(
-                    f"all Nyul landmarks of {g.describe(idx)} of cohort item {n} are equal "
-                    f"({lmi[0]:g}): the masked intensities are (nearly) constant."
-                )
-            total += s1 + (lmi - lmi[0]) / span * (s2 - s1)
-            n += 1
-    if n == 0:
+        rows.extend(
+            nyul_scales(item, mask, percentiles=ps, standard_range=(s1, s2), volume_axis=volume_axis, index=i)
+        )
+    return nyul_from_scales(rows, ps, (s1, s2))
+
+
+def _nyul_check(
+    percentiles: Sequence[float], standard_range: Any
+) -> tuple[tuple[float, ...], tuple[float, float]]:
+    """Percentiles and standard range, checked as a landmarks record is."""
+    try:
+        n = len(percentiles)
+    except TypeError:
+        n = 0
+    rec = nyul_landmarks(
+        {"percentiles": percentiles, "standard_scale": [0.0] * n, "standard_range": standard_range}
+    )
+    return tuple(rec["percentiles"]), (rec["standard_range"][0], rec["standard_range"][1])
+
+
+def nyul_scales(
+    item: Any,
+    mask: Any = None,
+    *,
+    percentiles: Sequence[float] = NYUL_PERCENTILES,
+    standard_range: tuple[float, float] = (0.0, 100.0),
+    volume_axis: int | None = None,
+    index: int = 0,
+) -> list[np.ndarray]:
+    """One cohort member's part of `fit_nyul`: the landmarks of each of its 3D volumes,
+    mapped linearly so that the first and last land on `standard_range`.
+
+    `nyul_from_scales` averages them; ``fit_nyul(items)`` is
+    ``nyul_from_scales([row for i, x in enumerate(items) for row in nyul_scales(x, index=i)])``
+    (what a batch runs as one task per file).
+    """
+    ps, (s1, s2) = _nyul_check(percentiles, standard_range)
+    vol = _load(item, volume_axis)
+    g = vol.grouping("volume")
+    lm, _ = _landmarks(vol, g, mask, ps)
+    rows = []
+    for idx in np.ndindex(*g.group_shape):
+        lmi = lm[idx]
+        span = lmi[-1] - lmi[0]
+        if not span > 0:
+            raise VolbinDataError(
+                f"all Nyul landmarks of {g.describe(idx)} of cohort item {index} are equal "
+                f"({lmi[0]:g}): the masked intensities are (nearly) constant."
+            )
+        rows.append(s1 + (lmi - lmi[0]) / span * (s2 - s1))
+    return rows
+
+
+def nyul_from_scales(
+    rows: Sequence[np.ndarray], percentiles: Sequence[float], standard_range: tuple[float, float]
+) -> NyulLandmarks:
+    """The standard scale: the mean of the mapped landmarks `rows` (`nyul_scales`), in order."""
+    ps, (s1, s2) = _nyul_check(percentiles, standard_range)
+    if not rows:
         raise ValueError("`volumes` is empty: Nyul landmarks need at least one volume.")
-    scale = total / n
+    total = np.zeros(len(ps))
+    for row in rows:
+        total += np.asarray(row, dtype=np.float64)
+    scale = total / len(rows)
     scale[0], scale[-1] = s1, s2  # exact ends, whatever the rounding of the mean
-    return NyulLandmarks(ps, tuple(float(v) for v in scale), (s1, s2), n)
+    return NyulLandmarks(ps, tuple(float(v) for v in scale), (s1, s2), len(rows))
 
 
 def _fit_nyul_apply(vol: Volume, grouping: Grouping, mask: Any, landmarks: Any) -> Normalization:
     if landmarks is None:
         raise ValueError("method='nyul' needs `landmarks` (from `fit_nyul`, or its JSON).")
-    if isinstance(landmarks, str):
-        landmarks = NyulLandmarks.from_json(landmarks)
-    elif isinstance(landmarks, dict):
-        landmarks = NyulLandmarks.from_dict(landmarks)
-    if not isinstance(landmarks, NyulLandmarks):
-        raise TypeError(f"`landmarks` must be NyulLandmarks, a dict or JSON; got {type(landmarks).__name__}.")
+    landmarks = NyulLandmarks.from_dict(landmarks)  # checked by normalize_options
     lm, width = _landmarks(vol, grouping, mask, landmarks.percentiles)
     std = np.asarray(landmarks.standard_scale)
     for idx in np.ndindex(*grouping.group_shape):
@@ -545,14 +533,6 @@ def _fit_whitestripe(
     bandwidth: float | None,
     peak_fraction: float,
 ) -> Normalization:
-    if contrast not in ("t1", "t2"):
-        raise ValueError(f"`contrast` must be one of t1, t2; got {contrast!r}.")
-    if not (isinstance(tau, (int, float)) and 0 < tau < 0.5):
-        raise ValueError(f"`tau` must be a number in (0, 0.5); got {tau!r}.")
-    if not (isinstance(peak_fraction, (int, float)) and 0 < peak_fraction <= 1):
-        raise ValueError(f"`peak_fraction` must be a number in (0, 1]; got {peak_fraction!r}.")
-    if bandwidth is not None and not (isinstance(bandwidth, (int, float)) and 0 < bandwidth < math.inf):
-        raise ValueError(f"`bandwidth` must be a positive number (intensity units); got {bandwidth!r}.")
     masked = _masked(vol, mask)
     lo, hi = _range(masked, grouping)
     fine, nb = _fine(masked, grouping, lo, hi)
@@ -622,43 +602,9 @@ def _sitk() -> Any:
 
 
 def _n4_settings(opts: dict[str, Any]) -> dict[str, Any]:
-    def pos_int(name: str) -> int:
-        v = opts[name]
-        if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
-            raise ValueError(f"`{name}` must be an int >= 1; got {v!r}.")
-        return int(v)
-
-    def pos_float(name: str) -> float:
-        v = opts[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-            raise ValueError(f"`{name}` must be a positive number; got {v!r}.")
-        return float(v)
-
-    its = opts["n_iterations"]
-    its = [its] if isinstance(its, (int, np.integer)) else its
-    try:
-        its = [int(i) for i in its]
-    except (TypeError, ValueError):
-        its = []
-    if not its or not all(i >= 1 for i in its):
-        raise ValueError(
-            f"`n_iterations` must be iterations per fitting level, ints >= 1; got {opts['n_iterations']!r}."
-        )
-    out: dict[str, Any] = {
-        "shrink_factor": pos_int("shrink_factor"),
-        "n_iterations": its,
-        "convergence_threshold": float(opts["convergence_threshold"]),
-        "n_control_points": pos_int("n_control_points"),
-        "spline_order": pos_int("spline_order"),
-        "bias_field_fwhm": pos_float("bias_field_fwhm"),
-        "wiener_noise": pos_float("wiener_noise"),
-        "n_histogram_bins": pos_int("n_histogram_bins"),
-    }
-    if out["n_control_points"] <= out["spline_order"]:
-        raise ValueError(
-            f"`n_control_points` must exceed `spline_order` ({out['spline_order']}); "
-            f"got {out['n_control_points']}."
-        )
+    """The N4 settings of resolved options (`volbin.recipe.normalize_options`)."""
+    out = {name: opts[name] for name in NORMALIZE_OPTIONS["n4"]}
+    out["n_iterations"] = list(out["n_iterations"])
     return out
 
 
@@ -756,13 +702,7 @@ def fit_normalize(
     """Learn the parameters of an intensity normalisation (see `normalize`)."""
     if method not in NORMALIZE_METHODS:
         raise ValueError(f"`method` must be one of {', '.join(NORMALIZE_METHODS)}; got {method!r}.")
-    known = _OPTIONS[method]
-    for name in options:
-        if name not in known:
-            users = [m for m, o in _OPTIONS.items() if name in o]
-            where = f"an option of method={users[0]!r}" if users else "not an option of normalize"
-            raise ValueError(f"`{name}` is {where}, not of method={method!r}; got {name}={options[name]!r}.")
-    opts = {**known, **options}
+    opts = normalize_options(method, options)
     vol, _ = as_volume(volume, volume_axis=volume_axis)
     grouping = _grouping(vol, scope, method)
     if method == "zscore":

@@ -8,6 +8,7 @@ Validation lives here, once, so every entry point reports bad values the same wa
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,9 @@ __all__ = [
     "LOCAL_METHODS",
     "METHODS",
     "MONOTONE_CURVES",
+    "NORMALIZE_FIELDS",
+    "NORMALIZE_METHODS",
+    "NORMALIZE_OPTIONS",
     "RESCALE_METHODS",
     "SCOPES",
     "THRESHOLD_METHODS",
@@ -34,11 +38,14 @@ __all__ = [
     "HistogramMethod",
     "LocalMethod",
     "Method",
+    "NormalizeMethod",
     "Recipe",
     "RescaleMethod",
     "Scope",
     "Units",
     "merge",
+    "normalize_options",
+    "nyul_landmarks",
     "unused_options",
 ]
 
@@ -70,7 +77,9 @@ DitherMethod = Literal["dither", "ordered"]
 LocalMethod = Literal["gaussian", "mean", "median", "niblack", "sauvola"]
 Method = Literal[HistogramMethod, "value", "local", "hysteresis", "stochastic", DitherMethod]
 Scope = Literal["stack", "volume", "slice", "cohort"]
-Units = Literal["rescaled", "raw"]
+Units = Literal["rescaled", "raw", "normalized"]
+#: MRI intensity normalisations (`volbin.normalize`), the first stage of a recipe.
+NormalizeMethod = Literal["zscore", "match", "nyul", "whitestripe", "n4"]
 
 RESCALE_METHODS: tuple[str, ...] = get_args(RescaleMethod)
 CURVES: tuple[str, ...] = get_args(Curve)
@@ -92,6 +101,27 @@ FILL_HOLES: tuple[str, ...] = ("2d", "3d")
 RADIUS_UNITS: tuple[str, ...] = ("voxels", "mm")
 SCOPES: tuple[str, ...] = get_args(Scope)
 UNITS: tuple[str, ...] = get_args(Units)
+NORMALIZE_METHODS: tuple[str, ...] = get_args(NormalizeMethod)
+#: The options of each normalisation with their defaults: the one table `volbin.normalize`
+#: and `Recipe` check options against.
+NORMALIZE_OPTIONS: dict[str, dict[str, Any]] = {
+    "zscore": {},
+    "match": {"reference": None, "reference_mask": None},
+    "nyul": {"landmarks": None},
+    "whitestripe": {"contrast": "t1", "tau": 0.05, "bandwidth": None, "peak_fraction": 0.2},
+    "n4": {
+        "shrink_factor": 4,
+        "n_iterations": (50, 50, 50, 50),
+        "convergence_threshold": 0.001,
+        "n_control_points": 4,
+        "spline_order": 3,
+        "bias_field_fwhm": 0.15,
+        "wiener_noise": 0.01,
+        "n_histogram_bins": 200,
+    },
+}
+#: The Recipe fields of the normalisation stage: the method and every method's options.
+NORMALIZE_FIELDS: tuple[str, ...] = ("normalize", *(n for o in NORMALIZE_OPTIONS.values() for n in o))
 
 
 def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None) -> list[tuple[str, str]]:
@@ -183,6 +213,11 @@ def unused_options(fields: Mapping[str, Any], names: Iterable[str] | None = None
             f"{m} without `opening` or `closing`" if cleaning else m,
         ),
     }
+    norm = d["normalize"]
+    nwhy = f"normalize={norm!r}" if norm else "a recipe without `normalize`"
+    for nmethod, nopts in NORMALIZE_OPTIONS.items():
+        for name in nopts:
+            uses[name] = (norm == nmethod, nwhy)
     if names is None:
         names = [k for k in fields if k in _DEFAULTS and not _same(fields[k], _DEFAULTS[k])]
     return [(n, uses[n][1]) for n in names if n in uses and not uses[n][0]]
@@ -237,6 +272,167 @@ def _check_float(name: str, value: Any, condition: str = "a finite number") -> f
     return v
 
 
+def _pos_int(name: str, v: Any) -> int:
+    if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
+        raise ValueError(f"`{name}` must be an int >= 1; got {v!r}.")
+    return int(v)
+
+
+def _pos_float(name: str, v: Any) -> float:
+    if isinstance(v, (bool, str)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{name}` must be a positive number; got {v!r}.")
+    if not 0 < float(v) < math.inf:
+        raise ValueError(f"`{name}` must be a positive number; got {v!r}.")
+    return float(v)
+
+
+def _check_landmark_percentiles(p: Any) -> tuple[float, ...]:
+    try:
+        ps = tuple(float(v) for v in p)
+    except (TypeError, ValueError):
+        raise ValueError(f"`percentiles` must be increasing numbers in [0, 100]; got {p!r}.") from None
+    if (
+        len(ps) < 2
+        or not all(0.0 <= v <= 100.0 for v in ps)
+        or not all(a < b for a, b in itertools.pairwise(ps))
+    ):
+        raise ValueError(f"`percentiles` must be at least two increasing numbers in [0, 100]; got {p!r}.")
+    return ps
+
+
+def _check_standard_range(r: Any) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in r)
+    except (TypeError, ValueError):
+        raise ValueError(f"`standard_range` must be a pair of numbers (lo, hi); got {r!r}.") from None
+    if not (math.isfinite(a) and math.isfinite(b) and a < b):
+        raise ValueError(f"`standard_range` must be finite with lo < hi; got {r!r}.")
+    return a, b
+
+
+def nyul_landmarks(value: Any) -> dict[str, Any]:
+    """A Nyul-Udupa standard scale as its canonical JSON record.
+
+    `value` is such a record (``percentiles``, ``standard_scale``, optional
+    ``standard_range`` and ``n_volumes``; other keys are dropped), an object with a
+    ``to_dict`` method (`volbin.NyulLandmarks`), its JSON text, or the path of a JSON file
+    holding one (what ``volbin normalize --save-landmarks`` writes).
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read, or the record is not a standard scale (the message says why).
+    """
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"`landmarks` is not valid JSON ({exc}).") from None
+    elif isinstance(value, (str, os.PathLike)):
+        path = os.path.expanduser(os.fspath(value))
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"`landmarks` {path}: cannot read a Nyul landmarks JSON file ({exc}).") from None
+    elif hasattr(value, "to_dict") and not isinstance(value, Mapping):
+        value = value.to_dict()
+    if not isinstance(value, Mapping) or "percentiles" not in value or "standard_scale" not in value:
+        raise ValueError(
+            "`landmarks` must be Nyul landmarks (a record with `percentiles` and `standard_scale`, "
+            f"as volbin.fit_nyul makes, or its JSON file); got {value!r}."
+        )
+    ps = _check_landmark_percentiles(value["percentiles"])
+    try:
+        scale = [float(v) for v in value["standard_scale"]]
+    except (TypeError, ValueError):
+        scale = []
+    if len(scale) != len(ps) or not all(math.isfinite(v) for v in scale):
+        raise ValueError(
+            f"`standard_scale` must hold one finite value per percentile ({len(ps)}); "
+            f"got {value['standard_scale']!r}."
+        )
+    lo, hi = _check_standard_range(value.get("standard_range", (0.0, 100.0)))
+    n = value.get("n_volumes", 0)
+    if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0):
+        raise ValueError(f"`n_volumes` must be a non-negative int; got {n!r}.")
+    return {"percentiles": list(ps), "standard_scale": scale, "standard_range": [lo, hi], "n_volumes": int(n)}
+
+
+def normalize_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of normalisation `method`: `options` (None: the default) validated over
+    the defaults of `NORMALIZE_OPTIONS`.  The one check of their values, for `Recipe` and
+    `volbin.normalize` alike.
+
+    Raises
+    ------
+    ValueError
+        An unknown method, an option of another method, or a bad value (named).
+    """
+    _check_choice("normalize", method, NORMALIZE_METHODS)
+    known = NORMALIZE_OPTIONS[method]
+    for name, value in options.items():
+        if name not in known:
+            users = [m for m, o in NORMALIZE_OPTIONS.items() if name in o]
+            where = f"an option of method={users[0]!r}" if users else "not an option of normalize"
+            raise ValueError(f"`{name}` is {where}, not of method={method!r}; got {name}={value!r}.")
+    opts = {**known, **{k: v for k, v in options.items() if v is not None}}
+    if method == "whitestripe":
+        _check_choice("contrast", opts["contrast"], ("t1", "t2"))
+        tau = opts["tau"]
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < 0.5:
+            raise ValueError(f"`tau` must be a number in (0, 0.5); got {tau!r}.")
+        pf = opts["peak_fraction"]
+        if isinstance(pf, bool) or not isinstance(pf, (int, float)) or not 0 < pf <= 1:
+            raise ValueError(f"`peak_fraction` must be a number in (0, 1]; got {pf!r}.")
+        opts["tau"], opts["peak_fraction"] = float(tau), float(pf)
+        if opts["bandwidth"] is not None:
+            try:
+                opts["bandwidth"] = _pos_float("bandwidth", opts["bandwidth"])
+            except ValueError:
+                raise ValueError(
+                    f"`bandwidth` must be a positive number (intensity units); got {opts['bandwidth']!r}."
+                ) from None
+    elif method == "n4":
+        its = opts["n_iterations"]
+        its = [its] if isinstance(its, (int, np.integer)) and not isinstance(its, bool) else its
+        try:
+            good = (
+                not isinstance(its, (str, bytes))
+                and len(its) > 0
+                and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 1 for i in its)
+            )
+        except TypeError:
+            good = False
+        if not good:
+            raise ValueError(
+                "`n_iterations` must be iterations per fitting level, ints >= 1; "
+                f"got {opts['n_iterations']!r}."
+            )
+        given_ct = opts["convergence_threshold"]
+        ct = _check_float("convergence_threshold", given_ct, "a finite number >= 0")
+        if ct < 0:
+            raise ValueError(f"`convergence_threshold` must be a finite number >= 0; got {given_ct!r}.")
+        opts.update(
+            shrink_factor=_pos_int("shrink_factor", opts["shrink_factor"]),
+            n_iterations=tuple(int(i) for i in its),
+            convergence_threshold=ct,
+            n_control_points=_pos_int("n_control_points", opts["n_control_points"]),
+            spline_order=_pos_int("spline_order", opts["spline_order"]),
+            bias_field_fwhm=_pos_float("bias_field_fwhm", opts["bias_field_fwhm"]),
+            wiener_noise=_pos_float("wiener_noise", opts["wiener_noise"]),
+            n_histogram_bins=_pos_int("n_histogram_bins", opts["n_histogram_bins"]),
+        )
+        if opts["n_control_points"] <= opts["spline_order"]:
+            raise ValueError(
+                f"`n_control_points` must exceed `spline_order` ({opts['spline_order']}); "
+                f"got {opts['n_control_points']}."
+            )
+    elif method == "nyul" and opts["landmarks"] is not None:
+        opts["landmarks"] = nyul_landmarks(opts["landmarks"])
+    return opts
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What to do to a volume: rescale, decide, binarize.
@@ -257,6 +453,26 @@ class Recipe:
         Rescaling uses the same groups.
     axis : str or int
         Slice axis for ``scope="slice"``: ``x``, ``y``, ``z`` (default) or 0, 1, 2.
+    normalize : str or None
+        MRI intensity normalisation before everything else (`volbin.normalize`): ``zscore``,
+        ``match``, ``nyul``, ``whitestripe`` or ``n4``, with statistics inside `mask` (or
+        `stats_mask`; by default the non-zero voxels), per 3D volume (over the stack with
+        ``scope="stack"``; N4 always per volume).  The rescale, the curve and the decision
+        then see the normalised volume: thresholds are given in ``normalized`` units (or
+        ``rescaled``), not ``raw`` ones.
+    reference, reference_mask : str or None
+        Of ``normalize="match"``: the volume whose histogram to match (required) and where to
+        take its histogram (default its non-zero voxels).  Paths (arrays in the API, recorded
+        as ``"<array>"``).
+    landmarks : dict or None
+        Of ``normalize="nyul"`` (required): the standard scale of `volbin.fit_nyul` (a
+        `NyulLandmarks`, its record, or the path of its JSON file, read when the recipe is
+        made: the recipe holds the scale itself).
+    contrast, tau, bandwidth, peak_fraction : optional
+        Of ``normalize="whitestripe"`` (defaults ``t1``, 0.05, range / 80, 0.2).
+    shrink_factor, n_iterations, convergence_threshold, n_control_points, spline_order, \
+bias_field_fwhm, wiener_noise, n_histogram_bins : optional
+        Of ``normalize="n4"`` (defaults 4, (50, 50, 50, 50), 0.001, 4, 3, 0.15, 0.01, 200).
     rescale : str
         ``minmax`` (default; linear, so thresholds match peers on raw data), ``percentile``
         (clip at `percentiles`), ``fixed`` (clip at `value_range`), ``dtype`` (the range of
@@ -289,8 +505,10 @@ class Recipe:
         The percentile (0 to 100) of ``method="percentile"``: the threshold is that
         percentile of each group's finite raw voxels.
     units : str
-        ``rescaled`` (default: the threshold is in [0, 1] after rescaling) or ``raw``; the
-        units of `threshold` and `upper`.
+        ``rescaled`` (default: the threshold is in [0, 1] after rescaling), ``raw`` (input
+        intensities) or ``normalized`` (the intensities `normalize` makes, e.g. z-scores;
+        only with `normalize`, which refuses ``raw``); the units of `threshold`, `upper`,
+        `low` and `high`.
     upper : float or None
         Upper bound of the foreground: ``threshold < x <= upper`` (in `units`, for every
         threshold method; it must not lie below a ``value`` threshold).
@@ -348,6 +566,22 @@ class Recipe:
 
     method: str = "otsu"
     scope: str = "volume"
+    normalize: str | None = None
+    reference: str | None = None
+    reference_mask: str | None = None
+    landmarks: dict[str, Any] | None = None
+    contrast: str | None = None
+    tau: float | None = None
+    bandwidth: float | None = None
+    peak_fraction: float | None = None
+    shrink_factor: int | None = None
+    n_iterations: tuple[int, ...] | None = None
+    convergence_threshold: float | None = None
+    n_control_points: int | None = None
+    spline_order: int | None = None
+    bias_field_fwhm: float | None = None
+    wiener_noise: float | None = None
+    n_histogram_bins: int | None = None
     axis: str | int = "z"
     rescale: str = "minmax"
     percentiles: tuple[float, float] = (1.0, 99.0)
@@ -437,6 +671,7 @@ class Recipe:
                 raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}.")
             object.__setattr__(self, name, float(value))
         self._check_curve_options()
+        self._check_normalize()
         for name in ("mask", "stats_mask", "threshold_from"):
             value = getattr(self, name)
             if value is not None:
@@ -571,6 +806,58 @@ class Recipe:
                 "`scope='slice'` cannot be used with curve='clahe', which equalises whole 3D "
                 "volumes; use scope='volume' or 'stack'."
             )
+        if self.threshold_from is not None and self.method in THRESHOLD_METHODS:
+            raise ValueError(
+                "`threshold_from` cannot be used with curve='clahe': it applies raw thresholds, "
+                "and CLAHE (not monotone) has none; decide the thresholds on this input."
+            )
+
+    def _check_normalize(self) -> None:
+        """Validate the normalisation stage (`unused_options` refuses the options of others)."""
+        if self.normalize is None:
+            if self.units == "normalized":
+                raise ValueError(
+                    "`units='normalized'` needs `normalize` (thresholds in the units a normalisation "
+                    "makes, e.g. z-scores); got normalize=None."
+                )
+            return
+        _check_choice("normalize", self.normalize, NORMALIZE_METHODS)
+        for name in ("reference", "reference_mask"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"`{name}` must be a path in a Recipe; got {value!r}.")
+            if value != "<array>":
+                value = os.path.abspath(os.path.expanduser(value))
+            object.__setattr__(self, name, value)
+        own = {n: getattr(self, n) for n in NORMALIZE_OPTIONS[self.normalize]}
+        resolved = normalize_options(self.normalize, own)
+        for name, value in own.items():
+            if value is not None:
+                object.__setattr__(self, name, resolved[name])
+        if self.normalize == "match" and self.reference is None:
+            raise ValueError(
+                "`normalize='match'` needs `reference`: the volume whose histogram to match "
+                "(CLI: --reference R)."
+            )
+        if self.normalize == "nyul" and self.landmarks is None:
+            raise ValueError(
+                "`normalize='nyul'` needs `landmarks`: a standard scale from volbin.fit_nyul "
+                "(CLI: --landmarks JSON, saved by volbin normalize --save-landmarks)."
+            )
+        if self.units == "raw":
+            raise ValueError(
+                f"`units='raw'` cannot be used with normalize={self.normalize!r}: thresholds "
+                "compare the normalised volume; give them in 'normalized' (or 'rescaled') units."
+            )
+        if self.units == "normalized" and self.curve == "clahe":
+            raise ValueError(
+                "`units='normalized'` cannot be used with curve='clahe': thresholds compare the "
+                "CLAHE output, in rescaled units only; give them in 'rescaled' units."
+            )
 
     def _check_local_options(self) -> None:
         _check_choice("local_method", self.local_method, LOCAL_METHODS)
@@ -655,7 +942,7 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}.")
         kw = dict(d)
-        for k in ("percentiles", "value_range", "upsample", "kernel_size", "kernel_mm"):
+        for k in ("percentiles", "value_range", "upsample", "kernel_size", "kernel_mm", "n_iterations"):
             if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
         return cls(**kw)

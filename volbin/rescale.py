@@ -611,8 +611,8 @@ def _check_clahe_memory(volume: Volume) -> None:
         raise VolbinDataError(
             f"curve='clahe' holds one whole 3D volume in memory: a volume of shape "
             f"{volume.spatial_shape} needs about {need} bytes ({need / 2**30:.2f} GiB), above the "
-            f"limit of {limit} bytes; raise it with dask.config.set({{{CLAHE_MEMORY_KEY!r}: ...}}) "
-            "or crop / downsample the volume."
+            f"limit of {limit} bytes; raise it (CLI: --memory-limit; API: "
+            f"dask.config.set({{{CLAHE_MEMORY_KEY!r}: ...}})) or crop / downsample the volume."
         )
 
 

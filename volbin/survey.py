@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import VolbinDataError
 from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets
-from .masks import mask_fields, recipe_mask
+from .intensity import prepare, relabel
+from .masks import mask_fields
 from .recipe import HISTOGRAM_METHODS, Recipe
 from .rescale import fit_transform
 from .threshold import (
@@ -72,7 +73,10 @@ def survey(
         only (as `volbin.binarize` would write it), with `stats_mask` everywhere.
     volume_axis : int, optional
     **options
-        Other `Recipe` fields (``percentiles``, ``value_range``, ``curve``, ...).
+        Other `Recipe` fields (``percentiles``, ``value_range``, ``curve``, ``normalize``
+        and its options, ...).  After a normalisation the thresholds are given as
+        ``threshold_normalized`` (and the result's ``thresholded`` is ``"normalized"``);
+        after CLAHE, ``threshold_raw`` is None and ``threshold_rescaled`` is compared.
 
     Returns
     -------
@@ -116,8 +120,9 @@ def survey(
         **options,
     )
     vol, _ = as_volume(volume, volume_axis=volume_axis)
+    stage = prepare(vol, recipe, array)
+    vol, m, recipe = stage.volume, stage.mask, stage.recipe
     grouping = grouping_for(vol, recipe)
-    m = recipe_mask(recipe, vol, array)
     tr = fit_transform(vol, grouping, recipe, m)
     md = None if m is None else m.data
     lo, hi, pre = decision_histogram_range(tr)
@@ -161,7 +166,10 @@ def survey(
         rows[i]["foreground"] = fg[k].ravel().tolist()
         with np.errstate(invalid="ignore", divide="ignore"):
             rows[i]["fraction"] = np.where(n > 0, fg[k] / np.maximum(n, 1), 0.0).ravel().tolist()
+    rows = [relabel(row, stage.thresholded) if "threshold_raw" in row else row for row in rows]
+    units = {"thresholded": stage.thresholded} if stage.thresholded else {}
     return {
+        **units,
         "scope": scope,
         "group_shape": list(grouping.group_shape),
         "groups": [grouping.describe(i) for i in range(grouping.n_groups)],
@@ -266,29 +274,35 @@ def format_survey(result: dict[str, Any], name: str = "") -> str:
     def num(v: Any, fmt: str = ".6g") -> str:
         return "-" if v is None else format(v, fmt)
 
+    thresholded = result.get("thresholded")
+    units = "normalized" if thresholded == "normalized" else "raw"
+    key = f"threshold_{units}"
+    summary = "threshold_rescaled" if thresholded == "clahe" else key  # CLAHE: no raw thresholds
     if n_groups <= MAX_GROUP_ROWS:
-        head = f"  {'method':<20} {'group':<18} {'raw':>12} {'rescaled':>10} {'voxels':>12} {'fraction':>9}"
+        head = f"  {'method':<20} {'group':<18} {units:>12} {'rescaled':>10} {'voxels':>12} {'fraction':>9}"
         lines.append(head)
         for row in result["methods"]:
-            if "threshold_raw" not in row:
+            if "threshold_rescaled" not in row:
                 lines.append(f"  {row['method']:<20} {'(' + row['reason'] + ')'}")
                 continue
             for g in range(n_groups):
                 label = result["groups"][g] if n_groups > 1 else "-"
+                raw = row[key][g] if isinstance(row[key], list) else None
                 lines.append(
-                    f"  {row['method']:<20} {label:<18} {num(row['threshold_raw'][g]):>12} "
+                    f"  {row['method']:<20} {label:<18} {num(raw):>12} "
                     f"{num(row['threshold_rescaled'][g], '.4f'):>10} {row['foreground'][g]:>12} "
                     f"{100 * row['fraction'][g]:>8.3g}%"
                 )
         return "\n".join(lines)
+    what = "rescaled" if thresholded == "clahe" else units
     lines.append(
-        f"  {'method':<20} {'raw min/median/max':>38} {'fraction min/median/max':>26} {'undecided':>9}"
+        f"  {'method':<20} {what + ' min/median/max':>38} {'fraction min/median/max':>26} {'undecided':>9}"
     )
     for row in result["methods"]:
-        if "threshold_raw" not in row:
+        if "threshold_rescaled" not in row:
             lines.append(f"  {row['method']:<20} {'(' + row['reason'] + ')'}")
             continue
-        t = np.array([np.nan if v is None else v for v in row["threshold_raw"]])
+        t = np.array([np.nan if v is None else v for v in row[summary]])
         f = 100 * np.asarray(row["fraction"])
         ok = np.isfinite(t)
         if not ok.any():

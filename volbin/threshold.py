@@ -25,7 +25,8 @@ from skimage import filters
 from . import autothreshold
 from .errors import VolbinDataError, VolbinWarning
 from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, percentiles_from_hist
-from .masks import mask_fields, recipe_mask
+from .intensity import prepare
+from .masks import mask_fields
 from .recipe import HISTOGRAM_METHODS, HistogramMethod, Recipe, RescaleMethod, Scope, Units
 from .rescale import Transform, equalized_histograms, fit_transform
 from .volume import Grouping, Volume, as_volume
@@ -279,17 +280,28 @@ def to_units(out: np.ndarray, tr: Transform) -> tuple[np.ndarray, np.ndarray]:
     return raw, rescaled
 
 
-def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe, mask: Any = None) -> Decision:
+def decide(
+    volume: Volume,
+    grouping: Grouping,
+    tr: Transform,
+    recipe: Recipe,
+    mask: Any = None,
+    *,
+    thresholded: str | None = None,
+) -> Decision:
     """Per-group thresholds for a threshold `recipe` (one histogram pass for histogram methods).
 
     For linear rescales the histogram is taken of the raw data over its range as seen after
     rescaling, so thresholds are raw bin centres; for tone curves it is taken of the rescaled
     data and thresholds are mapped back with `Transform.to_raw`.  With `mask` (a
     `volbin.masks.Mask`) only the voxels inside it are counted.  With
-    ``recipe.threshold_from`` the raw thresholds of that sidecar are used instead.
+    ``recipe.threshold_from`` the raw thresholds of that sidecar are used instead
+    (`thresholded`: ``"normalized"`` when `volume` is a normalised input, whose thresholds
+    are the sidecar's normalised ones).
     """
     if recipe.threshold_from is not None:
-        return with_bounds(thresholds_from_sidecar(recipe.threshold_from, grouping, recipe, tr), tr, recipe)
+        dec = thresholds_from_sidecar(recipe.threshold_from, grouping, recipe, tr, thresholded)
+        return with_bounds(dec, tr, recipe)
     if recipe.scope == "cohort":
         raise ValueError(
             "`scope='cohort'` pools the histograms of several inputs: use volbin.batch(..., "
@@ -354,13 +366,20 @@ def with_bounds(dec: Decision, tr: Transform, recipe: Recipe) -> Decision:
     )
 
 
-def thresholds_from_sidecar(path: str, grouping: Grouping, recipe: Recipe, tr: Transform) -> Decision:
+def thresholds_from_sidecar(
+    path: str, grouping: Grouping, recipe: Recipe, tr: Transform, thresholded: str | None = None
+) -> Decision:
     """The raw thresholds recorded in the sidecar `path`, for an input of `grouping`.
+
+    With ``thresholded="normalized"`` (the input was normalised by its recipe) the
+    sidecar's thresholds must be normalised ones (``threshold_normalized``), and otherwise
+    raw ones: thresholds in other units than the input's would select other tissue.
 
     Raises
     ------
     VolbinDataError
-        The sidecar holds no thresholds, or they are for another scope, method or number of
+        The sidecar holds no thresholds, thresholds in other units (normalised against raw,
+        or CLAHE's rescaled ones), or thresholds for another scope, method or number of
         groups (the message names both).
     InputFileError
         The sidecar cannot be read.
@@ -370,10 +389,24 @@ def thresholds_from_sidecar(path: str, grouping: Grouping, recipe: Recipe, tr: T
     record = read_sidecar(path)
     decisions = [s["decision"] for s in record.get("steps", []) if isinstance(s, dict) and "decision" in s]
     rec = decisions[-1] if decisions else None
-    if not isinstance(rec, dict) or "threshold_raw" not in rec:
+    if not isinstance(rec, dict) or not ({"threshold_raw", "threshold_normalized"} & set(rec)):
         raise VolbinDataError(
             f"threshold_from {path}: the sidecar records no thresholds (no threshold method)."
         )
+    theirs_units = rec.get("thresholded")
+    if theirs_units == "clahe":
+        raise VolbinDataError(
+            f"threshold_from {path}: its thresholds are on a CLAHE output (rescaled units only; "
+            "CLAHE is not monotone), so they have no raw equivalent to apply here."
+        )
+    if (theirs_units == "normalized") != (thresholded == "normalized"):
+        units = {"normalized": "normalised intensities", None: "raw intensities"}
+        raise VolbinDataError(
+            f"threshold_from {path}: its thresholds are in {units.get(theirs_units, theirs_units)}; "
+            f"this recipe's are in {units.get(thresholded, thresholded)} (give the same `normalize`)."
+        )
+    if theirs_units == "normalized":
+        rec = {k.replace("_normalized", "_raw"): v for k, v in rec.items()}
     scope = recipe.scope
     theirs = rec.get("scope")
     their_shape = [int(n) for n in rec.get("group_shape", [])]
@@ -497,7 +530,7 @@ def threshold(
     axis: str | int = "z",
     nbins: int = 256,
     rescale: RescaleMethod = "minmax",
-    units: Units = "raw",
+    units: Units | None = None,
     volume_axis: int | None = None,
     mask: Any = None,
     stats_mask: Any = None,
@@ -520,15 +553,19 @@ def threshold(
     nbins : int
     rescale : str
         Rescale applied before the decision (see `volbin.rescale`).
-    units : {'raw', 'rescaled'}
-        Units of the returned thresholds.  Foreground is ``volume > threshold`` in raw units.
+    units : {'raw', 'rescaled', 'normalized'}, optional
+        Units of the returned thresholds: by default ``raw`` (foreground is ``volume >
+        threshold``), ``normalized`` with a ``normalize`` option (thresholds of the
+        normalised volume; ``raw`` is refused then) and ``rescaled`` with
+        ``curve='clahe'`` (CLAHE, not monotone, has no raw thresholds).
     volume_axis : int, optional
     mask, stats_mask : str, path, ndarray, dask array or Volume, optional
         Compute the statistics (rescale range, histograms) inside this mask only: a mask
         file or array on the input's grid (non-zero is inside), or ``"nonzero"`` (the
         input's own non-zero voxels).  Both mean the same here (see `volbin.binarize`).
     **options
-        Other `Recipe` fields (percentile, percentiles, curve, ...).
+        Other `Recipe` fields (percentile, percentiles, curve, normalize and its options,
+        ...).
 
     Returns
     -------
@@ -573,16 +610,30 @@ def threshold(
     """
     if method not in HISTOGRAM_METHODS:
         raise ValueError(f"`method` must be one of {', '.join(HISTOGRAM_METHODS)}; got {method!r}.")
-    if units not in ("raw", "rescaled"):
-        raise ValueError(f"`units` must be one of raw, rescaled; got {units!r}.")
     fields, array = mask_fields(mask, stats_mask)
     recipe = Recipe(method=method, scope=scope, axis=axis, nbins=nbins, rescale=rescale, **fields, **options)
+    if units is None:
+        units = "rescaled" if recipe.curve == "clahe" else "normalized" if recipe.normalize else "raw"
+    if units not in ("raw", "rescaled", "normalized"):
+        raise ValueError(f"`units` must be one of raw, rescaled, normalized; got {units!r}.")
+    if units == "normalized" and recipe.normalize is None:
+        raise ValueError("`units='normalized'` needs `normalize` (e.g. normalize='zscore'); got none.")
+    if units == "normalized" and recipe.curve == "clahe":
+        raise ValueError("`units='normalized'` cannot be used with curve='clahe'; use units='rescaled'.")
+    if units == "raw" and (recipe.normalize or recipe.curve == "clahe"):
+        why = f"normalize={recipe.normalize!r}" if recipe.normalize else "curve='clahe'"
+        raise ValueError(
+            f"`units='raw'` cannot be used with {why}: thresholds compare the "
+            f"{'normalised' if recipe.normalize else 'CLAHE'} volume, not raw intensities; use "
+            f"units={'normalized' if recipe.normalize and recipe.curve != 'clahe' else 'rescaled'!r}."
+        )
     vol, _ = as_volume(volume, volume_axis=volume_axis)
+    stage = prepare(vol, recipe, array)
+    vol, m, recipe = stage.volume, stage.mask, stage.recipe
     grouping = grouping_for(vol, recipe)
-    m = recipe_mask(recipe, vol, array)
     tr = fit_transform(vol, grouping, recipe, m)
     dec = decide(vol, grouping, tr, recipe, m)
-    vals = dec.raw if units == "raw" else dec.rescaled
-    if units == "raw":
+    vals = dec.rescaled if units == "rescaled" else dec.raw
+    if units != "rescaled":
         vals = np.where(np.isinf(vals) & np.isnan(dec.rescaled), np.nan, vals)
     return float(vals) if vals.ndim == 0 else vals

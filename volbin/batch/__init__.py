@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import OutputFileError
@@ -206,9 +206,73 @@ def batch(
     (2, True)
     >>> shutil.rmtree(tmp)
     """
+    recipe = merge(recipe, recipe_options)
+    return run_batch(
+        inputs,
+        out_dir,
+        recipe.to_dict(),
+        _recipe_doc(recipe),
+        process_one,
+        recipe,
+        suffix=suffix,
+        ext=ext,
+        force=force,
+        keep_tree=keep_tree,
+        client=client,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        memory_limit=memory_limit,
+        scheduler=scheduler,
+        chunk_bytes=chunk_bytes,
+        volume_axis=volume_axis,
+        retries=retries,
+        progress=progress,
+        report=report,
+        preview=preview,
+        index=index,
+        verify=verify,
+        allow_missing=allow_missing,
+        max_output_bytes=max_output_bytes,
+    )
+
+
+def run_batch(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    recipe_dict: dict[str, Any],
+    doc: dict[str, Any],
+    task: Callable[..., dict[str, Any]],
+    recipe: Recipe | None = None,
+    *,
+    suffix: str,
+    ext: str | None = None,
+    force: bool = False,
+    keep_tree: bool = False,
+    client: Any = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: int | str | None = None,
+    scheduler: str | None = None,
+    chunk_bytes: int | None = None,
+    volume_axis: int | None = None,
+    retries: int = 1,
+    progress: bool | str | None = None,
+    report: str | os.PathLike[str] | bool | None = None,
+    preview: bool = False,
+    index: str | os.PathLike[str] | bool | None = None,
+    verify: bool = False,
+    allow_missing: bool = False,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
+) -> BatchResult:
+    """The batch of `batch` for any per-file task (also `volbin.normalize` over many inputs).
+
+    ``task(input, output, recipe_dict, **options)`` makes one output (`process_one`); `doc`
+    is the recipe record an up-to-date output's sidecar holds (`_output_state`); `recipe`
+    is the binarize Recipe, whose ``scope="cohort"`` pools the inputs first.  The other
+    parameters are `batch`'s.
+    """
     t0 = time.perf_counter()
     started = _now()
-    recipe = merge(recipe, recipe_options)
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"`retries` must be a non-negative int; got {retries!r}.")
     out_root = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
@@ -235,10 +299,8 @@ def batch(
             os.path.expanduser(os.fspath(given or os.path.join(out_root, INDEX_NAME)))
         )
         _check_index(index_path, force)
-    recipe_dict = recipe.to_dict()
-    doc = _recipe_doc(recipe)
-    pooled = recipe.scope == "cohort" and recipe.threshold_from is None
-    cid = cohort_id([inp for inp, out in jobs if out], recipe) if pooled else None
+    pooled = recipe is not None and recipe.scope == "cohort" and recipe.threshold_from is None
+    cid = cohort_id([inp for inp, out in jobs if out], recipe) if recipe is not None and pooled else None
 
     with _folder_lock(out_root):
         folders = {os.path.dirname(o) for _, o in jobs if o}
@@ -288,7 +350,7 @@ def batch(
                             f"dask cluster {engine['address']}: {engine['workers']} workers, "
                             f"{engine['threads']} threads; dashboard {engine['dashboard']}"
                         )
-                    if pooled:
+                    if recipe is not None and pooled:
                         prog.say(f"cohort: pooling the histograms of {len(jobs)} inputs")
                         inputs = [os.path.abspath(inp) for inp, out in jobs if out]
                         options["cohort"] = pooled_decision(
@@ -303,7 +365,7 @@ def batch(
                         options["cohort"]["record"]["id"] = cid
                     runs = _run(
                         c, jobs, todo, recipe_dict, options, retries, engine.get("threads"),
-                        engine.get("files_at_once", 1),
+                        engine.get("files_at_once", 1), task,
                     )  # fmt: skip
                     for i, r in runs:
                         results[i] = r

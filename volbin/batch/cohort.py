@@ -42,13 +42,14 @@ def cohort_id(paths: Sequence[str], recipe: Recipe) -> str:
 
 
 def _open(path: str, recipe: dict[str, Any], chunk_bytes: int | None, volume_axis: int | None) -> Any:
+    """The recipe, the input as the decision sees it (normalised by the recipe), its group
+    and its mask."""
+    from ..intensity import prepare
     from ..io import load
-    from ..masks import recipe_mask
 
     rec = Recipe.from_dict(recipe)
-    vol = load(path, chunk_bytes=chunk_bytes, volume_axis=volume_axis)
-    grouping = vol.grouping(_STACK)
-    return rec, vol, grouping, recipe_mask(rec, vol)
+    stage = prepare(load(path, chunk_bytes=chunk_bytes, volume_axis=volume_axis), rec)
+    return stage.recipe, stage.volume, stage.volume.grouping(_STACK), stage.mask
 
 
 def file_range(
@@ -119,6 +120,7 @@ def pooled_decision(
     """
     from ..errors import VolbinDataError
     from ..histogram import bin_means, fine_nbins
+    from ..intensity import downstream
     from ..rescale import build_transform
     from ..threshold import (
         BIN_MEAN_METHODS,
@@ -129,7 +131,8 @@ def pooled_decision(
     )
     from ..volume import Grouping
 
-    rd = recipe.to_dict()
+    rd, given = recipe.to_dict(), recipe
+    recipe = downstream(recipe)  # each input is normalised by the recipe first
     extra = (chunk_bytes, volume_axis)
     ranges = run(file_range, [(p, rd, *extra) for p in paths])
     if not any(r["max"] >= r["min"] for r in ranges):
@@ -169,7 +172,7 @@ def pooled_decision(
         return f if np.isfinite(f) else None
 
     record = {
-        "id": cohort_id(paths, recipe),
+        "id": cohort_id(paths, given),
         "inputs": len(paths),
         "range": [float(dmin), float(dmax)],
         "voxels": int(sum(r["voxels"] for r in ranges)),

@@ -1,6 +1,7 @@
 """The batch engine: the per-file task, the dask cluster it runs on, and the loop over tasks.
 
-`process_one` binarizes one file on a worker with the file's chunks on that worker's threads;
+`process_one` binarizes one file on a worker with the file's chunks on that worker's threads
+(`run_file` is the body every per-file task shares);
 `_engine` gives the client to submit to (a LocalCluster sized to the machine, a scheduler, a
 given client, or none), and `_run` submits one task per file and yields results as they finish.
 """
@@ -16,7 +17,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -111,6 +112,10 @@ def _alive(pid: int) -> bool:
 
 
 def _current_worker() -> Any:
+    import sys
+
+    if "distributed" not in sys.modules:  # no worker without it (and its import is slow)
+        return None
     try:
         from distributed import get_worker
 
@@ -162,7 +167,58 @@ def process_one(
         so that dask retries the task.  A preview that fails for any reason makes the
         result ``failed`` with the reason, the mask and its sidecar staying in place.
     """
-    from ..binarize import binarize_volume
+
+    def job() -> tuple[dict[str, Any], Any]:
+        from ..binarize import binarize_volume
+
+        rec = Recipe.from_dict(recipe)
+        extra = {} if cohort is None else {"cohort": cohort}
+        return _recipe_doc(rec), lambda vol: binarize_volume(vol, rec, **extra)
+
+    return run_file(
+        input,
+        output,
+        job,
+        force=force,
+        chunk_bytes=chunk_bytes,
+        volume_axis=volume_axis,
+        memory_limit=memory_limit,
+        threads=threads,
+        files_at_once=files_at_once,
+        client_pid=client_pid,
+        cohort_id=None if cohort is None else cohort["record"].get("id"),
+        verify=verify,
+        allow_missing=allow_missing,
+        max_output_bytes=max_output_bytes,
+        preview=preview,
+    )
+
+
+def run_file(
+    input: str,
+    output: str,
+    job: Callable[[], tuple[dict[str, Any], Callable[[Any], Any]]],
+    *,
+    force: bool = False,
+    chunk_bytes: int | None = None,
+    volume_axis: int | None = None,
+    memory_limit: int | None = None,
+    threads: int | None = None,
+    files_at_once: int = 1,
+    client_pid: int | None = None,
+    cohort_id: str | None = None,
+    verify: bool = False,
+    allow_missing: bool = False,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
+    dtype: str | None = None,
+    preview: bool = False,
+) -> dict[str, Any]:
+    """The body of every per-file task (`process_one`, `volbin.batch.normalizing.normalize_one`).
+
+    ``job()`` gives the recipe record an up-to-date output's sidecar holds and the function
+    from the loaded input to the (lazy) output Volume; its errors, like those of loading,
+    computing and writing, are reported as `process_one` says.  `dtype` is the output's.
+    """
     from ..io import load, save
     from ..preview import preview_path
     from ..volume import chunk_bytes_for
@@ -182,9 +238,8 @@ def process_one(
         chunk_bytes = chunk_bytes_for(memory_limit, threads * at_once)
     written = False
     try:
-        rec = Recipe.from_dict(recipe)
-        cid = None if cohort is None else cohort["record"].get("id")
-        state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis, cid, verify)
+        doc, make = job()
+        state, reason = _output_state(input, output, doc, volume_axis, cohort_id, verify)
         old_png = _named_preview(output)
         png = preview_path(output)
         if state == "conflict" or (state == "foreign" and not force):
@@ -211,18 +266,19 @@ def process_one(
                 vol = load(
                     input, chunk_bytes=chunk_bytes, volume_axis=volume_axis, allow_missing=allow_missing
                 )
-                mask = binarize_volume(vol, rec, **({} if cohort is None else {"cohort": cohort}))
+                out = make(vol)
                 # The old image stays until the new one is renamed over it; its sidecar is
                 # first replaced by the new one marked pending, so an interrupted overwrite
                 # leaves a sidecar that does not match the image, which the next run redoes.
                 save(
-                    mask,
+                    out,
                     output,
                     force=True,
+                    dtype=dtype,
                     sidecar={"batch": {"volume_axis": volume_axis}},
                     max_output_bytes=max_output_bytes,
                 )
-                del mask
+                del out
                 result.status = "done"
                 result.note = reason if state == "stale" else None
                 written = True
@@ -398,6 +454,17 @@ def _layout(workers: int | None, threads: int | None) -> tuple[int, int]:
     return n, t
 
 
+def runs_here(
+    client: Any, scheduler: str | None, workers: int | None, threads_per_worker: int | None
+) -> bool:
+    """Whether a batch with these engine options runs in this process (see `_engine`)."""
+    if client is not None:
+        return False
+    if scheduler is None and workers is None and threads_per_worker is None:
+        return _cores() <= IN_PROCESS_CORES
+    return scheduler in _LOCAL_SCHEDULERS
+
+
 @contextlib.contextmanager
 def _engine(
     client: Any,
@@ -412,10 +479,7 @@ def _engine(
     the machine has at most `IN_PROCESS_CORES` cores (see `local_layout`), else on a
     LocalCluster of worker processes.
     """
-    if client is None and scheduler is None and workers is None and threads_per_worker is None:
-        if _cores() <= IN_PROCESS_CORES:
-            scheduler = "threads"
-    if client is None and scheduler in _LOCAL_SCHEDULERS:
+    if runs_here(client, scheduler, workers, threads_per_worker):
         at_once, threads = local_layout(threads_per_worker)
         yield None, {"kind": "local", "scheduler": "threads", "threads": threads, "files_at_once": at_once}
         return
@@ -511,25 +575,27 @@ def _run(
     retries: int,
     threads: int | None = None,
     files_at_once: int = 1,
+    task: Callable[..., dict[str, Any]] = process_one,
 ) -> Iterator[tuple[int, FileResult]]:
     """Run the jobs in `todo`, yielding (index, result) as each finishes.
 
-    Tasks get absolute input paths (a worker's current folder is not this one); results
-    name inputs as the user gave them.
+    ``task(input, output, recipe, **options)`` is the per-file task (`process_one`).  Tasks
+    get absolute input paths (a worker's current folder is not this one); results name
+    inputs as the user gave them.
     """
 
     def result(i: int, fields: dict[str, Any]) -> FileResult:
         return FileResult(**{**fields, "input": jobs[i][0]})
 
     if client is None:
-        yield from _run_here(jobs, todo, recipe, options, threads, files_at_once, result)
+        yield from _run_here(jobs, todo, recipe, options, threads, files_at_once, result, task)
         return
     from distributed import as_completed
 
     token = secrets.token_hex(4)
     futures = {
         client.submit(
-            process_one,
+            task,
             os.path.abspath(jobs[i][0]),
             jobs[i][1],
             recipe,
@@ -566,6 +632,7 @@ def _run_here(
     threads: int | None,
     files_at_once: int,
     result: Any,
+    task: Callable[..., dict[str, Any]] = process_one,
 ) -> Iterator[tuple[int, FileResult]]:
     """`_run` in this process: `files_at_once` files at a time on threads."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -573,7 +640,7 @@ def _run_here(
     options = {**options, "threads": threads, "files_at_once": files_at_once}
 
     def one(i: int) -> dict[str, Any]:
-        return process_one(os.path.abspath(jobs[i][0]), jobs[i][1], recipe, **options)
+        return task(os.path.abspath(jobs[i][0]), jobs[i][1], recipe, **options)
 
     if files_at_once <= 1 or len(todo) <= 1:
         for i in todo:

@@ -25,6 +25,7 @@ from ..recipe import (
     HYSTERESIS_METHODS,
     LOCAL_METHODS,
     METHODS,
+    NORMALIZE_METHODS,
     RADIUS_UNITS,
     RESCALE_METHODS,
     SCOPES,
@@ -66,7 +67,8 @@ class Parser(argparse.ArgumentParser):
         for arg in message[len(prefix) :].split():
             flag = arg.split("=", 1)[0]
             if flag.startswith("-"):
-                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                # A flag of another command is no typo: suggest only other spellings.
+                close = difflib.get_close_matches(flag, [k for k in known if k != flag], n=1, cutoff=0.6)
                 if close:
                     hints.append(f"did you mean {close[0]} (not {flag})?")
         return ("; " + "; ".join(hints)) if hints else ""
@@ -249,6 +251,20 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def memory_config(args: argparse.Namespace) -> Any:
+    """A context in which ``--memory-limit`` also bounds the whole volumes CLAHE holds."""
+    import contextlib
+
+    limit = getattr(args, "memory_limit", None)
+    if not limit:
+        return contextlib.nullcontext()
+    import dask
+
+    from ..rescale import CLAHE_MEMORY_KEY
+
+    return dask.config.set({CLAHE_MEMORY_KEY: int(limit)})
+
+
 def chunk_bytes(args: argparse.Namespace) -> int | None:
     """The chunk size the flags ask for: --chunk-mb, else from --memory-limit, else None."""
     from ..volume import chunk_bytes_for
@@ -275,6 +291,118 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
             },
         ),
         "axis": ("--axis", {"choices": ("x", "y", "z"), "help": "slice axis for --scope slice (default z)"}),
+        "normalize": (
+            "--normalize",
+            {
+                "choices": NORMALIZE_METHODS,
+                "help": "normalize MRI intensities first, with statistics inside --mask or --stats-mask "
+                "(default: the non-zero voxels): zscore, match (--reference), nyul (--landmarks), "
+                "whitestripe, n4 (holds one volume in memory; needs SimpleITK); thresholds then in "
+                "--units normalized or rescaled",
+            },
+        ),
+        "reference": (
+            "--reference",
+            {"metavar": "R", "help": "--normalize match: the volume whose histogram to match"},
+        ),
+        "reference_mask": (
+            "--reference-mask",
+            {
+                "metavar": "M",
+                "help": "--normalize match: where the reference's histogram is taken (default its "
+                "non-zero voxels)",
+            },
+        ),
+        "landmarks": (
+            "--landmarks",
+            {
+                "metavar": "JSON",
+                "help": "--normalize nyul: the standard scale written by volbin normalize --save-landmarks",
+            },
+        ),
+        "contrast": (
+            "--contrast",
+            {"choices": ("t1", "t2"), "help": "--normalize whitestripe: the contrast (default t1)"},
+        ),
+        "tau": (
+            "--tau",
+            {
+                "type": float_in(0, 0.5, open_lo=True),
+                "help": "--normalize whitestripe: half-width of the stripe in quantiles, below 0.5 "
+                "(default 0.05)",
+            },
+        ),
+        "bandwidth": (
+            "--bandwidth",
+            {
+                "type": float_in(0, None, open_lo=True),
+                "help": "--normalize whitestripe: Gaussian smoothing of the histogram, intensity units "
+                "(default range / 80)",
+            },
+        ),
+        "peak_fraction": (
+            "--peak-fraction",
+            {
+                "type": float_in(0, 1, open_lo=True),
+                "help": "--normalize whitestripe: smallest T1 peak height, as a fraction of the highest "
+                "(default 0.2)",
+            },
+        ),
+        "shrink_factor": (
+            "--shrink-factor",
+            {
+                "type": int_in(1, 64),
+                "metavar": "N",
+                "help": "--normalize n4: fit on a copy shrunk by N (default 4)",
+            },
+        ),
+        "n_iterations": (
+            "--n-iterations",
+            {
+                "type": int_in(1, 10**6),
+                "nargs": "+",
+                "metavar": "N",
+                "help": "--normalize n4: iterations per fitting level (default 50 50 50 50)",
+            },
+        ),
+        "convergence_threshold": (
+            "--convergence-threshold",
+            {"type": float_in(0), "help": "--normalize n4: convergence threshold (default 0.001)"},
+        ),
+        "n_control_points": (
+            "--n-control-points",
+            {
+                "type": int_in(2, 10**4),
+                "metavar": "N",
+                "help": "--normalize n4: spline control points (default 4)",
+            },
+        ),
+        "spline_order": (
+            "--spline-order",
+            {"type": int_in(1, 10), "metavar": "N", "help": "--normalize n4: B-spline order (default 3)"},
+        ),
+        "bias_field_fwhm": (
+            "--bias-field-fwhm",
+            {
+                "type": float_in(0, None, open_lo=True),
+                "help": "--normalize n4: FWHM of the bias field's Gaussian (default 0.15)",
+            },
+        ),
+        "wiener_noise": (
+            "--wiener-noise",
+            {
+                "type": float_in(0, None, open_lo=True),
+                "help": "--normalize n4: Wiener filter noise (default 0.01)",
+            },
+        ),
+        "n_histogram_bins": (
+            "--n-histogram-bins",
+            {
+                "type": int_in(2, 2**16),
+                "metavar": "N",
+                "help": "--normalize n4: histogram bins (default 200)",
+            },
+        ),
         "rescale": (
             "--rescale",
             {"choices": RESCALE_METHODS, "help": f"intensity rescale (default {d.rescale})"},
@@ -297,7 +425,15 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
                 "help": "raw range for --rescale fixed",
             },
         ),
-        "curve": ("--curve", {"choices": CURVES, "help": "tone curve after rescaling (default linear)"}),
+        "curve": (
+            "--curve",
+            {
+                "choices": CURVES,
+                "help": "tone curve after rescaling (default linear); clahe equalises each whole 3D volume "
+                "and holds it in memory (about 76 bytes per voxel; refused above --memory-limit), "
+                "its thresholds in rescaled units only",
+            },
+        ),
         "gamma": ("--gamma", {"type": float_in(0, 100, open_lo=True), "help": "exponent of --curve gamma"}),
         "log_gain": (
             "--log-gain",
@@ -343,7 +479,11 @@ def _recipe_flags() -> dict[str, tuple[str, dict[str, Any]]]:
         ),
         "units": (
             "--units",
-            {"choices": UNITS, "help": "units of --threshold and --upper (default rescaled)"},
+            {
+                "choices": UNITS,
+                "help": "units of --threshold, --upper, --low and --high: rescaled (default, [0, 1] after "
+                "rescaling), raw, or normalized (the values --normalize makes, e.g. z-scores)",
+            },
         ),
         "upper": (
             "--upper",

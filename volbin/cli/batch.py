@@ -45,9 +45,32 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("inputs", nargs="+", help="globs (quote them), list files, folders or paths")
     p.add_argument("--out-dir", "-o", required=True, help="output folder (created if missing)")
-    p.add_argument("--suffix", default="_mask", help="added before the extension (default _mask)")
-    p.add_argument("--ext", choices=IMAGE_EXTS, help="output format (default: the input's)")
+    add_output_args(p, "_mask")
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write a preview PNG beside each output (its name with .png: the input's slices "
+        "with the mask over them and the histogram with the thresholds; named in the sidecar) "
+        "and show it in the HTML index",
+    )
+    p.add_argument(
+        "--index",
+        metavar="PATH",
+        help="write the HTML index there (default: index.html in OUT_DIR; relative links, "
+        "nothing from the network)",
+    )
     p.add_argument("--force", action="store_true", help="redo outputs that are up to date")
+    add_cluster_args(p)
+    add_recipe_args(p)
+    add_common(p)
+    add_output_limit(p)
+    p.set_defaults(func=run)
+
+
+def add_output_args(p: argparse.ArgumentParser, suffix: str) -> None:
+    """The options of a batch's outputs: names, format, resume checks, report."""
+    p.add_argument("--suffix", default=suffix, help=f"added before the extension (default {suffix})")
+    p.add_argument("--ext", choices=IMAGE_EXTS, help="output format (default: the input's)")
     p.add_argument(
         "--verify",
         action="store_true",
@@ -62,19 +85,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--report", metavar="PATH", help="JSON run report (default: volbin-batch-report.json in OUT_DIR)"
     )
-    p.add_argument(
-        "--preview",
-        action="store_true",
-        help="also write a preview PNG beside each output (its name with .png: the input's slices "
-        "with the mask over them and the histogram with the thresholds; named in the sidecar) "
-        "and show it in the HTML index",
-    )
-    p.add_argument(
-        "--index",
-        metavar="PATH",
-        help="write the HTML index there (default: index.html in OUT_DIR; relative links, "
-        "nothing from the network)",
-    )
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """Where a batch runs: a local cluster, a scheduler, or this process."""
     g = p.add_argument_group("cluster")
     g.add_argument("--workers", type=int_in(1, 256), metavar="N", help="local cluster: worker processes")
     g.add_argument(
@@ -91,18 +105,14 @@ def add_parser(subparsers: Any) -> None:
         "in this process without a cluster",
     )
     g.add_argument("--retries", type=int_in(0, 100), default=1, help="retries of a task that errors (1)")
-    add_recipe_args(p)
-    add_common(p)
-    add_output_limit(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import batch
-    from ..batch.engine import _LOCAL_SCHEDULERS, _use_scratch
+    from ..batch.engine import _use_scratch, runs_here
 
     recipe = recipe_from_args(args)
-    if args.scheduler in _LOCAL_SCHEDULERS:
+    if runs_here(None, args.scheduler, args.workers, args.threads_per_worker):
         _use_scratch()  # this process reads the inputs; it exits when the batch ends
     res = batch(
         args.inputs,

@@ -18,6 +18,7 @@ from ._common import (
     add_recipe_args,
     chunk_bytes,
     max_output_bytes,
+    memory_config,
     recipe_from_args,
 )
 
@@ -42,12 +43,20 @@ examples:
   volbin binarize t1.nii.gz m.nii.gz --method hysteresis --low 0.2 --high 0.5 --connectivity 3
   volbin binarize t1.nii.gz m.nii.gz --method hysteresis --low-method li --high-method otsu
   volbin binarize t1.nii.gz h.nii.gz --method otsu --keep-largest --fill-holes 2d --closing 1
+  volbin binarize t1.nii.gz m.nii.gz --normalize zscore --mask brainmask.nii.gz --method value \
+      --threshold 1.0 --units normalized   # z > 1 inside the brain
+  volbin binarize t1.nii.gz m.nii.gz --normalize nyul --landmarks nyul.json --method otsu
+  volbin binarize t1.nii.gz m.nii.gz --curve clahe --kernel-mm 20 --clip-limit 0.02 --method otsu
 
 A flag the chosen method does not use is refused (exit 2).  Foreground is value > threshold
 (volbin's default; --inclusive gives value >= threshold, as fslmaths -thr and nilearn).
 The line printed and the sidecar give the foreground voxel count, fraction and volume (mm^3).
 Clean-up options (--opening, --min-size, --keep-largest, --closing, --fill-holes) follow any
 thresholding method, in that order; the sidecar records the voxels each removed and added.
+The stages run in the order --normalize, --rescale, --curve, decision; the sidecar records
+each with what it learnt (means, landmarks, N4 settings, ranges, thresholds), and --recipe
+on it reproduces the output byte for byte.  --curve clahe (and --normalize n4) hold one whole
+3D volume in memory; --memory-limit refuses a volume CLAHE cannot equalise within it.
 """
 
 
@@ -99,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--quality is not used by --method {recipe.method}")
     cb = chunk_bytes(args)
     t0 = time.perf_counter()
-    with _output_lock(Path(args.output)), progress("binarize", enabled=False if args.no_progress else None):
+    with (
+        _output_lock(Path(args.output)),
+        memory_config(args),
+        progress("binarize", enabled=False if args.no_progress else None),
+    ):
         vol = load(
             args.input, chunk_bytes=cb, volume_axis=args.volume_axis, allow_missing=args.allow_missing_chunks
         )
@@ -121,16 +134,20 @@ def run(args: argparse.Namespace) -> int:
                 return 130
         png = _write_preview(path, args) if args.preview else None
     dec = out.steps[-1].get("decision", {})
-    t = dec.get("threshold_raw")
+    # The units the thresholds compare: raw, or after --normalize / CLAHE.
+    units = {"normalized": "normalized", "clahe": "rescaled"}.get(dec.get("thresholded"), "raw")
+    shown = "" if units == "raw" else f" ({units})"
+    t = dec.get(f"threshold_{units}")
     msg = f"wrote {path} ({recipe.method}, scope {recipe.scope}"
     if isinstance(t, float):
-        msg += f", threshold {t:.6g}"
+        msg += f", threshold {t:.6g}{shown}"
     elif isinstance(t, list):
         finite = [v for v in t if v is not None]
         if finite:
-            msg += f", {len(t)} thresholds {min(finite):.6g}..{max(finite):.6g}"
-    if isinstance(dec.get("low_raw"), float) and isinstance(dec.get("high_raw"), float):
-        msg += f", low {dec['low_raw']:.6g}, high {dec['high_raw']:.6g}"
+            msg += f", {len(t)} thresholds {min(finite):.6g}..{max(finite):.6g}{shown}"
+    lo, hi = dec.get(f"low_{units}"), dec.get(f"high_{units}")
+    if isinstance(lo, float) and isinstance(hi, float):
+        msg += f", low {lo:.6g}, high {hi:.6g}{shown}"
     msg += f") in {time.perf_counter() - t0:.2f} s"
     print(msg)
     tally = out.steps[-1].get("foreground")

@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import _dither_kernels as DK
 from .._kernels import seed_key
+from ..intensity import prepare
 from ..recipe import Recipe, Scope
 from ..rescale import apply_transform, fit_transform
 from ..volume import Volume, as_volume, like_input
@@ -275,10 +276,13 @@ def dither_volume(vol: Volume, recipe: Recipe, transform: Any = None) -> Volume:
     """Dither a Volume by `recipe` (method ``dither`` or ``ordered``); lazy result.
 
     `transform` is the rescale fitted per volume (or per stack with ``scope='stack'``), if
-    the caller has it already.
+    the caller has it already (and has run the recipe's intensity stage,
+    `volbin.intensity.prepare`: normalisation, CLAHE); without it this runs both.
     """
-    tr = transform
+    tr, given, stage = transform, recipe, None
     if tr is None:
+        stage = prepare(vol, recipe)
+        vol, recipe = stage.volume, stage.recipe
         tr = fit_transform(vol, vol.grouping("stack" if recipe.scope == "stack" else "volume"), recipe)
     rescaled = vol.derive(apply_transform(vol.data, tr))
     if recipe.upsample is not None and any(f != 1 for f in recipe.upsample):
@@ -288,8 +292,8 @@ def dither_volume(vol: Volume, recipe: Recipe, transform: Any = None) -> Volume:
     axis = rescaled.axis_index(recipe.axis)
     step: dict[str, Any] = {
         "step": "binarize",
-        "recipe": recipe.to_dict(),
-        "rescale": tr.record(),
+        "recipe": given.to_dict(),
+        "rescale": tr.record() if stage is None else stage.rescale_record(tr),
         "nonfinite_voxels": int(tr.n_nonfinite.sum()),
     }
     if recipe.method == "ordered":

@@ -14,6 +14,7 @@ The submodules are private; this module is the public API.
 - ``_sidecar``: `sidecar_path`, `to_jsonable`, `read_sidecar`, `update_sidecar`.
 - ``_atomic``: the one atomic-write helper (temporary name, fsync, rename, clean-up) and the
   folder lock, used by every writer in volbin (images, sidecars, manifests, layers, reports).
+- ``_spill``: `spill`, a lazy array computed once into a temporary file and read back.
 - ``_convert``: `convert` between the formats (`load` + `save` without a sidecar).
 - ``_common``: what they share (format of a path, file identity, time stamps, version,
   removal and creation of files).
@@ -28,6 +29,7 @@ from ._convert import convert
 from ._read import _NpyReader as _NpyReader
 from ._read import load
 from ._sidecar import last_recipe, read_sidecar, sidecar_path, to_jsonable, update_sidecar, write_json
+from ._spill import spill
 from ._write import DEFAULT_COMPRESS_LEVEL as DEFAULT_COMPRESS_LEVEL
 from ._write import MAX_OUTPUT_BYTES, save, volbin_zarr
 
@@ -43,6 +45,7 @@ __all__ = [
     "read_sidecar",
     "save",
     "sidecar_path",
+    "spill",
     "temp_path",
     "to_jsonable",
     "update_sidecar",
