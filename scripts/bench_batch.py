@@ -9,6 +9,8 @@ Every run makes Otsu masks (.nii.gz, one per input):
 
 - plain loop: ``nib.load`` + ``threshold_otsu`` + ``nib.save``, one file after another, one
   process (the reference, ratio 1.00x);
+- the plain loop as a whole process, and ``volbin batch`` as a whole process with its default
+  engine (in this process on threads, one file per core, on machines of up to 2 cores);
 - volbin batch on a LocalCluster of --cores cores, end to end (cluster start and stop
   included), and on a LocalCluster already running (steady state);
 - with --engines: other cluster layouts, workers started with distributed's default
@@ -113,6 +115,30 @@ def run_volbin(paths: list[Path], out: Path, **kw: object) -> float:
         [str(p) for p in paths], out, method="otsu", scope="volume", progress=False, report=False, **kw
     )
     assert res.ok and len(res.done) == len(paths), res.summary()
+    return time.perf_counter() - t0
+
+
+PLAIN_SCRIPT = """
+import sys
+from pathlib import Path
+import nibabel as nib
+import numpy as np
+from skimage.filters import threshold_otsu
+out = Path(sys.argv[1])
+for src in sys.argv[2:]:
+    img = nib.load(src)
+    data = np.asanyarray(img.dataobj)
+    mask = (data > threshold_otsu(data)).astype(np.uint8)
+    dst = out / Path(src).name.replace("_T1w", "_T1w_mask")
+    nib.Nifti1Image(mask, img.affine, img.header).to_filename(dst)
+"""
+
+
+def run_process(cmd: list[str]) -> float:
+    import subprocess
+
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
     return time.perf_counter() - t0
 
 
@@ -241,10 +267,33 @@ def main() -> None:
         d.mkdir()
         return d
 
+    script = work / "plain_loop.py"
+    script.write_text(PLAIN_SCRIPT)
     try:
         run_plain(paths[:1], fresh("warm"))  # imports, page cache
         rows.append(
             ("plain loop: nibabel + skimage, 1 process", measure(lambda: run_plain(paths, fresh("plain")), r))
+        )
+        # Whole processes, as users run them: the plain script, and the command line.
+        py = sys.executable
+        rows.append(
+            (
+                "plain loop as a whole process (python plain_loop.py)",
+                measure(lambda: run_process([py, str(script), str(fresh("plain_p")), *map(str, paths)]), r),
+            )
+        )
+        vb = [py, "-m", "volbin", "batch", *map(str, paths), "--method", "otsu", "--no-progress"]
+        rows.append(
+            (
+                "volbin batch, whole process, default engine",
+                measure(lambda: run_process([*vb, "--out-dir", str(fresh("cli"))]), r),
+            )
+        )
+        rows.append(
+            (
+                "volbin.batch(...), default engine",
+                measure(lambda: run_volbin(paths, fresh("default")), r),
+            )
         )
         # volbin's default layout for `c` cores (see volbin.batch.engine._layout), and the alternatives.
         w0 = max(1, c // 2)
@@ -292,8 +341,8 @@ def main() -> None:
                     rows.append((f"client threads drive graphs, {w}x{th} {kind}", measure(driven, r)))
         rows.append(
             (
-                "volbin batch, scheduler='threads' (files in turn)",
-                measure(lambda: run_volbin(paths, fresh("d"), scheduler="threads"), r),
+                "volbin batch, scheduler='threads', threads_per_worker=2 (files in turn)",
+                measure(lambda: run_volbin(paths, fresh("d"), scheduler="threads", threads_per_worker=2), r),
             )
         )
 

@@ -217,7 +217,15 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_results_identical_on_every_engine(
     mixed: list[Path], tmp_path: Path, engine: str, request: pytest.FixtureRequest
 ) -> None:
-    kw = {"method": "otsu", "scope": "volume", "chunk_bytes": 16 * 2**10, "progress": False}
+    # Previews (about a second each here) are compared on the engine that draws two at once.
+    preview = engine == "2 workers"
+    kw = {
+        "method": "otsu",
+        "scope": "volume",
+        "chunk_bytes": 16 * 2**10,
+        "progress": False,
+        "preview": preview,
+    }
     ref = tmp_path / "ref"
     res = volbin.batch(mixed[:4], ref, scheduler="threads", **kw)
     res_npy = volbin.batch(mixed[4:], ref, scheduler="threads", volume_axis=0, **kw)
@@ -242,6 +250,9 @@ def test_results_identical_on_every_engine(
     for f in [*res.files, *res_npy.files]:
         name = Path(f.output).name
         assert _image_bytes(out / name) == _image_bytes(ref / name), name
+        if preview:  # drawn on the workers, two files at once on a worker's threads
+            png = Path(f.preview).name
+            assert (out / png).read_bytes() == (ref / png).read_bytes(), png
     assert load(out / "run-02_bold_mask.npy", volume_axis=0).shape == (3, *SHAPE)
 
 
@@ -402,7 +413,10 @@ def test_report_path_progress_lines_and_summary(
     assert err.count("volbin: [") == 2 and "sub-00_T1w_mask.nii.gz in " in err
     doc = json.loads(report.read_text())
     assert doc["recipe"]["method"] == "otsu" and doc["counts"]["done"] == 2
-    assert set(doc["files"][0]) == {"input", "output", "status", "seconds", "reason", "note", "worker"}
+    assert set(doc["files"][0]) == {
+        "input", "output", "status", "seconds", "reason", "note", "worker",
+        "thresholds", "foreground_voxels", "foreground_mm3", "preview",
+    }  # fmt: skip
     assert not (tmp_path / "out" / REPORT_NAME).exists()
     assert res.report == str(report)
     text = res.summary()
@@ -429,3 +443,60 @@ def test_slurm_example_is_importable_and_has_help() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert "usage:" in done.stdout
+
+
+def test_files_at_once_in_this_process_give_the_bytes_of_one_at_a_time(tmp_path: Path) -> None:
+    from volbin.batch.engine import local_layout
+
+    paths = _write_inputs(tmp_path / "data", 5)
+    glob = str(tmp_path / "data/sub-*/anat/*.nii.gz")
+    both = volbin.batch(glob, tmp_path / "a", method="otsu", scheduler="threads", progress=False)
+    one = volbin.batch(
+        glob, tmp_path / "b", method="otsu", scheduler="threads", threads_per_worker=1, progress=False
+    )
+    assert both.ok and one.ok and len(both.done) == len(paths) == len(one.done)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert local_layout() == (cores, 1) and local_layout(3) == (1, 3)
+    assert both.engine["files_at_once"] == local_layout()[0] and one.engine["files_at_once"] == 1
+    for f in both.done:
+        g = tmp_path / "b" / Path(f.output).name
+        assert _image_bytes(Path(f.output)) == _image_bytes(g)
+
+
+SCRIPT = """
+import os, sys
+import volbin
+{setup}
+res = volbin.batch(sys.argv[1], sys.argv[2], method="otsu", progress=False{options})
+print("done", len(res.done))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_batch_from_a_script_without_a_main_guard(tmp_path: Path) -> None:
+    """On a machine of up to 2 cores the default batch runs in the script's process, so a plain
+    script needs no main guard; asked for worker processes, an unguarded top-level call is
+    refused at once with the fix, before any worker starts."""
+    _write_inputs(tmp_path / "data", 3)
+    glob = str(tmp_path / "data/sub-*/anat/*.nii.gz")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(name: str, setup: str, options: str) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / f"{name}.py"
+        script.write_text(SCRIPT.format(setup=setup, options=options))
+        return subprocess.run(
+            [sys.executable, str(script), glob, str(tmp_path / name)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    ok = run("plain", "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})", "")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split() == ["done", "3"]
+    refused = run("workers", "", ", workers=2")
+    assert refused.returncode == 1
+    assert "workers.py, line 5" in refused.stderr and 'if __name__ == "__main__":' in refused.stderr
+    assert "Nanny" not in refused.stderr
+    assert not list((tmp_path / "workers").glob("*_mask.nii.gz"))

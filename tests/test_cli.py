@@ -241,6 +241,7 @@ def test_dither_cli_records_quality_and_overlays_input(brain, tmp_path, capsys):
                 "0.2",
                 "--seed",
                 "3",
+                "--quality",
             ]
         )
         == 0
@@ -353,7 +354,6 @@ def test_a_recipe_file_with_options_of_another_method_is_merged(brain, tmp_path)
                 "0.2",
                 "--seed",
                 "3",
-                "--no-quality",
             ]
         )
         == 0

@@ -98,7 +98,7 @@ COMMANDS = {
         **COMMON,
         **WRITE,
         "--dtype": choice("uint8", "bool"),
-        "--no-quality": st.just([]),
+        "--quality": st.just([]),
     },
     "info": {
         **COMMON,

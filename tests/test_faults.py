@@ -241,7 +241,7 @@ def test_dither_jitter_is_the_same_for_a_nifti_stack_and_its_npy_copy(tmp_path):
     npy = tmp_path / "s.npy"
     np.save(npy, np.moveaxis(np.asarray(ph.intensity), -1, 0))
     for scope in ("slice", "volume"):
-        opts = ["--method", "dither", "--jitter", "0.5", "--seed", "3", "--scope", scope, "--no-quality"]
+        opts = ["--method", "dither", "--jitter", "0.5", "--seed", "3", "--scope", scope]
         assert main(["binarize", str(nii), str(tmp_path / f"a{scope}.nii"), *opts]) == 0
         assert main(["binarize", str(npy), str(tmp_path / f"b{scope}.npy"), *opts, "--volume-axis", "0"]) == 0
         a = np.asarray(nib.load(tmp_path / f"a{scope}.nii").dataobj)
@@ -394,7 +394,7 @@ def test_interrupt_during_the_quality_pass_says_what_was_written(tmp_path, capsy
     monkeypatch.setattr(Q, "compare_with_input", interrupted)
     src = _nifti(tmp_path / "in.nii")
     out = tmp_path / "d.nii"
-    assert main(["binarize", str(src), str(out), "--method", "dither"]) == 130
+    assert main(["binarize", str(src), str(out), "--method", "dither", "--quality"]) == 130
     err = capsys.readouterr().err
     assert "no partial output" not in err
     assert f"{out} and its sidecar were written; the quality figures were not" in err

@@ -33,19 +33,19 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     "isodata-equalize": ("3d", "iso.nii", ["--method", "isodata", "--curve", "equalize"]),
     "mean-log": ("3d", "mean.nii", ["--method", "mean", "--curve", "log"]),
     "value-raw": ("3d", "value.nii", ["--method", "value", "--threshold", "300", "--units", "raw"]),
-    "stochastic": ("4d", "sto.nii.gz", ["--method", "stochastic", "--seed", "7", "--no-quality"]),
-    "dither-slice": ("3d", "fs.nii", ["--method", "dither", "--scope", "slice", "--no-quality"]),
+    "stochastic": ("4d", "sto.nii.gz", ["--method", "stochastic", "--seed", "7"]),
+    "dither-slice": ("3d", "fs.nii", ["--method", "dither", "--scope", "slice"]),
     "dither-volume": (
         "3d",
         "stucki3d.nii",
-        ["--method", "dither", "--kernel", "stucki", "--scope", "volume", "--serpentine", "--no-quality"],
+        ["--method", "dither", "--kernel", "stucki", "--scope", "volume", "--serpentine"],
     ),
     "dither-jitter": (
         "3d",
         "jit.nii",
-        ["--method", "dither", "--jitter", "0.2", "--seed", "3", "--scope", "slice", "--no-quality"],
+        ["--method", "dither", "--jitter", "0.2", "--seed", "3", "--scope", "slice"],
     ),
-    "ordered-bayer": ("3d", "bayer.nii", ["--method", "ordered", "--matrix", "8", "--no-quality"]),
+    "ordered-bayer": ("3d", "bayer.nii", ["--method", "ordered", "--matrix", "8"]),
     "npy-otsu": ("npy", "otsu.npy", ["--method", "otsu", "--volume-axis", "0"]),
 }
 

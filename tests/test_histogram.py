@@ -212,3 +212,33 @@ def test_fine_nbins_budget():
     for n in (1, 7, 500, 4000):
         f = fine_nbins(n)
         assert f * n <= 2**23 or f == 256
+
+
+@SETTINGS
+@given(chunked_volumes(), scopes, st.integers(2, 40), st.integers(1, 3))
+def test_numpy_input_reduced_without_a_graph_equals_the_dask_path(data, scope, nbins, threads):
+    """Arrays wrapped by `as_volume` are reduced on their blocks directly: the same results
+    as the graph over the same data and chunks, whatever the number of threads."""
+    import dask
+
+    from volbin.volume import as_volume, in_memory
+
+    x, dx, volume_axis = data
+    fast, kind = as_volume(np.asarray(dx), volume_axis=volume_axis, chunk_bytes=max(8, x.nbytes // 3))
+    assert kind == "numpy" and in_memory(fast.data) is not None
+    assert in_memory(fast.data + 0) is None and in_memory(dx) is None
+    slow = Volume(fast.data.map_blocks(np.asarray), volume_axis=volume_axis)  # the same chunks, as a graph
+    g_fast, g_slow = fast.grouping(*scope), slow.grouping(*scope)
+    with dask.config.set(num_workers=threads):
+        r_fast = group_range(fast, g_fast, counts=True)
+        lo = np.where(np.isfinite(r_fast[0]), r_fast[0], 0.0)
+        hi = np.where(np.isfinite(r_fast[1]), r_fast[1], 1.0)
+        h_fast = group_histograms(fast, g_fast, lo, hi, nbins)
+        c_fast, m_fast = group_histograms_with_offsets(fast, g_fast, lo, hi, nbins)
+    r_slow = group_range(slow, g_slow, counts=True)
+    for a, b in zip(r_fast, r_slow, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(h_fast, group_histograms(slow, g_slow, lo, hi, nbins))
+    c_slow, m_slow = group_histograms_with_offsets(slow, g_slow, lo, hi, nbins)
+    np.testing.assert_array_equal(c_fast, c_slow)
+    np.testing.assert_array_equal(m_fast, m_slow)

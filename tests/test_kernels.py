@@ -288,6 +288,28 @@ def test_histogram_accumulates():
     np.testing.assert_array_equal(counts[0], 2 * np.histogram(x, 4, (0, 23))[0])
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize(
+    "shape,vaxis", [((7, 5, 6), None), ((4, 5, 6, 3), 3), ((3, 4, 5, 6), 0), ((5, 1, 6, 2), 1)]
+)
+def test_group_count_matches_numpy(shape, vaxis, order):
+    from volbin.binarize import _count_per_volume
+
+    rng = np.random.default_rng(len(shape) + (vaxis or 0))
+    x = np.asarray(rng.random(shape) < 0.3, order=order)
+    want = (
+        [np.count_nonzero(x)]
+        if vaxis is None
+        else np.count_nonzero(x, axis=tuple(a for a in range(x.ndim) if a != vaxis))
+    )
+    np.testing.assert_array_equal(_count_per_volume(x, vaxis), want)
+    # Accumulates, and counts bytes that are non-zero (not only 1).
+    g = np.zeros(4, np.int64)
+    c = np.full(1, 5, np.int64)
+    K.group_count(np.full((1, 2, 3, 4), 7, np.uint8), g, c)
+    assert c[0] == 5 + 24
+
+
 def test_as_c4d_views_fortran_blocks_without_copy():
     x = np.asfortranarray(np.arange(60.0).reshape(3, 4, 5))
     x4, g4 = K.as_c4d(x, np.array([0, 0, 1]))

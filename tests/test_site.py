@@ -1,7 +1,7 @@
 """The documentation site and a batch's HTML index, as a browser shows them.
 
 The site is built with ``mkdocs build --strict`` (or taken from ``$VOLBIN_SITE_DIR``), served
-with a batch index (`volbin.write_index_html`) on 127.0.0.1, and every page is opened in
+with a batch index (``volbin batch --preview``) on 127.0.0.1, and every page is opened in
 headless Chromium.  A script added to each HTML response as it is served waits for the page
 and its pictures (lazy ones included), then writes into the DOM what it saw: every <img>
 with its ``naturalWidth``, every resource the page fetched, and script errors; Chromium's
@@ -32,7 +32,6 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,37 +215,34 @@ def build_site(dest: Path) -> Path:
 
 
 def make_report(folder: Path) -> Path:
-    """A batch's HTML index over two phantoms: masks, previews, and one failed input."""
+    """A batch's HTML index, as ``volbin batch ... --preview`` writes it, over two phantoms and a
+    corrupt input: masks, their previews, and one failed row."""
     import nibabel as nib
 
     import volbin
+    from volbin.cli import main
 
-    folder.mkdir(parents=True)
-    rows = []
-    for i in (1, 2):
-        ph = volbin.phantom((32, 36, 30), seed=i)
-        src = folder / f"sub-{i:02d}_T1w.nii.gz"
-        nib.save(ph.to_nifti(), src)
-        out = folder / f"sub-{i:02d}_T1w_mask.nii.gz"
-        t = float(volbin.threshold(ph.intensity, "otsu"))
-        mask = volbin.binarize(volbin.load(src), "otsu")
-        volbin.save(mask, out)
-        png = folder / f"sub-{i:02d}_T1w_mask.png"
-        volbin.preview(src, mask=out, thresholds=t, out=png, dpi=60)
-        voxel = float(abs(np.linalg.det(ph.affine[:3, :3])))
-        rows.append(
-            {
-                "name": src.name,
-                "status": "done",
-                "input": src,
-                "output": out,
-                "preview": png,
-                "thresholds": t,
-                "foreground_mm3": float(np.asarray(mask.data).sum()) * voxel,
-            }
-        )
-    rows.append({"name": "sub-03_T1w.nii.gz", "status": "failed", "error": "truncated or corrupt gzip data"})
-    return volbin.write_index_html(rows, folder / "index.html", title="volbin batch: 3 inputs")
+    for i in (1, 2, 3):
+        src = folder / "data" / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz"
+        src.parent.mkdir(parents=True)
+        nib.save(volbin.phantom((32, 36, 30), seed=i).to_nifti(), src)
+        if i == 3:
+            src.write_bytes(src.read_bytes()[:300])  # truncated gzip
+    pattern = str(folder / "data" / "sub-*" / "anat" / "*_T1w.nii.gz")
+    argv = [
+        "batch",
+        pattern,
+        "--out-dir",
+        str(folder),
+        "--preview",
+        "--scheduler",
+        "threads",
+        "--no-progress",
+    ]
+    assert main(argv) == 1  # the corrupt input failed
+    index = folder / "index.html"
+    assert sorted(p.name for p in folder.glob("*.png")) == ["sub-01_T1w_mask.png", "sub-02_T1w_mask.png"]
+    return index
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -388,4 +384,5 @@ def test_site_and_report_in_a_browser(site: Path, tmp_path: Path) -> None:
         for i in seen[p]["images"]
     }
     assert {"/img/thresholds.png", "/img/all-thresholds.png", "/report/sub-01_T1w_mask.png"} <= srcs
-    assert len(seen["report/index.html"]["images"]) == 2
+    report = seen["report/index.html"]["images"]
+    assert len(report) == 2 and all(img["naturalWidth"] > 0 for img in report), report

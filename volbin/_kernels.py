@@ -97,6 +97,11 @@ def group_histogram(x, gstrides, lo, hi, nbins, counts):
                                counts)  # fmt: skip
 
 
+def group_count(x, gstrides, counts):
+    """Add the number of True (non-zero) voxels of 4D boolean `x` to `counts`, per group."""
+    _histogram.group_count(_bytes(x), _int64s(gstrides), counts)
+
+
 #: Fixed-point scale of the within-bin positions summed by `group_histogram_offsets`.
 OFFSET_SCALE = _histogram.OFFSET_SCALE
 

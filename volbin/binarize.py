@@ -74,12 +74,11 @@ class ForegroundTally:
 
     def add(self, location: Any, fg: np.ndarray, inside: np.ndarray | None) -> None:
         """Count block `fg` (and the mask's `inside` voxels) at array `location`."""
-        axes = tuple(a for a in range(fg.ndim) if a != self._vaxis)
-        n_fg = np.count_nonzero(fg, axis=axes).reshape(-1)
+        n_fg = _count_per_volume(fg, self._vaxis)
         if inside is None:
             n_in = np.full(n_fg.shape, fg.size // max(n_fg.size, 1), dtype=np.int64)
         else:
-            n_in = np.count_nonzero(np.broadcast_to(inside, fg.shape), axis=axes).reshape(-1)
+            n_in = _count_per_volume(np.broadcast_to(inside, fg.shape), self._vaxis)
         start = 0 if self._vaxis is None else int(location[self._vaxis][0])
         key = tuple(int(lo) for lo, _ in location)
         with self._lock:
@@ -133,6 +132,19 @@ class ForegroundTally:
             fr = [100 * v["fraction"] for v in d["per_volume"]]
             text += f"; per volume {min(fr):.3g}%..{max(fr):.3g}%"
         return text
+
+
+def _count_per_volume(block: np.ndarray, volume_axis: int | None) -> np.ndarray:
+    """True voxels of a boolean block, per index along `volume_axis` (one count without it);
+    one compiled pass (``np.count_nonzero`` with an ``axis`` is several times slower)."""
+    if volume_axis is None:
+        return np.array([np.count_nonzero(block)], dtype=np.int64)
+    g = np.zeros(block.ndim, dtype=np.int64)
+    g[volume_axis] = 1
+    x4, g4 = K.as_c4d(block, g)
+    out = np.zeros(block.shape[volume_axis], dtype=np.int64)
+    K.group_count(x4, g4, out)
+    return out
 
 
 def apply_thresholds(

@@ -201,13 +201,17 @@ def _mask_data(mask: Any, vol: Volume, name: str, spatial_only: bool = False) ->
         return None
     m, _ = as_volume(mask)
     spatial = vol.spatial_shape
+    # Blockwise steps pair a mask's blocks with the volume's, and dask broadcasts a single
+    # block against many instead of aligning them: the mask takes the volume's chunks.
     if m.shape == vol.shape and not spatial_only:
-        return as_mask(m.data)
+        return as_mask(m.data).rechunk(vol.data.chunks)
     if m.shape != spatial:
         want = f"{spatial}" if spatial_only or vol.ndim == 3 else f"{vol.shape} or {spatial}"
         raise ValueError(f"`{name}` must have the volume's shape {want}; got shape {m.shape}.")
     data = as_mask(m.data)
-    if spatial_only or vol.ndim == 3:
+    if vol.ndim == 3:
+        return data.rechunk(vol.data.chunks)
+    if spatial_only:
         return data
     assert vol.volume_axis is not None
     spatial_chunks = tuple(c for a, c in enumerate(vol.data.chunks) if a != vol.volume_axis)

@@ -8,15 +8,19 @@ tiny per-group partial, and dask sums the partials, so memory follows the chunk 
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
 from . import _kernels as K
-from .volume import Grouping, Volume
+from .volume import Grouping, Volume, in_memory
 
 __all__ = [
     "GroupStats",
@@ -103,17 +107,7 @@ def _map_partials(
 
     def run(block: np.ndarray, *inside: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         loc = block_info[0]["array-location"]  # type: ignore[index]
-        shape = block.shape
-        if pre is not None:
-            block = pre(block, loc)
-        excluded = None
-        if inside:
-            excluded = _local_excluded(inside[0], grouping)
-            block = _exclude(block, inside[0], grouping)
-        gstrides, local_shape = _local_gstrides(block.shape, grouping)
-        x4, g4 = K.as_c4d(block, gstrides)
-        res = kernel(x4, g4, local_shape, _Block(loc, excluded))
-        return res.reshape(_partial_shape(shape, grouping) + trailing)
+        return _block_partial(block, loc, grouping, kernel, trailing, pre, inside[0] if inside else None)
 
     chunks = tuple(
         data.chunks[a] if a in grouping.group_axes else (1,) * len(data.chunks[a]) for a in range(data.ndim)
@@ -122,6 +116,75 @@ def _map_partials(
     meta = np.empty((0,) * (data.ndim + len(trailing)), dtype)
     args = (data,) if mask is None else (data, _aligned(mask, data))
     return da.map_blocks(run, *args, chunks=chunks, dtype=dtype, new_axis=new_axis or None, meta=meta)
+
+
+def _block_partial(
+    block: np.ndarray,
+    loc: Sequence[tuple[int, int]],
+    grouping: Grouping,
+    kernel: Callable[[np.ndarray, np.ndarray, tuple[int, ...], _Block], np.ndarray],
+    trailing: tuple[int, ...],
+    pre: Callable[[np.ndarray, Any], np.ndarray] | None,
+    inside: np.ndarray | None,
+) -> np.ndarray:
+    """The partial of one block at array location `loc` (see `_map_partials`)."""
+    shape = block.shape
+    if pre is not None:
+        block = pre(block, loc)
+    excluded = None
+    if inside is not None:
+        excluded = _local_excluded(inside, grouping)
+        block = _exclude(block, inside, grouping)
+    gstrides, local_shape = _local_gstrides(block.shape, grouping)
+    x4, g4 = K.as_c4d(block, gstrides)
+    res = kernel(x4, g4, local_shape, _Block(loc, excluded))
+    return res.reshape(_partial_shape(shape, grouping) + trailing)
+
+
+def _partials(
+    data: da.Array,
+    grouping: Grouping,
+    kernel: Callable[[np.ndarray, np.ndarray, tuple[int, ...], _Block], np.ndarray],
+    trailing: tuple[int, ...],
+    dtype: Any,
+    pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+    mask: da.Array | None = None,
+) -> np.ndarray:
+    """``_map_partials(...).compute()``.  Data wrapped from a numpy array (`in_memory`) is
+    reduced block by block on a pool of threads, without building and running a dask graph
+    (tens of milliseconds per pass, as much as a pass over memory): the same blocks, so the
+    same partials."""
+    arr = in_memory(data) if mask is None else None
+    if arr is None:
+        return np.asarray(_map_partials(data, grouping, kernel, trailing, dtype, pre, mask).compute())
+    starts = [np.cumsum((0, *c)) for c in data.chunks]
+    blocks = [
+        (idx, [(int(starts[a][i]), int(starts[a][i + 1])) for a, i in enumerate(idx)])
+        for idx in np.ndindex(*data.numblocks)
+    ]
+    out_shape = tuple(
+        data.shape[a] if a in grouping.group_axes else data.numblocks[a] for a in range(data.ndim)
+    )
+    out = np.empty(out_shape + trailing, dtype=dtype)
+
+    def one(item: tuple[tuple[int, ...], list[tuple[int, int]]]) -> None:
+        idx, loc = item
+        block = arr[tuple(slice(lo, hi) for lo, hi in loc)]
+        where = tuple(
+            slice(*loc[a]) if a in grouping.group_axes else slice(idx[a], idx[a] + 1)
+            for a in range(data.ndim)
+        )
+        out[where] = _block_partial(block, loc, grouping, kernel, trailing, pre, None)
+
+    threads = min(len(blocks), int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+    if threads <= 1:
+        for item in blocks:
+            one(item)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(one, blocks):
+                pass
+    return out
 
 
 def _aligned(mask: da.Array, data: da.Array) -> da.Array:
@@ -140,26 +203,30 @@ def _move_groups(arr: np.ndarray, grouping: Grouping) -> np.ndarray:
     return arr.reshape(grouping.group_shape + trailing)
 
 
+def _range_kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], b: _Block) -> np.ndarray:
+    n = int(np.prod(local_shape))
+    mn = np.full(n, np.inf)
+    mx = np.full(n, -np.inf)
+    nf = np.zeros(n, dtype=np.int64)
+    K.group_minmax(x4, g4, mn, mx, nf)
+    size = np.prod([hi - lo for lo, hi in b.location]) // max(n, 1)
+    inside = np.full(n, size, dtype=np.int64)
+    if b.excluded is not None:
+        inside -= b.excluded
+        # Voxels outside the mask reached the kernel as NaN (or not at all, for a block
+        # left out entirely, whose `nf` is 0).
+        nf -= b.excluded if x4.size else 0
+    return np.stack([mn, mx, nf.astype(np.float64), inside.astype(np.float64)], axis=-1)
+
+
+#: (kernel, trailing shape, dtype) of the per-block range partials.
+_RANGE: tuple[Any, tuple[int, ...], Any] = (_range_kernel, (4,), np.float64)
+
+
 def _range_parts(data: da.Array, grouping: Grouping, mask: da.Array | None = None) -> da.Array:
     """Per-block (min, max, n_nonfinite, n_voxels) partials, one entry per block on non-group
     axes; under a mask, of the voxels inside it."""
-
-    def kernel(x4: np.ndarray, g4: np.ndarray, local_shape: tuple[int, ...], b: _Block) -> np.ndarray:
-        n = int(np.prod(local_shape))
-        mn = np.full(n, np.inf)
-        mx = np.full(n, -np.inf)
-        nf = np.zeros(n, dtype=np.int64)
-        K.group_minmax(x4, g4, mn, mx, nf)
-        size = np.prod([hi - lo for lo, hi in b.location]) // max(n, 1)
-        inside = np.full(n, size, dtype=np.int64)
-        if b.excluded is not None:
-            inside -= b.excluded
-            # Voxels outside the mask reached the kernel as NaN (or not at all, for a block
-            # left out entirely, whose `nf` is 0).
-            nf -= b.excluded if x4.size else 0
-        return np.stack([mn, mx, nf.astype(np.float64), inside.astype(np.float64)], axis=-1)
-
-    return _map_partials(data, grouping, kernel, (4,), np.float64, mask=mask)
+    return _map_partials(data, grouping, *_RANGE, mask=mask)
 
 
 def range_graph(data: da.Array, grouping: Grouping, mask: da.Array | None = None) -> da.Array:
@@ -177,8 +244,11 @@ def range_graph(data: da.Array, grouping: Grouping, mask: da.Array | None = None
 _GATHER_BYTES = 64 * 2**20
 
 
-def _gather(parts: da.Array) -> bool:
-    return parts.nbytes <= _GATHER_BYTES
+def _gather(data: da.Array, grouping: Grouping, trailing: tuple[int, ...]) -> bool:
+    """Whether the per-block partials of `data` (8-byte entries of shape `trailing`) are
+    small enough to gather and reduce in numpy."""
+    n = math.prod(data.shape[a] if a in grouping.group_axes else data.numblocks[a] for a in range(data.ndim))
+    return 8 * n * math.prod(trailing) <= _GATHER_BYTES
 
 
 def group_range(
@@ -191,9 +261,8 @@ def group_range(
     gives the number of voxels of each group (inside the mask), from the same pass.
     """
     data = volume.data if isinstance(volume, Volume) else volume
-    parts = _range_parts(data, grouping, mask)
-    if _gather(parts):
-        p = parts.compute()
+    if _gather(data, grouping, _RANGE[1]):
+        p = _partials(data, grouping, *_RANGE, mask=mask)
         axes = _nongroup_axes(grouping)
         res = np.concatenate(
             [
@@ -347,6 +416,17 @@ def histogram_graph(
     sums of the positions of the values within their bins (see
     `_kernels.group_histogram_offsets`).
     """
+    kernel, trailing = _histogram_kernel(grouping, lo, hi, nbins, offsets)
+    parts = _map_partials(data, grouping, kernel, trailing, np.int64, pre, mask)
+    if gather:
+        return parts
+    return parts.sum(axis=_nongroup_axes(grouping), keepdims=True)
+
+
+def _histogram_kernel(
+    grouping: Grouping, lo: np.ndarray, hi: np.ndarray, nbins: int, offsets: bool
+) -> tuple[Callable[[np.ndarray, np.ndarray, tuple[int, ...], _Block], np.ndarray], tuple[int, ...]]:
+    """The per-block kernel of `histogram_graph` and the trailing shape of its partials."""
     lo_full = np.asarray(lo, dtype=np.float64).reshape(grouping.group_shape)
     hi_full = np.asarray(hi, dtype=np.float64).reshape(grouping.group_shape)
     trailing = (2, nbins) if offsets else (nbins,)
@@ -365,10 +445,7 @@ def histogram_graph(
             K.group_histogram(x4, g4, blo, bhi, nbins, out)
         return out
 
-    parts = _map_partials(data, grouping, kernel, trailing, np.int64, pre, mask)
-    if gather:
-        return parts
-    return parts.sum(axis=_nongroup_axes(grouping), keepdims=True)
+    return kernel, trailing
 
 
 def group_histograms(
@@ -404,12 +481,28 @@ def group_histograms(
     if not isinstance(nbins, (int, np.integer)) or nbins < 2:
         raise ValueError(f"`nbins` must be an int >= 2; got {nbins!r}.")
     data = volume.data if isinstance(volume, Volume) else volume
-    parts = histogram_graph(data, grouping, lo, hi, int(nbins), pre, gather=True, mask=mask)
-    if _gather(parts):
-        res = parts.compute().sum(axis=_nongroup_axes(grouping), keepdims=True)
-    else:
-        res = histogram_graph(data, grouping, lo, hi, int(nbins), pre, mask=mask).compute()
+    res = _summed_histograms(data, grouping, lo, hi, int(nbins), pre, mask, offsets=False)
     return _move_groups(res, grouping)
+
+
+def _summed_histograms(
+    data: da.Array,
+    grouping: Grouping,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    nbins: int,
+    pre: Callable[[np.ndarray, Any], np.ndarray] | None,
+    mask: da.Array | None,
+    offsets: bool,
+) -> np.ndarray:
+    """The summed partials of `histogram_graph`, gathered and summed in numpy when small."""
+    kernel, trailing = _histogram_kernel(grouping, lo, hi, nbins, offsets)
+    if _gather(data, grouping, trailing):
+        p = _partials(data, grouping, kernel, trailing, np.int64, pre, mask)
+        return p.sum(axis=_nongroup_axes(grouping), keepdims=True)
+    return np.asarray(
+        histogram_graph(data, grouping, lo, hi, nbins, pre, offsets=offsets, mask=mask).compute()
+    )
 
 
 def group_histograms_with_offsets(
@@ -434,8 +527,9 @@ def group_histograms_with_offsets(
     if not isinstance(nbins, (int, np.integer)) or nbins < 2:
         raise ValueError(f"`nbins` must be an int >= 2; got {nbins!r}.")
     data = volume.data if isinstance(volume, Volume) else volume
-    graph = histogram_graph(data, grouping, lo, hi, int(nbins), pre, offsets=True, mask=mask)
-    res = _move_groups(graph.compute(), grouping)
+    res = _move_groups(
+        _summed_histograms(data, grouping, lo, hi, int(nbins), pre, mask, offsets=True), grouping
+    )
     counts, offsets = res[..., 0, :], res[..., 1, :]
     return counts, bin_means(counts, offsets, lo, hi, grouping.group_shape)
 

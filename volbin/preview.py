@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,15 @@ from .errors import OutputFileError, VolbinDataError
 from .histogram import fine_nbins, group_histograms, group_range, percentiles_from_hist
 from .volume import Volume, as_volume
 
-__all__ = ["HIST_INCHES", "PANEL_INCHES", "Panel", "PreviewLayout", "preview"]
+__all__ = [
+    "HIST_INCHES",
+    "PANEL_INCHES",
+    "Panel",
+    "PreviewLayout",
+    "preview",
+    "preview_output",
+    "preview_path",
+]
 
 #: Size in inches of one image panel (square, title band included).
 PANEL_INCHES = 2.5
@@ -46,6 +55,7 @@ _EDGE_COLOUR = "#ffd24d"
 _MASK_COLOUR = "#00e5ff"
 _NAN_COLOUR = "#ff00ff"
 _THRESHOLD_COLOUR = "#d62728"
+_RENDER_LOCK = threading.Lock()
 
 # Anatomical name of the positive / negative direction of each world (RAS+) axis.
 _POS = "RAS"
@@ -811,115 +821,122 @@ def preview(
     width_in = ncols * PANEL_INCHES
     row_in = lines_per_row * PANEL_INCHES + (HIST_INCHES if histogram else 0.0)
     height_in = len(rows) * row_in
-    fig = Figure(figsize=(width_in, height_in), dpi=dpi, facecolor="white")
-    canvas = FigureCanvasAgg(fig)
+    # matplotlib's text rendering and font cache are not thread-safe: previews of several
+    # files drawn at once in one process (a batch worker's threads) take turns here.
+    with _RENDER_LOCK:
+        fig = Figure(figsize=(width_in, height_in), dpi=dpi, facecolor="white")
+        canvas = FigureCanvasAgg(fig)
 
-    def rect(x_in: float, y_in_top: float, w_in: float, h_in: float) -> tuple[float, float, float, float]:
-        return (x_in / width_in, 1.0 - (y_in_top + h_in) / height_in, w_in / width_in, h_in / height_in)
+        def rect(x_in: float, y_in_top: float, w_in: float, h_in: float) -> tuple[float, float, float, float]:
+            return (x_in / width_in, 1.0 - (y_in_top + h_in) / height_in, w_in / width_in, h_in / height_in)
 
-    drawn: list[tuple[Any, list[Any], dict[str, Any], tuple[float, float]]] = []
-    hist_axes: list[tuple[Any, dict[str, Any]]] = []
-    k = 0
-    for i, r in enumerate(rows):
-        top = i * row_in
-        row_slices = [planes[3 * (i * len(cuts) + j)] for j in range(len(cuts))]
-        disp_window = _display_window(hists[i], [s for s in row_slices if s is not None], binary, win)
-        for j, cut in enumerate(cuts):
-            img, msk, lab = planes[k : k + 3]
-            k += 3
-            assert img is not None
-            img = _orient(img.astype(np.float64), cut)
-            msk = None if msk is None else _orient(msk, cut)
-            lab = None if lab is None else np.rint(_orient(np.asarray(lab, np.float64), cut)).astype(np.int64)
-            zr, zc = zooms[cut.row_spatial], zooms[cut.col_spatial]
-            line, col = divmod(j, per_line)
-            y0 = top + line * PANEL_INCHES
-            name = f"{cut.view} {_AXIS_LETTER[cut.slice_spatial]}={cut.index}"
-            if r is not None:
-                name += f"  vol {r}"
-            if np.isnan(img).any():
-                name += "  (NaN magenta)"
-            if not dithered:
-                parts = [("slice", img, (0, 0), name)]
-            else:
-                parts = [
-                    (kd, sh, og, f"{name} {sfx}") for kd, sh, og, sfx in _dither_parts(img, float(sigma))
-                ]
-            for p, (kind, shown, origin, title) in enumerate(parts):
-                x0 = (col * len(parts) + p) * PANEL_INCHES
-                area = rect(
-                    x0 + _PAD_INCHES,
-                    y0 + _TITLE_INCHES,
-                    PANEL_INCHES - 2 * _PAD_INCHES,
-                    PANEL_INCHES - _TITLE_INCHES - _PAD_INCHES,
+        drawn: list[tuple[Any, list[Any], dict[str, Any], tuple[float, float]]] = []
+        hist_axes: list[tuple[Any, dict[str, Any]]] = []
+        k = 0
+        for i, r in enumerate(rows):
+            top = i * row_in
+            row_slices = [planes[3 * (i * len(cuts) + j)] for j in range(len(cuts))]
+            disp_window = _display_window(hists[i], [s for s in row_slices if s is not None], binary, win)
+            for j, cut in enumerate(cuts):
+                img, msk, lab = planes[k : k + 3]
+                k += 3
+                assert img is not None
+                img = _orient(img.astype(np.float64), cut)
+                msk = None if msk is None else _orient(msk, cut)
+                lab = (
+                    None
+                    if lab is None
+                    else np.rint(_orient(np.asarray(lab, np.float64), cut)).astype(np.int64)
                 )
-                sub = (
-                    slice(origin[0], origin[0] + shown.shape[0]),
-                    slice(origin[1], origin[1] + shown.shape[1]),
-                )
-                ax, texts = _draw_image(
-                    fig,
-                    area,
-                    shown,
-                    (zr, zc),
-                    disp_window,
-                    title,
-                    cut.edges,
-                    None if msk is None else msk[sub],
-                    None if lab is None else lab[sub],
-                    overlay,
-                    classes,
-                )
-                if kind == "blurred" and len(parts) > 1:
-                    _mark_crop(ax, parts[1][2], parts[1][1].shape, (zr, zc))
-                info: dict[str, Any] = {
-                    "row": i,
-                    "volume": r,
-                    "view": cut.view,
-                    "kind": kind,
-                    "slice_axis": vol.spatial_axes[cut.slice_spatial],
-                    "slice_index": cut.index,
-                    "row_axis": vol.spatial_axes[cut.row_spatial],
-                    "col_axis": vol.spatial_axes[cut.col_spatial],
-                    "row_flip": cut.row_flip,
-                    "col_flip": cut.col_flip,
-                    "origin": origin,
-                    "edges": dict(cut.edges),
-                    "image": shown,
-                    "shape": vol.shape,
-                    "volume_axis": vol.volume_axis,
-                }
-                drawn.append((ax, texts, info, (shown.shape[1] * zc, shown.shape[0] * zr)))
-        if histogram:
-            h = hists[i]
-            assert h is not None
-            hy = top + lines_per_row * PANEL_INCHES
-            area = rect(0.55, hy + 0.2, width_in - 0.7, HIST_INCHES - 0.5)
-            title = "histogram (log counts)" + (f", vol {r}" if r is not None else "")
-            ax = _draw_histogram(fig, area, h, disp_window, lines[r], title, classes if i == 0 else {})
-            hist_axes.append((ax, {**h, "row": i, "window": disp_window, "thresholds": lines[r]}))
-    if classes and not histogram:
-        _legend_classes(drawn[-1][0], classes)
+                zr, zc = zooms[cut.row_spatial], zooms[cut.col_spatial]
+                line, col = divmod(j, per_line)
+                y0 = top + line * PANEL_INCHES
+                name = f"{cut.view} {_AXIS_LETTER[cut.slice_spatial]}={cut.index}"
+                if r is not None:
+                    name += f"  vol {r}"
+                if np.isnan(img).any():
+                    name += "  (NaN magenta)"
+                if not dithered:
+                    parts = [("slice", img, (0, 0), name)]
+                else:
+                    parts = [
+                        (kd, sh, og, f"{name} {sfx}") for kd, sh, og, sfx in _dither_parts(img, float(sigma))
+                    ]
+                for p, (kind, shown, origin, title) in enumerate(parts):
+                    x0 = (col * len(parts) + p) * PANEL_INCHES
+                    area = rect(
+                        x0 + _PAD_INCHES,
+                        y0 + _TITLE_INCHES,
+                        PANEL_INCHES - 2 * _PAD_INCHES,
+                        PANEL_INCHES - _TITLE_INCHES - _PAD_INCHES,
+                    )
+                    sub = (
+                        slice(origin[0], origin[0] + shown.shape[0]),
+                        slice(origin[1], origin[1] + shown.shape[1]),
+                    )
+                    ax, texts = _draw_image(
+                        fig,
+                        area,
+                        shown,
+                        (zr, zc),
+                        disp_window,
+                        title,
+                        cut.edges,
+                        None if msk is None else msk[sub],
+                        None if lab is None else lab[sub],
+                        overlay,
+                        classes,
+                    )
+                    if kind == "blurred" and len(parts) > 1:
+                        _mark_crop(ax, parts[1][2], parts[1][1].shape, (zr, zc))
+                    info: dict[str, Any] = {
+                        "row": i,
+                        "volume": r,
+                        "view": cut.view,
+                        "kind": kind,
+                        "slice_axis": vol.spatial_axes[cut.slice_spatial],
+                        "slice_index": cut.index,
+                        "row_axis": vol.spatial_axes[cut.row_spatial],
+                        "col_axis": vol.spatial_axes[cut.col_spatial],
+                        "row_flip": cut.row_flip,
+                        "col_flip": cut.col_flip,
+                        "origin": origin,
+                        "edges": dict(cut.edges),
+                        "image": shown,
+                        "shape": vol.shape,
+                        "volume_axis": vol.volume_axis,
+                    }
+                    drawn.append((ax, texts, info, (shown.shape[1] * zc, shown.shape[0] * zr)))
+            if histogram:
+                h = hists[i]
+                assert h is not None
+                hy = top + lines_per_row * PANEL_INCHES
+                area = rect(0.55, hy + 0.2, width_in - 0.7, HIST_INCHES - 0.5)
+                title = "histogram (log counts)" + (f", vol {r}" if r is not None else "")
+                ax = _draw_histogram(fig, area, h, disp_window, lines[r], title, classes if i == 0 else {})
+                hist_axes.append((ax, {**h, "row": i, "window": disp_window, "thresholds": lines[r]}))
+        if classes and not histogram:
+            _legend_classes(drawn[-1][0], classes)
 
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    height_px, width_px = rgba.shape[:2]
-    renderer = canvas.get_renderer()
-    panels = []
-    for ax, texts, info, extent in drawn:
-        label_xy = {
-            edge: _centre_px(t, renderer, height_px)
-            for edge, t in zip(("left", "right", "top", "bottom"), texts, strict=True)
-        }
-        panels.append(Panel(**info, bbox=_px_bbox(ax, extent, height_px), label_xy=label_xy))
-    histograms = []
-    for ax, h in hist_axes:
-        bb = ax.get_window_extent(renderer)
-        h["bbox"] = (float(bb.x0), float(height_px - bb.y1), float(bb.x1), float(height_px - bb.y0))
-        del h["percentiles"]
-        histograms.append(h)
+        canvas.draw()
+        rgba = np.asarray(canvas.buffer_rgba())
+        height_px, width_px = rgba.shape[:2]
+        renderer = canvas.get_renderer()
+        panels = []
+        for ax, texts, info, extent in drawn:
+            label_xy = {
+                edge: _centre_px(t, renderer, height_px)
+                for edge, t in zip(("left", "right", "top", "bottom"), texts, strict=True)
+            }
+            panels.append(Panel(**info, bbox=_px_bbox(ax, extent, height_px), label_xy=label_xy))
+        histograms = []
+        for ax, h in hist_axes:
+            bb = ax.get_window_extent(renderer)
+            h["bbox"] = (float(bb.x0), float(height_px - bb.y1), float(bb.x1), float(height_px - bb.y0))
+            del h["percentiles"]
+            histograms.append(h)
 
-    buf = _png(Image.fromarray(rgba[..., :3].copy()), dpi)
+        buf = _png(Image.fromarray(rgba[..., :3].copy()), dpi)
     if out is not None:
         _write_atomic(Path(out), buf, force)
     if not return_layout:
@@ -933,6 +950,111 @@ def preview(
         classes=dict(classes),
     )
     return buf, layout
+
+
+# --- the preview of a binarized output ------------------------------------------------------------
+def preview_path(output: str | os.PathLike[str]) -> Path:
+    """The preview PNG of an output: beside it, its image extension replaced by ``.png``.
+
+    Examples
+    --------
+    >>> preview_path("masks/sub-01_T1w_mask.nii.gz").as_posix()
+    'masks/sub-01_T1w_mask.png'
+    >>> preview_path("out/run_bin.zarr").name
+    'run_bin.png'
+    """
+    from .formats import image_ext
+
+    path = Path(output)
+    ext = image_ext(path.name) or path.suffix
+    return path.with_name(path.name[: len(path.name) - len(ext)] + ".png")
+
+
+def _decision_lines(decision: Mapping[str, Any], scope: Any) -> Any:
+    """The thresholds a preview draws from a sidecar's decision: raw values, None per slice."""
+    keys = ("low_raw", "high_raw") if "low_raw" in decision else ("threshold_raw", "upper_raw")
+    values = [decision.get(k) for k in keys]
+    if all(v is None or isinstance(v, float) for v in values):
+        finite = [v for v in values if isinstance(v, float)]
+        return finite or None
+    if scope == "volume" and all(v is None or isinstance(v, list) for v in values):
+        # one threshold (or pair) per volume of 4D data; per-slice values are too many to draw
+        per = {}
+        for v in values:
+            for i, t in enumerate(v or []):
+                if isinstance(t, float):
+                    per.setdefault(i, []).append(t)
+        return per or None
+    return None
+
+
+def preview_output(
+    output: str | os.PathLike[str],
+    volume: Any,
+    *,
+    force: bool = False,
+    volume_axis: int | None = None,
+    dpi: float = 100.0,
+) -> Path:
+    """Write the preview PNG of a binarized output beside it and name it in its sidecar.
+
+    The PNG (`preview_path`) shows `volume`'s slices with the output's outline over them and
+    the histogram with the thresholds its sidecar records (per volume of 4D data; none for
+    per-slice thresholds); a stochastic, dithered or ordered output is shown blurred, as
+    `preview` with ``dithered=True`` draws it.  The sidecar names the PNG (``"preview"``)
+    before the PNG is written, so that an interruption leaves a sidecar naming a missing
+    preview, never a preview no sidecar names.
+
+    Parameters
+    ----------
+    output : str or path-like
+        An image volbin wrote, with its sidecar.
+    volume : Volume, array or path
+        The input it was made from (what the slices show).
+    force : bool
+        Overwrite an existing PNG at the preview's name.
+    volume_axis : int, optional
+        Volume axis of 4D numpy input (see `preview`).
+    dpi : float
+        Pixels per inch of the PNG.
+
+    Returns
+    -------
+    Path
+        The PNG written.
+
+    Raises
+    ------
+    OutputFileError
+        The PNG exists without `force`, or cannot be written.
+    InputFileError
+        `output` has no readable sidecar.
+    """
+    from .io import read_sidecar, update_sidecar
+    from .recipe import RENDERING_METHODS
+
+    output = Path(output)
+    png = preview_path(output)
+    if os.path.lexists(png) and not force:
+        raise OutputFileError(f"{png} exists; pass force=True (CLI: --force) to overwrite")
+    record = read_sidecar(output)
+    steps = [s for s in record.get("steps") or [] if isinstance(s, dict)]
+    decision = (steps[-1].get("decision") or {}) if steps else {}
+    scope = (steps[-1].get("recipe") or {}).get("scope") if steps else None
+    update_sidecar(output, preview=png.name)
+    if decision.get("method") in RENDERING_METHODS:
+        preview(output, out=png, force=True, dithered=True, volume_axis=volume_axis, dpi=dpi)
+    else:
+        preview(
+            volume,
+            mask=output,
+            thresholds=_decision_lines(decision, scope),
+            out=png,
+            force=True,
+            volume_axis=volume_axis,
+            dpi=dpi,
+        )
+    return png
 
 
 def _png(img: Any, dpi: float) -> bytes:

@@ -86,6 +86,8 @@ LOCAL_METHODS: tuple[str, ...] = get_args(LocalMethod)
 HYSTERESIS_METHODS: tuple[str, ...] = tuple(m for m in HISTOGRAM_METHODS if m != "percentile")
 #: Methods whose mask the clean-up options (`volbin.clean`) apply to: every thresholding one.
 CLEAN_METHODS: tuple[str, ...] = (*THRESHOLD_METHODS, "local", "hysteresis")
+#: Methods whose output renders grey levels (measured by their rendering error, previewed blurred).
+RENDERING_METHODS: tuple[str, ...] = ("stochastic", *DITHER_METHODS)
 FILL_HOLES: tuple[str, ...] = ("2d", "3d")
 RADIUS_UNITS: tuple[str, ...] = ("voxels", "mm")
 SCOPES: tuple[str, ...] = get_args(Scope)

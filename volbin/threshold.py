@@ -27,7 +27,7 @@ from .errors import VolbinDataError, VolbinWarning
 from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, percentiles_from_hist
 from .masks import mask_fields, recipe_mask
 from .recipe import HISTOGRAM_METHODS, HistogramMethod, Recipe, RescaleMethod, Scope, Units
-from .rescale import Transform, fit_transform
+from .rescale import Transform, equalized_histograms, fit_transform
 from .volume import Grouping, Volume, as_volume
 
 __all__ = ["Decision", "decide", "grouping_for", "threshold", "warn_trivial"]
@@ -314,6 +314,9 @@ def decide(volume: Volume, grouping: Grouping, tr: Transform, recipe: Recipe, ma
     means = None
     if recipe.method in BIN_MEAN_METHODS:
         counts, means = group_histograms_with_offsets(volume, grouping, lo, hi, nbins, pre=pre, mask=m)
+    elif tr.curve == "equalize" and m is None and tr.grouping == grouping:
+        # The same counts, mapping only the voxels whose fine interval straddles a bin edge.
+        counts = equalized_histograms(volume, tr, lo, hi, nbins)
     else:
         counts = group_histograms(volume, grouping, lo, hi, nbins, pre=pre, mask=m)
     out = histogram_thresholds(recipe.method, counts, lo, hi, tr.constant, grouping, means)

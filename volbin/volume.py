@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -465,6 +466,18 @@ class _DaskProxy:
         return np.asarray(self._data[index].compute()).astype(self.dtype, copy=False)
 
 
+#: The numpy arrays that `as_volume` wrapped, by the name of the dask array over them.
+_IN_MEMORY: weakref.WeakValueDictionary[str, _NoCopy] = weakref.WeakValueDictionary()
+
+
+def in_memory(data: da.Array) -> np.ndarray | None:
+    """The numpy array `data` was made from by `as_volume` (its blocks are views of it), or
+    None for any other dask array.  Reductions over such data may run on its blocks directly,
+    without a dask graph."""
+    src = _IN_MEMORY.get(data.name)
+    return None if src is None or src.shape != data.shape else src.arr
+
+
 def as_volume(
     volume: Any,
     *,
@@ -490,9 +503,11 @@ def as_volume(
             )
         order: Literal["C", "F"] = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
         chunks = slab_chunks(arr.shape, arr.dtype.itemsize, order, chunk_bytes or DEFAULT_CHUNK_BYTES)
+        src = _NoCopy(arr)
         data = da.from_array(
-            _NoCopy(arr), chunks=chunks, name=False, asarray=False, meta=np.empty((0,) * arr.ndim, arr.dtype)
+            src, chunks=chunks, name=False, asarray=False, meta=np.empty((0,) * arr.ndim, arr.dtype)
         )
+        _IN_MEMORY[data.name] = src
         return Volume(data, volume_axis=volume_axis), "numpy"
     raise TypeError(
         f"`volume` must be a numpy array, a dask array or a volbin.Volume; got {type(volume).__name__}."

@@ -25,10 +25,12 @@ from .cohort import cohort_id, pooled_decision
 from .engine import _engine, _run, _tasks, process_one
 from .inputs import (
     IMAGE_EXTS,
+    INDEX_NAME,
     REPORT_NAME,
     _check_ext,
     _clean_stray_temps,
     _folder_lock,
+    _has_preview,
     _is_image,
     _output_state,
     _recipe_doc,
@@ -36,7 +38,7 @@ from .inputs import (
     output_path,
 )
 from .inputs import LOCK_NAME as LOCK_NAME
-from .results import BatchResult, FileResult, _now, _Progress, _write_report
+from .results import BatchResult, FileResult, _now, _outcome, _Progress, _write_index, _write_report
 
 __all__ = ["BatchResult", "FileResult", "batch", "expand_inputs", "output_path", "process_one"]
 
@@ -61,6 +63,8 @@ def batch(
     retries: int = 1,
     progress: bool | str | None = None,
     report: str | os.PathLike[str] | bool | None = None,
+    preview: bool = False,
+    index: str | os.PathLike[str] | bool | None = None,
     verify: bool = False,
     allow_missing: bool = False,
     max_output_bytes: int | None = MAX_OUTPUT_BYTES,
@@ -93,15 +97,20 @@ def batch(
     client : distributed.Client, optional
         Run on this client's cluster (left open).
     workers, threads_per_worker : int, optional
-        Size of the LocalCluster started when neither `client` nor `scheduler` is given;
-        by default workers x threads = the cores this process may use, with workers of 2
-        threads up to 8 cores.
+        Size of the LocalCluster of worker processes started when neither `client` nor
+        `scheduler` is given: workers x threads = the cores this process may use by default,
+        with workers of 2 threads up to 8 cores.  Given none of `client`, `scheduler`,
+        `workers` and `threads_per_worker`, a machine of at most 2 cores runs the batch in
+        this process instead (as ``scheduler="threads"``), where it is faster; a script that
+        starts worker processes from its top level must do so under
+        ``if __name__ == "__main__":`` (workers import the script), and is told so if not.
     memory_limit : int or str, optional
         Memory limit of each worker of that LocalCluster (``"4GB"``); default: the machine's
         memory shared between workers.  Input chunks are sized from each worker's limit.
     scheduler : str, optional
         Address of a running dask scheduler (``tcp://host:8786``) to join, or ``"threads"``
-        to run file after file in this process with each file's chunks on threads.
+        to run in this process on threads: one file per core at a time, each on one thread
+        (with `threads_per_worker`: one file at a time on that many threads).
     chunk_bytes : int, optional
         Input chunk size in bytes; overrides the size chosen from the memory limit.
     volume_axis : int, optional
@@ -124,6 +133,21 @@ def batch(
         Where to write the JSON run report (None or True: ``<out_dir>/volbin-batch-report.json``);
         False writes none.  Its folder must exist and be writable (checked before anything
         runs).
+    preview : bool
+        Also draw a preview PNG of every output beside it (``sub-01_T1w_mask.png``: the
+        input's middle slices with the mask's outline, and the histogram with the
+        thresholds), named in the output's sidecar, as ``volbin binarize --preview`` does.
+        Each preview is drawn in the file's task, on its worker; a preview that fails makes
+        its file ``failed`` (the mask stays).  An up-to-date output without its preview gets
+        only the preview.  Without `preview`, a redone output's old preview is removed.
+    index : str, path-like or bool, optional
+        Where to write the HTML index (None or True: ``<out_dir>/index.html``); False writes
+        none.  One row per input, with its preview (when there is one), thresholds in raw
+        units and rescaled, foreground voxels and mm^3, status and error; links are relative,
+        and nothing is fetched from the network.  It is written with or without `preview`
+        (rows without pictures still compare a cohort), at the end, atomically, also when
+        files failed or the batch was interrupted.  An existing file there that volbin did
+        not write is replaced only with `force`.
     verify : bool
         Hash every existing output against its sidecar's SHA-256 before skipping it (by
         default only outputs up to 64 MiB are hashed; every output's size is compared).
@@ -188,7 +212,9 @@ def batch(
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"`retries` must be a non-negative int; got {retries!r}.")
     out_root = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
-    jobs, results = _plan(expand_inputs(inputs), out_root, suffix, ext, keep_tree)
+    if not isinstance(preview, bool):
+        raise ValueError(f"`preview` must be True or False; got {preview!r}.")
+    jobs, results = _plan(expand_inputs(inputs), out_root, suffix, ext, keep_tree, preview)
     try:
         os.makedirs(out_root, exist_ok=True)
         for folder in {os.path.dirname(o) for _, o in jobs if o}:
@@ -202,6 +228,13 @@ def batch(
             os.path.expanduser(os.fspath(given or os.path.join(out_root, REPORT_NAME)))
         )
         _check_report(report_path)
+    index_path = None
+    if index is not False:
+        given = index if isinstance(index, (str, os.PathLike)) else None
+        index_path = os.path.abspath(
+            os.path.expanduser(os.fspath(given or os.path.join(out_root, INDEX_NAME)))
+        )
+        _check_index(index_path, force)
     recipe_dict = recipe.to_dict()
     doc = _recipe_doc(recipe)
     pooled = recipe.scope == "cohort" and recipe.threshold_from is None
@@ -216,8 +249,12 @@ def batch(
                 continue
             if not os.path.exists(inp):
                 results[i] = FileResult(inp, out, "failed", reason=f"{inp}: no such file")
-            elif not force and _output_state(inp, out, doc, volume_axis, cid, verify)[0] == "current":
-                results[i] = FileResult(inp, out, "skipped")
+            elif (
+                not force
+                and _output_state(inp, out, doc, volume_axis, cid, verify)[0] == "current"
+                and (not preview or _has_preview(out))
+            ):
+                results[i] = FileResult(inp, out, "skipped", **_outcome(out))
             else:
                 todo.append(i)
         n_skipped = sum(r is not None and r.status == "skipped" for r in results)
@@ -240,6 +277,7 @@ def batch(
                     "verify": verify,
                     "allow_missing": allow_missing,
                     "max_output_bytes": max_output_bytes,
+                    "preview": preview,
                 }
                 with _engine(client, scheduler, workers, threads_per_worker, memory_limit) as (
                     c,
@@ -256,12 +294,17 @@ def batch(
                         options["cohort"] = pooled_decision(
                             inputs,
                             recipe,
-                            _tasks(c, engine.get("threads"), memory_limit),
+                            _tasks(
+                                c, engine.get("threads", 1) * engine.get("files_at_once", 1), memory_limit
+                            ),
                             chunk_bytes,
                             volume_axis,
                         )
                         options["cohort"]["record"]["id"] = cid
-                    runs = _run(c, jobs, todo, recipe_dict, options, retries, engine.get("threads"))
+                    runs = _run(
+                        c, jobs, todo, recipe_dict, options, retries, engine.get("threads"),
+                        engine.get("files_at_once", 1),
+                    )  # fmt: skip
                     for i, r in runs:
                         results[i] = r
                         prog.file(r)
@@ -271,21 +314,28 @@ def batch(
             if not finished:  # files written before the interruption whose results never came back
                 for i, r in enumerate(results):
                     if r is None and _output_state(*jobs[i], doc, volume_axis)[0] == "current":
-                        results[i] = FileResult(*jobs[i], "done", note="finished before the interruption")
+                        results[i] = FileResult(
+                            *jobs[i], "done", note="finished before the interruption", **_outcome(jobs[i][1])
+                        )
             files = [r or FileResult(*jobs[i], "pending") for i, r in enumerate(results)]
-            res = BatchResult(files, out_root, time.perf_counter() - t0, report_path, engine, not finished)
+            res = BatchResult(
+                files, out_root, time.perf_counter() - t0, report_path, engine, not finished, index_path
+            )
             if report_path is not None:
                 _write_report(res, report_path, started, recipe_dict)
+            if index_path is not None:
+                _write_index(res, index_path, recipe)
         if todo:  # temporary files of tasks retried after their worker died
             _clean_stray_temps(folders, suffix)
     return res
 
 
 def _plan(
-    paths: list[str], out_root: str, suffix: str, ext: str | None, keep_tree: bool
+    paths: list[str], out_root: str, suffix: str, ext: str | None, keep_tree: bool, preview: bool = False
 ) -> tuple[list[tuple[str, str]], list[FileResult | None]]:
     """(input, output) for every input and results pre-filled for inputs that cannot run."""
     from ..io import sidecar_path
+    from ..preview import preview_path
 
     if ext is not None:
         _check_ext(ext)
@@ -315,11 +365,13 @@ def _plan(
         if os.path.realpath(out) == os.path.realpath(a):
             raise ValueError(f"{p}: its output would overwrite it; pass another suffix or folder.")
         owners.setdefault(str(sidecar_path(out)), []).append(p)
+        if preview:  # x_mask.nii.gz and x_mask.npy have one preview, x_mask.png
+            owners.setdefault(str(preview_path(out)), []).append(p)
         jobs.append((p, out))
         results.append(None)
     clashes = {k: v for k, v in owners.items() if len(v) > 1}
     if clashes:
-        lines = [f"  {k[:-5]}.*: {', '.join(v)}" for k, v in list(clashes.items())[:10]]
+        lines = [f"  {os.path.splitext(k)[0]}.*: {', '.join(v)}" for k, v in list(clashes.items())[:10]]
         raise ValueError(
             f"{len(clashes)} outputs would be written by more than one input:\n"
             + "\n".join(lines)
@@ -331,22 +383,39 @@ def _plan(
 
 def _check_report(path: str) -> None:
     """Fail now, not after every file ran, if the report cannot be written at `path`."""
+    _check_writable(path, "batch report", "--report")
+
+
+def _check_index(path: str, force: bool) -> None:
+    """Fail now if the HTML index cannot be written at `path`, or would replace a page
+    that volbin did not write (unless `force`)."""
+    from ..report_html import is_volbin_index
+
+    _check_writable(path, "batch index", "--index")
+    if os.path.lexists(path) and not force and not is_volbin_index(path):
+        raise OutputFileError(
+            f"{path} exists and volbin did not write it; remove it, pass another --index PATH, "
+            "or pass --force (force=True) to replace it."
+        )
+
+
+def _check_writable(path: str, what: str, flag: str) -> None:
     from ..io import temp_path
 
     folder = os.path.dirname(path)
     if os.path.isdir(path):
-        raise OutputFileError(f"{path}: the batch report path is a folder; pass a file name.")
+        raise OutputFileError(f"{path}: the {what} path is a folder; pass a file name.")
     if not os.path.isdir(folder):
         raise OutputFileError(
-            f"{path}: cannot write the batch report: {folder} is not an existing folder; create "
-            "it or pass another --report."
+            f"{path}: cannot write the {what}: {folder} is not an existing folder; create "
+            f"it or pass another {flag}."
         )
     probe = temp_path(path)
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise OutputFileError(
-            f"{path}: cannot write the batch report there ({exc.strerror or exc}); pass another --report."
+            f"{path}: cannot write the {what} there ({exc.strerror or exc}); pass another {flag}."
         ) from None
     os.close(fd)
     os.unlink(probe)

@@ -25,8 +25,8 @@ import dask
 from ..errors import VolbinError
 from ..io import MAX_OUTPUT_BYTES
 from ..recipe import Recipe
-from .inputs import _output_state, _recipe_doc
-from .results import FileResult
+from .inputs import _named_preview, _output_state, _recipe_doc
+from .results import FileResult, _outcome
 
 _LOCAL_SCHEDULERS = ("threads",)
 #: A local cluster may run at most this many threads per core in all (workers x threads).
@@ -129,11 +129,13 @@ def process_one(
     volume_axis: int | None = None,
     memory_limit: int | None = None,
     threads: int | None = None,
+    files_at_once: int = 1,
     client_pid: int | None = None,
     cohort: dict[str, Any] | None = None,
     verify: bool = False,
     allow_missing: bool = False,
     max_output_bytes: int | None = MAX_OUTPUT_BYTES,
+    preview: bool = False,
 ) -> dict[str, Any]:
     """Binarize one file: the task `batch` runs on a worker (or in the calling process).
 
@@ -146,15 +148,23 @@ def process_one(
     at the output's name that volbin did not write is replaced only with `force`; an output
     whose sidecar name is another existing image's is never written.
 
+    With `preview`, the preview PNG (`volbin.preview.preview_output`) is drawn after the
+    mask, here on the worker; an up-to-date mask whose sidecar names no existing preview gets
+    only its preview.  A PNG at the preview's name that the output's sidecar does not name
+    is replaced only with `force`.  Without `preview`, a redone output's old preview (it
+    shows the old mask) is removed.
+
     Returns
     -------
     result : dict
         The fields of a `FileResult`.  Errors volbin raises on purpose (corrupt input, bad
         data, unwritable output) come back as ``status="failed"``; anything else is raised
-        so that dask retries the task.
+        so that dask retries the task.  A preview that fails for any reason makes the
+        result ``failed`` with the reason, the mask and its sidecar staying in place.
     """
     from ..binarize import binarize_volume
     from ..io import load, save
+    from ..preview import preview_path
     from ..volume import chunk_bytes_for
 
     t0 = time.perf_counter()
@@ -166,17 +176,36 @@ def process_one(
     threads = max(1, int(threads or os.cpu_count() or 1))
     if client_pid is not None and client_pid != os.getpid():
         _use_scratch()
-    at_once = threads if worker is not None else 1  # files a worker may run concurrently
+    # Files run concurrently in this process (or on this worker), each with `threads` threads.
+    at_once = threads if worker is not None else max(1, int(files_at_once))
     if chunk_bytes is None:
         chunk_bytes = chunk_bytes_for(memory_limit, threads * at_once)
+    written = False
     try:
         rec = Recipe.from_dict(recipe)
         cid = None if cohort is None else cohort["record"].get("id")
         state, reason = _output_state(input, output, _recipe_doc(rec), volume_axis, cid, verify)
-        if state == "current" and not force:
-            result.status = "skipped"
-        elif state == "conflict" or (state == "foreign" and not force):
+        old_png = _named_preview(output)
+        png = preview_path(output)
+        if state == "conflict" or (state == "foreign" and not force):
             result.reason = reason
+        elif preview and old_png is None and os.path.lexists(png) and not force:
+            result.reason = (
+                f"{png} exists and the output's sidecar does not name it (not written by volbin); "
+                "pass --force (force=True) to replace it"
+            )
+        elif state == "current" and not force:
+            result.status = "skipped"
+            written = True
+            if preview and not (old_png is not None and old_png.is_file()):
+                result.status = "done"
+                result.note = "only the preview was written; the mask was up to date"
+                with _threaded_scheduler(threads):
+                    vol = load(
+                        input, chunk_bytes=chunk_bytes, volume_axis=volume_axis, allow_missing=allow_missing
+                    )
+                    _write_preview(result, output, vol, volume_axis)
+                    del vol
         else:
             with _threaded_scheduler(threads):
                 vol = load(
@@ -193,15 +222,38 @@ def process_one(
                     sidecar={"batch": {"volume_axis": volume_axis}},
                     max_output_bytes=max_output_bytes,
                 )
-                del vol, mask  # drops the decompressed copy of a .nii.gz now
-            result.status = "done"
-            result.note = reason if state == "stale" else None
+                del mask
+                result.status = "done"
+                result.note = reason if state == "stale" else None
+                written = True
+                if preview:
+                    _write_preview(result, output, vol, volume_axis)
+                elif old_png is not None:  # it shows the mask just replaced
+                    with contextlib.suppress(OSError):
+                        os.unlink(old_png)
+                del vol  # drops the decompressed copy of a .nii.gz now
     except VolbinError as exc:
-        result.reason = str(exc)
+        result.status, result.reason = "failed", str(exc)
     except (ValueError, TypeError) as exc:  # bad recipe or option: same for every file
-        result.reason = f"{type(exc).__name__}: {exc}"
+        result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
+    if written:  # the mask is in place (also when its preview failed)
+        for key, value in _outcome(output).items():
+            setattr(result, key, value)
     result.seconds = round(time.perf_counter() - t0, 3)
     return asdict(result)
+
+
+def _write_preview(result: FileResult, output: str, vol: Any, volume_axis: int | None) -> None:
+    """Draw `output`'s preview; if it cannot be made, `result` fails with the reason (the
+    mask and its sidecar stay in place, and the next run draws the preview again)."""
+    from ..preview import preview_output
+
+    try:
+        preview_output(output, vol, force=True, volume_axis=volume_axis)
+    except Exception as exc:  # any failure of the picture leaves a mask that is fine
+        why = str(exc) if isinstance(exc, VolbinError) else f"{type(exc).__name__}: {exc}"
+        result.status = "failed"
+        result.reason = f"{output}: the mask and its sidecar were written, but its preview failed: {why}"
 
 
 def _tasks(client: Any, threads: int | None, memory_limit: Any) -> Any:
@@ -237,6 +289,74 @@ def _in_worker(fn: Any, *args: Any) -> Any:
 
 
 # --- engine -------------------------------------------------------------------------------
+#: Up to this many cores, a batch without a cluster asked for runs in this process: worker
+#: processes cost ~3 CPU seconds each to start and their cluster 2-2.5 s of wall time, more
+#: than two files in one process lose to the GIL (scripts/bench_batch.py --engines).
+IN_PROCESS_CORES = 2
+
+
+def local_layout(threads: int | None = None) -> tuple[int, int]:
+    """(files at once, threads per file) of a batch run in this process.
+
+    By default one file per core, each file's chunks on one thread: reading, decompressing,
+    deciding and compressing of different files overlap, and nothing waits for the slowest
+    pass of one file.  With `threads` (``threads_per_worker``), one file at a time on that
+    many threads.
+    """
+    if threads is not None:
+        return 1, int(threads)
+    return _cores(), 1
+
+
+def _check_main_guard() -> None:
+    """Refuse to start worker processes from a script's top level without a main guard.
+
+    Worker processes start by importing the script that started them; code outside an
+    ``if __name__ == "__main__":`` block would run the batch again in every worker (which
+    then fails with "Nanny failed to start").  The call is found on the stack and its line
+    located in the script's source.
+    """
+    import ast
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not os.path.isfile(path) or os.path.basename(path) == "__main__.py":
+        # An interactive session, python -c, a notebook, or a package's __main__.py (which
+        # multiprocessing does not re-run): nothing is re-imported.
+        return
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") != "__main__":
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or frame.f_code.co_name != "<module>":
+        return  # called from a function: the function runs only when called
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = frame.f_lineno
+
+    def is_guard(node: ast.AST) -> bool:
+        t = getattr(node, "test", None)
+        return (
+            isinstance(node, ast.If)
+            and isinstance(t, ast.Compare)
+            and isinstance(t.left, ast.Name)
+            and t.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in t.comparators)
+        )
+
+    for node in ast.walk(tree):
+        if is_guard(node) and node.lineno <= line <= (node.end_lineno or node.lineno):
+            return
+    raise RuntimeError(
+        f"{path}, line {line}: volbin.batch starts worker processes, which import this script "
+        'and would run this line again; put the call under `if __name__ == "__main__":`, '
+        'or run the batch in this process with scheduler="threads".'
+    )
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -286,11 +406,21 @@ def _engine(
     threads_per_worker: int | None,
     memory_limit: Any,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """The dask client a batch submits to (None: run in this process), and a description."""
+    """The dask client a batch submits to (None: run in this process), and a description.
+
+    Without a client, a scheduler or a cluster size, files run in this process on threads when
+    the machine has at most `IN_PROCESS_CORES` cores (see `local_layout`), else on a
+    LocalCluster of worker processes.
+    """
+    if client is None and scheduler is None and workers is None and threads_per_worker is None:
+        if _cores() <= IN_PROCESS_CORES:
+            scheduler = "threads"
     if client is None and scheduler in _LOCAL_SCHEDULERS:
-        threads = threads_per_worker or _cores()
-        yield None, {"kind": "local", "scheduler": scheduler, "threads": threads}
+        at_once, threads = local_layout(threads_per_worker)
+        yield None, {"kind": "local", "scheduler": "threads", "threads": threads, "files_at_once": at_once}
         return
+    if client is None and scheduler is None:
+        _check_main_guard()
     import logging
 
     from distributed import Client, LocalCluster
@@ -380,6 +510,7 @@ def _run(
     options: dict[str, Any],
     retries: int,
     threads: int | None = None,
+    files_at_once: int = 1,
 ) -> Iterator[tuple[int, FileResult]]:
     """Run the jobs in `todo`, yielding (index, result) as each finishes.
 
@@ -391,9 +522,7 @@ def _run(
         return FileResult(**{**fields, "input": jobs[i][0]})
 
     if client is None:
-        options = {**options, "threads": threads}
-        for i in todo:
-            yield i, result(i, process_one(os.path.abspath(jobs[i][0]), jobs[i][1], recipe, **options))
+        yield from _run_here(jobs, todo, recipe, options, threads, files_at_once, result)
         return
     from distributed import as_completed
 
@@ -427,3 +556,44 @@ def _run(
             yield i, r
     finally:
         client.cancel(list(futures))
+
+
+def _run_here(
+    jobs: list[tuple[str, str]],
+    todo: list[int],
+    recipe: dict[str, Any],
+    options: dict[str, Any],
+    threads: int | None,
+    files_at_once: int,
+    result: Any,
+) -> Iterator[tuple[int, FileResult]]:
+    """`_run` in this process: `files_at_once` files at a time on threads."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    options = {**options, "threads": threads, "files_at_once": files_at_once}
+
+    def one(i: int) -> dict[str, Any]:
+        return process_one(os.path.abspath(jobs[i][0]), jobs[i][1], recipe, **options)
+
+    if files_at_once <= 1 or len(todo) <= 1:
+        for i in todo:
+            yield i, result(i, one(i))
+        return
+    pool = ThreadPoolExecutor(min(files_at_once, len(todo)), thread_name_prefix="volbin-batch")
+    try:
+        queue = iter(todo)
+        running = {}
+        for i in queue:  # at most files_at_once submitted: an interruption leaves the rest unstarted
+            running[pool.submit(one, i)] = i
+            if len(running) >= files_at_once:
+                break
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i = running.pop(fut)
+                nxt = next(queue, None)
+                if nxt is not None:
+                    running[pool.submit(one, nxt)] = nxt
+                yield i, result(i, fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -23,6 +23,8 @@ from ..io import TEMP_NAME
 from ..recipe import Recipe
 
 REPORT_NAME = "volbin-batch-report.json"
+#: The HTML index of a batch, in its output folder (`volbin.report_html`).
+INDEX_NAME = "index.html"
 #: Outputs up to this size are hashed on every resume check (SHA-256 against the sidecar);
 #: larger ones only when asked (``verify=True``).  Their size is compared in any case.
 VERIFY_BYTES = 64 * 2**20
@@ -210,6 +212,37 @@ def _output_state(
     return "current", None
 
 
+def _named_preview(output: str) -> Path | None:
+    """The preview PNG of `output` that its volbin sidecar names (whether or not it exists).
+
+    Only the name `volbin.preview.preview_path` gives is accepted: a sidecar naming any other
+    file does not make volbin replace, remove or link it.
+    """
+    from ..io import read_sidecar, sidecar_path
+    from ..preview import preview_path
+
+    side = sidecar_path(output)
+    if not os.path.lexists(side):
+        return None
+    try:
+        record = read_sidecar(side)
+    except VolbinError:
+        return None
+    described = (record.get("output") or {}).get("path")
+    if "volbin_version" not in record or (
+        isinstance(described, str) and os.path.abspath(described) != os.path.abspath(output)
+    ):
+        return None
+    png = preview_path(output)
+    return png if record.get("preview") == png.name else None
+
+
+def _has_preview(output: str) -> bool:
+    """Whether `output`'s sidecar names its preview and the PNG is there."""
+    png = _named_preview(output)
+    return png is not None and png.is_file()
+
+
 def _is_pending_image(output: str, pending: Any) -> bool:
     try:
         st = os.stat(output)
@@ -260,11 +293,11 @@ def _damage(output: str, recorded: dict[str, Any], verify: bool) -> str | None:
 def _clean_stray_temps(folders: set[str], suffix: str) -> list[str]:
     """Remove io.save's temporary files left in `folders` by a killed run.
 
-    Only names made from a batch output (``*<suffix>.<ext>``), its sidecar or the run
-    report are touched.
+    Only names made from a batch output (``*<suffix>.<ext>``), its sidecar, its preview
+    (``*<suffix>.png``), the run report or the HTML index are touched.
     """
     removed = []
-    bases = tuple(suffix + e for e in (*IMAGE_EXTS, ".json", ".npy.json", ".zarr.json"))
+    bases = tuple(suffix + e for e in (*IMAGE_EXTS, ".json", ".npy.json", ".zarr.json", ".png"))
     for folder in folders:
         try:
             entries = list(os.scandir(folder))
@@ -272,7 +305,7 @@ def _clean_stray_temps(folders: set[str], suffix: str) -> list[str]:
             continue
         for e in entries:
             m = TEMP_NAME.match(e.name)
-            if m and (m["base"].lower().endswith(bases) or m["base"] == REPORT_NAME):
+            if m and (m["base"].lower().endswith(bases) or m["base"] in (REPORT_NAME, INDEX_NAME)):
                 if e.is_dir(follow_symlinks=False):
                     shutil.rmtree(e.path, ignore_errors=True)
                 else:

@@ -15,7 +15,15 @@ from ..errors import OutputFileError
 class FileResult:
     """What happened to one input: ``done``, ``skipped`` (up to date), ``failed`` (with a
     `reason`) or ``pending`` (not run: the batch was interrupted).  `note` says why an
-    existing output was redone."""
+    existing output was redone.
+
+    For an output that exists (done, skipped, or failed after its mask was written), its
+    sidecar's record: `thresholds` ``{"raw": ..., "rescaled": ...}`` (each a number, a list
+    per group, or named values such as ``{"low": ..., "high": ...}`` for hysteresis and
+    ``{"lower": ..., "upper": ...}`` with an upper bound; None for methods without a
+    threshold), `foreground_voxels`, `foreground_mm3` (voxels times the voxel volume of the
+    affine) and `preview` (the PNG its sidecar names).
+    """
 
     input: str
     output: str | None
@@ -24,6 +32,10 @@ class FileResult:
     reason: str | None = None
     note: str | None = None
     worker: str | None = None
+    thresholds: dict[str, Any] | None = None
+    foreground_voxels: int | None = None
+    foreground_mm3: float | None = None
+    preview: str | None = None
 
 
 @dataclass
@@ -36,6 +48,7 @@ class BatchResult:
     report: str | None = None
     engine: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    index: str | None = None
 
     def _with(self, status: str) -> list[FileResult]:
         return [f for f in self.files if f.status == status]
@@ -72,6 +85,8 @@ class BatchResult:
                 lines += [f"  {f.input}", f"      {_reason(f)}"]
         if self.report:
             lines.append(f"report: {self.report}")
+        if self.index:
+            lines.append(f"index: {self.index}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +101,52 @@ class BatchResult:
             },
             "files": [asdict(f) for f in self.files],
         }
+
+
+def _thresholds(decision: dict[str, Any]) -> dict[str, Any] | None:
+    """``{"raw": ..., "rescaled": ...}`` of a sidecar's decision record, or None."""
+    if "low_raw" in decision:  # hysteresis
+        names = {"low": "low", "high": "high"}
+    elif "threshold_raw" in decision:
+        names = {"threshold": "threshold"}
+        if decision.get("upper_raw") is not None:
+            names = {"lower": "threshold", "upper": "upper"}
+    else:
+        return None
+    out = {}
+    for units in ("raw", "rescaled"):
+        values = {label: decision.get(f"{key}_{units}") for label, key in names.items()}
+        out[units] = values["threshold"] if list(values) == ["threshold"] else values
+    return out
+
+
+def _outcome(output: str | None) -> dict[str, Any]:
+    """The `FileResult` fields read from an output's sidecar: thresholds, foreground, preview.
+
+    Empty when the output has no readable volbin sidecar.
+    """
+    from ..errors import VolbinError
+    from ..io import read_sidecar
+    from .inputs import _named_preview
+
+    if not output:
+        return {}
+    try:
+        record = read_sidecar(output)
+    except (VolbinError, OSError):
+        return {}
+    steps = [s for s in record.get("steps") or [] if isinstance(s, dict)]
+    if "volbin_version" not in record or not steps:
+        return {}
+    last = steps[-1]
+    fg = last.get("foreground") if isinstance(last.get("foreground"), dict) else {}
+    png = _named_preview(output)
+    return {
+        "thresholds": _thresholds(last.get("decision") or {}),
+        "foreground_voxels": fg.get("voxels"),
+        "foreground_mm3": fg.get("mm3"),
+        "preview": str(png) if png is not None else None,
+    }
 
 
 def _reason(f: FileResult) -> str:
@@ -169,3 +230,42 @@ def _write_report(res: BatchResult, path: str, started: str, recipe: dict[str, A
         write_json(doc, path)
     except OSError as exc:
         raise OutputFileError(f"{path}: cannot write the batch report ({exc}).") from exc
+
+
+def _write_index(res: BatchResult, path: str, recipe: Any) -> None:
+    """The batch's HTML index: one row per input (`volbin.report_html.write_index_html`)."""
+    from ..report_html import write_index_html
+
+    absolute = [os.path.abspath(f.input) for f in res.files]
+    root = os.path.commonpath([os.path.dirname(a) for a in absolute]) if absolute else ""
+    rows = []
+    for f, a in zip(res.files, absolute, strict=True):
+        thresholds = f.thresholds or {}
+        rows.append(
+            {
+                "name": os.path.relpath(a, root) if root else f.input,
+                "status": f.status,
+                "input": a if os.path.lexists(a) else None,
+                "output": f.output if f.output and os.path.lexists(f.output) else None,
+                "preview": f.preview,
+                "thresholds": thresholds.get("raw"),
+                "thresholds_rescaled": thresholds.get("rescaled"),
+                "foreground_voxels": f.foreground_voxels,
+                "foreground_mm3": f.foreground_mm3,
+                "error": _reason(f) if f.status == "failed" else None,
+                "note": f.note,
+            }
+        )
+    n = len(res.files)
+    described = f"method {recipe.method}, scope {recipe.scope}"
+    if getattr(recipe, "rescale", None):
+        described += f", rescale {recipe.rescale}"
+    described += "; each output's sidecar holds its full recipe and thresholds."
+    if res.interrupted:
+        described += " The batch was interrupted: pending files were not run."
+    try:
+        write_index_html(
+            rows, path, title=f"volbin batch: {n} input{'s' if n != 1 else ''}", description=described
+        )
+    except OSError as exc:
+        raise OutputFileError(f"{path}: cannot write the batch index ({exc}).") from exc

@@ -140,8 +140,12 @@ def _main(argv: list[str] | None) -> int:
             parser.print_help()
             return EXIT_USAGE
         import dask
+        import dask.threaded
 
-        with dask.config.set(scheduler="threads"):
+        # The threaded scheduler given as a function: named by a string, dask would import
+        # dask.distributed (a third of a second) only to look for a client.  Commands that
+        # run on a cluster pass their client explicitly.
+        with dask.config.set(scheduler=dask.threaded.get):
             return int(args.func(args))
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_OK

@@ -25,9 +25,12 @@ examples:
   volbin batch inputs.txt --out-dir masks/ --recipe recipe.json --workers 2 --memory-limit 4GB
   volbin batch data/ --out-dir masks/ --scheduler tcp://scheduler-host:8786
   volbin batch 'site*/*.nii.gz' --out-dir masks/ --keep-tree --ext .zarr
+  volbin batch 'sub-*/anat/*_T1w.nii.gz' --out-dir masks/ --preview   # then open masks/index.html
 
 Outputs whose sidecar matches the recipe and the input are skipped: re-run the same command
-after an interruption to finish the rest.  Exit code 1 if any input failed.
+after an interruption to finish the rest.  OUT_DIR/index.html (always written; with --preview
+it shows each mask over its input) has one row per input: thresholds, foreground volume,
+status and error.  Exit code 1 if any input failed.
 """
 
 
@@ -58,6 +61,19 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--report", metavar="PATH", help="JSON run report (default: volbin-batch-report.json in OUT_DIR)"
+    )
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write a preview PNG beside each output (its name with .png: the input's slices "
+        "with the mask over them and the histogram with the thresholds; named in the sidecar) "
+        "and show it in the HTML index",
+    )
+    p.add_argument(
+        "--index",
+        metavar="PATH",
+        help="write the HTML index there (default: index.html in OUT_DIR; relative links, "
+        "nothing from the network)",
     )
     g = p.add_argument_group("cluster")
     g.add_argument("--workers", type=int_in(1, 256), metavar="N", help="local cluster: worker processes")
@@ -105,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         retries=args.retries,
         progress="log" if args.no_progress else None,
         report=args.report,
+        preview=args.preview,
+        index=args.index,
         verify=args.verify,
         allow_missing=args.allow_missing_chunks,
         max_output_bytes=max_output_bytes(args),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..recipe import RENDERING_METHODS
 from ._common import (
     EXIT_OK,
     add_common,
@@ -49,9 +50,6 @@ Clean-up options (--opening, --min-size, --keep-largest, --closing, --fill-holes
 thresholding method, in that order; the sidecar records the voxels each removed and added.
 """
 
-#: Methods whose output renders grey levels: their rendering error is measured by default.
-RENDERING_METHODS = ("stochastic", "dither", "ordered")
-
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -69,10 +67,11 @@ def add_parser(sub: Any) -> None:
         "--dtype", choices=("uint8", "bool"), default=None, help="output dtype (bool: .npy/.zarr only)"
     )
     p.add_argument(
-        "--no-quality",
+        "--quality",
         action="store_true",
-        help="skip measuring the rendering error of stochastic/dither/ordered outputs "
-        "(by default it is printed and stored in the sidecar)",
+        help="also measure the rendering error of a stochastic/dither/ordered output (RMS "
+        "difference of output and input both blurred), print it and store it in the sidecar; "
+        "one more pass over input and output (volbin info --compare measures it later)",
     )
     p.add_argument(
         "--preview",
@@ -94,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import progress
 
     recipe = recipe_from_args(args)
-    if args.no_quality and recipe.method not in RENDERING_METHODS:
+    if args.quality and recipe.method not in RENDERING_METHODS:
         from ._common import UsageError
 
-        raise UsageError(f"--no-quality is not used by --method {recipe.method}")
+        raise UsageError(f"--quality is not used by --method {recipe.method}")
     cb = chunk_bytes(args)
     t0 = time.perf_counter()
     with _output_lock(Path(args.output)), progress("binarize", enabled=False if args.no_progress else None):
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             out, args.output, force=args.force, dtype=args.dtype, max_output_bytes=max_output_bytes(args)
         )
         quality = None
-        if recipe.method in RENDERING_METHODS and not args.no_quality:
+        if args.quality:
             try:
                 quality = _record_quality(path, args, cb, recipe)
             except KeyboardInterrupt:
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 130
-        png = _write_preview(path, args, out, recipe) if args.preview else None
+        png = _write_preview(path, args) if args.preview else None
     dec = out.steps[-1].get("decision", {})
     t = dec.get("threshold_raw")
     msg = f"wrote {path} ({recipe.method}, scope {recipe.scope}"
@@ -149,32 +148,11 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write_preview(path: Path, args: argparse.Namespace, out: Any, recipe: Any) -> Path:
+def _write_preview(path: Path, args: argparse.Namespace) -> Path:
     """The preview PNG beside the output (``m.nii.gz`` -> ``m.png``), named in its sidecar."""
-    from ..formats import image_ext
-    from ..io import update_sidecar
-    from ..preview import preview
+    from ..preview import preview_output
 
-    png = path.with_name(path.name[: len(path.name) - len(image_ext(path.name) or "")] + ".png")
-    if recipe.method in RENDERING_METHODS:
-        preview(path, out=png, force=args.force, dithered=True, volume_axis=args.volume_axis)
-    else:
-        t = out.steps[-1].get("decision", {}).get("threshold_raw")
-        thresholds: Any = None  # per slice: too many lines to draw
-        if isinstance(t, float):
-            thresholds = t
-        elif isinstance(t, list) and recipe.scope == "volume":
-            thresholds = {i: v for i, v in enumerate(t) if isinstance(v, float)}
-        preview(
-            args.input,
-            mask=path,
-            thresholds=thresholds,
-            out=png,
-            force=args.force,
-            volume_axis=args.volume_axis,
-        )
-    update_sidecar(path, preview=png.name)
-    return png
+    return preview_output(path, args.input, force=args.force, volume_axis=args.volume_axis)
 
 
 def _fmt(value: float | None, digits: int) -> str:

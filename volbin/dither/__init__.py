@@ -35,6 +35,7 @@ from typing import Any, overload
 
 import dask
 import dask.array as da
+import dask.local
 import numpy as np
 
 from .. import _dither_kernels as DK
@@ -298,7 +299,7 @@ class _Slab:
         self.array = array
 
     def compute(self) -> np.ndarray:
-        return np.asarray(self.array.compute(scheduler="sync"))
+        return np.asarray(self.array.compute(scheduler=dask.local.get_sync))
 
 
 def _diffuse_volume(plan: _Diffusion, v: int, block: np.ndarray, out: np.ndarray, carry: Any, z0: int,

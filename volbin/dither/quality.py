@@ -15,6 +15,7 @@ import warnings
 from typing import Any, Literal
 
 import dask.array as da
+import dask.local
 import numpy as np
 from scipy import ndimage
 
@@ -154,10 +155,10 @@ def _streamed_sums(
         e0, e1 = max(0, int(z0) - depth), min(n, int(z1) + depth)
         index: list[Any] = [slice(None)] * r.ndim
         index[axis] = slice(e0, e1)
-        bs = np.asarray(b[tuple(index)].compute(scheduler="sync"))
+        bs = np.asarray(b[tuple(index)].compute(scheduler=dask.local.get_sync))
         if check_binary:
             _check_binary(bs)
-        rs = np.asarray(r[tuple(index)].compute(scheduler="sync"))
+        rs = np.asarray(r[tuple(index)].compute(scheduler=dask.local.get_sync))
         inner: list[Any] = [slice(None)] * r.ndim
         inner[axis] = slice(int(z0) - e0, int(z1) - e0)
         t = tuple(inner)

@@ -192,7 +192,9 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
                 for i2 in range(n2):
                     gb = i0 * g0s + i1 * g1s + i2 * g2s
                     row = &x[i0, i1, i2, 0]
-                    if g3s == 0:
+                    if g3s == 0 and real_t is double:
+                        vb_minmax(<const double*>row, n3, mn + gb, mx + gb, nf + gb)
+                    elif g3s == 0:
                         # A row of one group: the vector loop over the row as doubles.
                         for i3 in range(n3):
                             buf[i3] = <double>row[i3]
@@ -389,3 +391,31 @@ def group_histogram_offsets(const real_t[:, :, :, ::1] x, const int64_t[::1] gst
                             pos = _min(_max((fv - (<double>k * s + a)) / s, 0.0), 1.0)
                         cnt[g * nbins + k] += 1
                         off[g * nbins + k] += <int64_t>(pos * _OFFSET_SCALE + 0.5)
+
+
+def group_count(const uint8_t[:, :, :, ::1] x, const int64_t[::1] gstrides, int64_t[::1] counts):
+    """Add the number of non-zero bytes of 4D `x` (a boolean block as uint8) to `counts`,
+    per group."""
+    cdef Py_ssize_t n0 = x.shape[0], n1 = x.shape[1], n2 = x.shape[2], n3 = x.shape[3]
+    cdef Py_ssize_t i0, i1, i2, i3, gb
+    cdef int64_t g0s, g1s, g2s, g3s, s
+    cdef const uint8_t* row
+    cdef int64_t* c = &counts[0]
+    _check_groups(n0, n1, n2, n3, gstrides, counts.shape[0])
+    g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
+    if n0 * n1 * n2 * n3 == 0:
+        return
+    with nogil:
+        for i0 in range(n0):
+            for i1 in range(n1):
+                for i2 in range(n2):
+                    gb = i0 * g0s + i1 * g1s + i2 * g2s
+                    row = &x[i0, i1, i2, 0]
+                    if g3s == 0:
+                        s = 0
+                        for i3 in range(n3):
+                            s += row[i3] != 0
+                        c[gb] += s
+                    else:
+                        for i3 in range(n3):
+                            c[gb + i3 * g3s] += row[i3] != 0
