@@ -29,7 +29,6 @@ __all__ = [
     "group_histograms",
     "group_histograms_with_offsets",
     "group_range",
-    "group_range_in_memory",
     "group_stats",
     "percentiles_from_hist",
 ]
@@ -277,50 +276,6 @@ def group_range(
     res = _move_groups(res, grouping)
     out = (res[..., 0], res[..., 1], res[..., 2].astype(np.int64))
     return (*out, res[..., 3].astype(np.int64)) if counts else out
-
-
-def group_range_in_memory(
-    x: np.ndarray, grouping: Grouping, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`group_range` of an array in memory (no mask): no dask graph, `threads` threads.
-
-    The array is cut along its outermost axis (in memory order) into consecutive parts whose
-    ranges are joined in order, keeping the earlier value unless the later is strictly
-    beyond it: the values, down to the sign of a zero extreme, of one pass over the array
-    as one block (the kernel's sequential definition).
-    """
-    gstrides, local_shape = _local_gstrides(x.shape, grouping)
-    x4, g4 = K.as_c4d(x, gstrides)
-    n = int(np.prod(local_shape))
-    ax = 0 if x4.shape[0] > 1 else 1
-    length = x4.shape[ax]
-    parts = max(1, min(int(threads), length, x4.size // 2**18))
-    bounds = [length * i // parts for i in range(parts + 1)]
-
-    def part(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        a, b = bounds[i], bounds[i + 1]
-        mn = np.full(n, np.inf)
-        mx = np.full(n, -np.inf)
-        nf = np.zeros(n, dtype=np.int64)
-        off = a * int(g4[ax])  # the part's first group (its indices along `ax` start at 0)
-        sub = x4[a:b] if ax == 0 else x4[:, a:b]
-        K.group_minmax(sub, g4, mn[off:], mx[off:], nf[off:])
-        return mn, mx, nf
-
-    if parts == 1:
-        results = [part(0)]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(parts) as pool:
-            results = list(pool.map(part, range(parts)))
-    mn, mx, nf = results[0]
-    for pmn, pmx, pnf in results[1:]:
-        mn = np.where(pmn < mn, pmn, mn)
-        mx = np.where(pmx > mx, pmx, mx)
-        nf = nf + pnf
-    shape = grouping.group_shape
-    return mn.reshape(shape), mx.reshape(shape), nf.reshape(shape)
 
 
 @dataclass(frozen=True)

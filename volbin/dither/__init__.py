@@ -40,9 +40,8 @@ import numpy as np
 
 from .. import _dither_kernels as DK
 from .._kernels import seed_key
-from ..histogram import group_range_in_memory
 from ..recipe import Recipe, Scope
-from ..rescale import Transform, apply_transform, build_transform, fit_transform
+from ..rescale import Transform, apply_transform, fit_transform
 from ..volume import Volume, as_volume, like_input
 
 __all__ = ["dither", "dither_volume", "kernel_record"]
@@ -303,8 +302,10 @@ class _Slab:
 
 
 def _diffuse_volume(plan: _Diffusion, v: int, block: np.ndarray, out: np.ndarray, carry: Any, z0: int,
-                    n_slices: int, base: int) -> np.ndarray:  # fmt: skip
-    """3D diffusion of the slab `block` of one 3D volume into `out`; the carry sent on."""
+                    n_slices: int, base: int, threads: int = 1) -> np.ndarray:  # fmt: skip
+    """3D diffusion of the slab `block` of one 3D volume into `out`; the carry sent on.
+
+    With ``threads=2`` a spare thread stages the slab's sub-slabs (`DK.diffuse_3d_view`)."""
     _, carry_out = DK.diffuse_3d_view(
         block.transpose(plan.ax3),
         out.transpose(plan.ax3),
@@ -318,15 +319,16 @@ def _diffuse_volume(plan: _Diffusion, v: int, block: np.ndarray, out: np.ndarray
         key=plan.key,
         index_base=base,
         index_strides=plan.index_strides,
+        threads=threads,
     )
     plan.finish(block, out)
     return carry_out
 
 
-def _slab_task(slab: _Slab, carry: Any, *, plan, v, z0, n_slices, base):
+def _slab_task(slab: _Slab, carry: Any, *, plan, v, z0, n_slices, base, threads):
     block = slab.compute()
     out = np.empty(block.shape, bool)
-    return out, _diffuse_volume(plan, v, block, out, carry, z0, n_slices, base)
+    return out, _diffuse_volume(plan, v, block, out, carry, z0, n_slices, base, threads)
 
 
 def _volume_graph(
@@ -347,6 +349,8 @@ def _volume_graph(
     n_vol = data.shape[vaxis] if vaxis is not None else 1
     out_volumes = []
     task = dask.delayed(_slab_task, nout=2, pure=True)
+    # Fewer chains than threads: each chain's tasks have a spare thread to stage slabs.
+    helpers = 2 if n_vol < _threads() else 1
     for v in range(n_vol):
         carry = None
         slabs = []
@@ -362,7 +366,14 @@ def _volume_graph(
                 start[vaxis] = v
             base = int(np.dot(start, plan.full_strides))
             res, carry = task(
-                _Slab(data[tuple(index)]), carry, plan=plan, v=v, z0=z0, n_slices=n_slices, base=base
+                _Slab(data[tuple(index)]),
+                carry,
+                plan=plan,
+                v=v,
+                z0=z0,
+                n_slices=n_slices,
+                base=base,
+                threads=helpers,
             )
             shape3 = [data.shape[a] for a in range(data.ndim) if a != vaxis]
             shape3[ax3[0]] = z1 - z0
@@ -484,17 +495,14 @@ def _dither_in_memory(arr: np.ndarray, vol: Volume, recipe: Recipe) -> np.ndarra
     """`dither_volume` of a numpy array, computed at once without a dask graph; None when
     the recipe or the array's type needs the graph (curves, upsampling, exotic types).
 
-    The range pass and the diffusion run on `_threads` threads: slices in runs per
-    thread, volumes (3D) each on a thread.
+    The diffusion runs on `_threads` threads: runs of slices (2D), or volumes (3D) with a
+    spare thread staging the slabs of a volume.
     """
     if not _fusable(recipe) or arr.dtype not in DK.VIEW_TYPES:
         return None
-    grouping = vol.grouping("stack" if recipe.scope == "stack" else "volume")
     threads = _threads() if arr.size >= _THREAD_VOXELS else 1
-    if recipe.rescale in ("minmax", "none", "fixed"):
-        tr = _fit_in_memory(arr, vol, grouping, recipe, threads)
-    else:
-        tr = fit_transform(vol, grouping, recipe)
+    # Its passes run on the array's blocks, without a dask graph (`volume.in_memory`).
+    tr = fit_transform(vol, vol.grouping("stack" if recipe.scope == "stack" else "volume"), recipe)
     axis = vol.axis_index(recipe.axis)
     out = np.empty(arr.shape, bool)
     start = [0] * arr.ndim
@@ -526,12 +534,6 @@ def _dither_in_memory(arr: np.ndarray, vol: Volume, recipe: Recipe) -> np.ndarra
     ]
     _run_all(jobs, threads)
     return plan.finish(arr, out)
-
-
-def _fit_in_memory(arr: np.ndarray, vol: Volume, grouping: Any, recipe: Recipe, threads: int) -> Transform:
-    """`fit_transform` of a min-max, fixed or no rescale, its range pass without dask."""
-    dmin, dmax, nonfinite = group_range_in_memory(arr, grouping, threads)
-    return build_transform(grouping, recipe, dmin, dmax, nonfinite, volume=vol)
 
 
 @overload
