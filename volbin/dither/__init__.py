@@ -202,6 +202,16 @@ class _Diffusion:
         return out
 
 
+def _readable(block: np.ndarray) -> np.ndarray:
+    """`block` in a type the loops read (`DK.VIEW_TYPES`): float16 as float32, other byte
+    orders as native; both conversions are exact."""
+    if block.dtype in DK.VIEW_TYPES:
+        return block
+    if block.dtype.kind == "f" and block.dtype.itemsize < 4:
+        return block.astype(np.float32)
+    return block.astype(block.dtype.newbyteorder("="))
+
+
 def _diffusion(
     vol: Volume, recipe: Recipe, axis: int, kernel: Any, tr: Transform | None = None, nonfinite: bool = False
 ) -> _Diffusion:
@@ -249,6 +259,7 @@ def _diffuse_slices(
     With several threads each 3D volume is cut into runs of slices (multiples of the
     `LOCKSTEP` slices the loop diffuses at once), about two per thread.
     """
+    block = _readable(block)
     n = block.shape[plan.ax[0]]
     n_vol = 1 if plan.vaxis is None else block.shape[plan.vaxis]
     units = -(-n // DK.LOCKSTEP)
@@ -316,6 +327,7 @@ def _diffuse_volume(plan: _Diffusion, v: int, block: np.ndarray, out: np.ndarray
     """3D diffusion of the slab `block` of one 3D volume into `out`; the carry sent on.
 
     With ``threads=2`` a spare thread stages the slab's sub-slabs (`DK.diffuse_3d_view`)."""
+    block = _readable(block)
     _, carry_out = DK.diffuse_3d_view(
         block.transpose(plan.ax3),
         out.transpose(plan.ax3),

@@ -621,7 +621,7 @@ def load_slab(const raw_t[:, :, :] src, float[:, :, ::1] dst, double lo, double 
     _loop_order(sst, dst_st, order)
     n0, n1, n2 = n[order[0]], n[order[1]], n[order[2]]
     s0, s1 = sst[order[0]], sst[order[1]]
-    s2 = sst[order[2]] // <Py_ssize_t>sizeof(raw_t)  # in elements (numpy strides are multiples)
+    s2 = sst[order[2]]  # in bytes
     d0, d1, d2 = dst_st[order[0]], dst_st[order[1]], dst_st[order[2]]
     sp = <const char*>&src[0, 0, 0]
     dp = &dst[0, 0, 0]
@@ -639,16 +639,16 @@ def load_slab(const raw_t[:, :, :] src, float[:, :, ::1] dst, double lo, double 
             for j in range(n1):
                 sj = <const raw_t*>(sp + i * s0 + j * s1)
                 t = tmp + j * n2
-                if i + 1 < n0 and s2 == 1:
+                if i + 1 < n0 and s2 == item:
                     # Short runs far apart (a transposed view): fetch the next ones early.
                     for k in range(0, n2 * item, 64):
                         vb_prefetch(<const char*>sj + s0 + k)
-                if s2 == 1:
+                if s2 == item:
                     for k in range(n2):
                         t[k] = <double>sj[k]
                 else:
                     for k in range(n2):
-                        t[k] = <double>sj[k * s2]
+                        t[k] = <double>(<const raw_t*>(<const char*>sj + k * s2))[0]
             if rescale:
                 vb_rescale(tmp, ftmp, n1 * n2, lo, span)  # NaN -> 0
             else:
