@@ -43,25 +43,31 @@ The loops are compiled ahead of time, in `volbin.kernels`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
-from .kernels._diffusion import diffuse_slices, diffuse_volume
+from .kernels._diffusion import LOCKSTEP, diffuse_lanes, diffuse_slices, diffuse_volume, load_slab, store_slab
 from .kernels._void_cluster import void_and_cluster_ranks
 
 __all__ = [
     "KERNELS",
     "KERNELS_3D",
+    "LOCKSTEP",
     "NEXT_SLICE_SHARE",
     "NEXT_SLICE_SPREAD",
+    "VIEW_TYPES",
     "DiffusionKernel",
     "DiffusionKernel3D",
     "diffuse_2d",
+    "diffuse_2d_view",
     "diffuse_3d",
+    "diffuse_3d_view",
     "diffusion_kernel",
     "diffusion_kernel_3d",
     "extend_to_3d",
@@ -595,6 +601,231 @@ def diffuse_3d(
     diffuse_volume(a, out.reshape(a.shape), c1, c2, dz, dy, dx, w, bool(serpentine), threshold,
                    jitter, key, base, strides, z0, n_slices, carry_in, carry_out)  # fmt: skip
     return out, carry_out
+
+
+# --------------------------------------------------------------------------------------------
+# Views of raw data in, bits out
+# --------------------------------------------------------------------------------------------
+#
+# Drivers hand these a transposed view of the input volume (no copy) and of the output, with
+# the rescale's (lo, span).  The view is staged slab by slab into a small float32 buffer by
+# `load_slab` (reading the input in its memory order, rescaling as `Transform.apply` does),
+# diffused by the loops above, and the bits written by `store_slab`: the result is the bytes
+# `diffuse_2d` / `diffuse_3d` give on a rescaled contiguous copy, without making the copy.
+
+#: float32 bytes of one staged slab (a few slices; the buffers stay in the core's cache).
+SLAB_BYTES = 2**20
+#: Slices staged at least, when the slice axis is the innermost in memory: consecutive slices
+#: share cache lines (16 float32 or 64 bytes), which are then read once.
+SLAB_MIN_INNERMOST = 16
+
+#: Input types the views may have (bool is read as uint8; others, float16 and non-native byte
+#: orders among them, are refused).
+VIEW_TYPES = frozenset(
+    np.dtype(t)
+    for t in (
+        *("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"),
+        *("float32", "float64"),
+    )
+)
+
+
+def _prepare_view(src, out, what):
+    if not isinstance(src, np.ndarray) or src.ndim != 3:
+        raise ValueError(f"`{what}` must be a 3D numpy array (a view); got {type(src).__name__}.")
+    if src.dtype == np.bool_:
+        src = src.view(np.uint8)
+    if src.dtype not in VIEW_TYPES:
+        raise TypeError(
+            f"`{what}` must hold native-endian integers or float32/float64; got dtype {src.dtype}."
+        )
+    if out is None:
+        out = np.empty(src.shape, np.uint8)
+    elif not (
+        isinstance(out, np.ndarray)
+        and out.dtype in (np.uint8, np.bool_)
+        and out.shape == src.shape
+        and out.flags.writeable
+    ):
+        raise ValueError(f"`out` must be a writable uint8 or bool array of shape {src.shape}.")
+    return src, out
+
+
+def _rescale_args(rescale) -> tuple[float, float, bool]:
+    if rescale is None:
+        return 0.0, 1.0, False
+    lo, span = (float(v) for v in rescale)
+    if not (math.isfinite(lo) and math.isfinite(span) and span > 0):
+        raise ValueError(f"`rescale` must be (lo, span) with finite lo and span > 0; got {rescale!r}.")
+    return lo, span, True
+
+
+def _slab_depth(src: np.ndarray, slab: int | None) -> int:
+    n, rows, cols = src.shape
+    if slab is not None:
+        if int(slab) < 1:
+            raise ValueError(f"`slab` must be a positive int; got {slab}.")
+        return min(int(slab), max(n, 1))
+    depth = max(2, SLAB_BYTES // max(4 * rows * cols, 1))
+    st = [abs(t) for t in src.strides]
+    if st[0] < min(st[1], st[2]):
+        depth = max(depth, SLAB_MIN_INNERMOST)
+    return min(depth + depth % 2, max(n, 1))  # slices are diffused in pairs
+
+
+def diffuse_2d_view(
+    src: np.ndarray,
+    out: np.ndarray | None = None,
+    kernel="floyd-steinberg",
+    *,
+    rescale: tuple[float, float] | None = None,
+    serpentine: bool = False,
+    threshold: float = 0.5,
+    jitter: float = 0.0,
+    key: int | np.uint64 = 0,
+    index_base: int = 0,
+    index_strides: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """`diffuse_2d` of every slice ``src[i]`` of a view of raw data, rescaled on the fly.
+
+    Sixteen slices are diffused in lockstep, one per vector lane (`diffuse_lanes`).
+
+    Parameters
+    ----------
+    src : (n, rows, cols) ndarray
+        Any strides (a transposed view of a volume is read in place) and any type of
+        `VIEW_TYPES`.
+    out : (n, rows, cols) uint8 or bool ndarray, optional
+        Any strides; receives the 0/1 result.
+    rescale : (lo, span), optional
+        Use ``clip((float64(x) - lo) / span, 0, 1)`` rounded to float32, the linear rescale of
+        `volbin.rescale.Transform.apply`, instead of ``float32(x)``.
+    kernel, serpentine, threshold, jitter, key, index_base, index_strides
+        As in `diffuse_2d`; `index_strides` defaults to the C-order strides of `src`'s shape.
+
+    Returns
+    -------
+    out : (n, rows, cols) uint8 or bool ndarray
+        The bytes `diffuse_2d` gives on the rescaled values as a contiguous float32 copy.
+
+    Raises
+    ------
+    TypeError
+        If `src` has a type outside `VIEW_TYPES`.
+    ValueError
+        Bad shapes, `out`, `rescale`, kernel, `threshold` or `jitter`.
+    """
+    src, out = _prepare_view(src, out, "src")
+    lo, span, do_rescale = _rescale_args(rescale)
+    k = diffusion_kernel(kernel)
+    threshold, jitter = _check_scalars(threshold, jitter)
+    c1, c2, _, dy, dx, w = _loop_taps(k)
+    key, base, strides = _index_args(src.shape, key, index_base, index_strides)
+    if src.size:
+        diffuse_lanes(src, out.view(np.uint8), lo, span, do_rescale, c1, c2, dy, dx, w, bool(serpentine),
+                      threshold, jitter, key, base, strides)  # fmt: skip
+    return out
+
+
+def diffuse_3d_view(
+    src: np.ndarray,
+    out: np.ndarray | None = None,
+    kernel="sierra-lite-3d",
+    *,
+    rescale: tuple[float, float] | None = None,
+    carry_in: np.ndarray | None = None,
+    z0: int = 0,
+    n_slices: int | None = None,
+    serpentine: bool = True,
+    threshold: float = 0.5,
+    jitter: float = 0.0,
+    key: int | np.uint64 = 0,
+    index_base: int = 0,
+    index_strides: tuple[int, int, int] | None = None,
+    slab: int | None = None,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`diffuse_3d` of a view of raw data (slices along axis 0), rescaled on the fly.
+
+    The view is staged slab by slab (`slab` slices at a time; default about `SLAB_BYTES` of
+    float32) into a contiguous buffer by `load_slab`, and the bits written by `store_slab`;
+    with ``threads=2`` a second thread stages the next slab and writes the last one's bits
+    while the (sequential) loop runs.  `src`, `out` and `rescale` are as in
+    `diffuse_2d_view`; the other parameters as in `diffuse_3d`.  `carry_in` is not modified.
+
+    Returns
+    -------
+    out : (n, rows, cols) uint8 or bool ndarray
+    carry_out : (d, rows, cols) float32 ndarray
+        The bytes and the carried error `diffuse_3d` gives on the rescaled values.
+    """
+    src, out = _prepare_view(src, out, "src")
+    lo, span, do_rescale = _rescale_args(rescale)
+    k = diffusion_kernel_3d(kernel)
+    threshold, jitter = _check_scalars(threshold, jitter)
+    n, rows, cols = src.shape
+    z0 = int(z0)
+    n_slices = z0 + n if n_slices is None else int(n_slices)
+    if z0 < 0 or z0 + n > n_slices:
+        raise ValueError(f"Slab of {n} slices at `z0` = {z0} does not fit in `n_slices` = {n_slices}.")
+    c1, c2, dz, dy, dx, w = _loop_taps(k)
+    cshape = (int(dz.max()), rows, cols)
+    if carry_in is None:
+        carry_in = np.zeros(cshape, _ERR)
+    elif not (isinstance(carry_in, np.ndarray) and carry_in.shape == cshape):
+        raise ValueError(f"`carry_in` must be an array of shape {cshape}.")
+    given = carry_in = np.ascontiguousarray(carry_in, dtype=_ERR)
+    carry_out = np.empty(cshape, _ERR)
+    key, base, strides = _index_args(src.shape, key, index_base, index_strides)
+    bits = out.view(np.uint8)
+    if n == 0:
+        return out, carry_in.copy()
+    depth = _slab_depth(src, slab)
+    direct_in = not do_rescale and src.dtype == np.float32 and src.flags.c_contiguous
+    direct_out = bits.flags.c_contiguous
+    ranges = [(s, min(n, s + depth)) for s in range(0, n, depth)]
+    pipelined = threads > 1 and len(ranges) > 1 and not (direct_in and direct_out)
+    nbuf = 2 if pipelined else 1
+    ins = [] if direct_in else [np.empty((depth, rows, cols), np.float32) for _ in range(nbuf)]
+    outs = [] if direct_out else [np.empty((depth, rows, cols), np.uint8) for _ in range(nbuf)]
+
+    def stage(i: int) -> np.ndarray:
+        s, e = ranges[i]
+        if direct_in:
+            return src[s:e]
+        x = ins[i % nbuf][: e - s]
+        load_slab(src[s:e], x, lo, span, do_rescale)
+        return x
+
+    def unstage(i: int, y: np.ndarray) -> None:
+        s, e = ranges[i]
+        store_slab(y, bits[s:e])
+
+    # With `threads`, a second thread stages the next slab and writes out the last one's bits
+    # while this one diffuses (the loop is sequential; staging a transposed view costs about
+    # as much as the loop).
+    with ThreadPoolExecutor(1) if pipelined else contextlib.nullcontext() as helper:
+        staged = stage(0)
+        done = []
+        for i, (s, e) in enumerate(ranges):
+            x = staged if i == 0 or helper is None else staged.result()
+            if i + 1 < len(ranges):
+                staged = helper.submit(stage, i + 1) if helper is not None else None
+            y = bits[s:e] if direct_out else outs[i % nbuf][: e - s]
+            diffuse_volume(x, y, c1, c2, dz, dy, dx, w, bool(serpentine), threshold, jitter, key,
+                           base + s * strides[0], strides, z0 + s, n_slices, carry_in, carry_out)  # fmt: skip
+            # The error sent on feeds the next slab; the caller's buffer is never written.
+            carry_in, carry_out = carry_out, (np.empty(cshape, _ERR) if carry_in is given else carry_in)
+            if not direct_out:
+                if helper is not None:
+                    done.append(helper.submit(unstage, i, y))
+                else:
+                    unstage(i, y)
+            if helper is None and i + 1 < len(ranges):
+                staged = stage(i + 1)
+        for f in done:
+            f.result()
+    return out, carry_in
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,11 +13,33 @@ bit-identical to ``tests/reference.py``.
 """
 
 from libc.math cimport INFINITY, isfinite, nextafterf
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from ._splitmix cimport uniform01
+
+cdef extern from "_simd.h" nogil:
+    enum:
+        VB_LANES
+    int vb_init()
+    int vb_set_level(int level)
+    void vb_lanes_inner(const float* a, uint8_t* bits, const float* cur, float* srow, Py_ssize_t x0,
+                        Py_ssize_t step, Py_ssize_t count, float c1, float c2, float* r1, float* r2,
+                        float t32)
+    void vb_rescale(const double* x, float* out, Py_ssize_t n, double lo, double span)
+    void vb_prefetch(const void* p)
+    void vb_prefetchw(void* p)
+
+#: Vector version of the lockstep loops in use (`diffuse_lanes`): 0 scalar, 1 SSE2, 2 AVX2.
+SIMD_LEVEL = vb_init()
+
+
+def _set_simd_level(int level):
+    """Use vector version `level` or the best below it (tests compare every version)."""
+    global SIMD_LEVEL
+    SIMD_LEVEL = vb_set_level(level)
+    return SIMD_LEVEL
 
 
 cdef inline float _floor32(double t) noexcept nogil:
@@ -518,6 +540,497 @@ def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1,
         finally:
             free(ring)
             free(srow)
+            free(tp.offs)
+            free(tp.tap_ok)
+            free(tp.tap_far)
+
+
+# --------------------------------------------------------------------------------------------
+# Slabs of raw data in, bits out: what the drivers hand the loops without a pass of their own
+# --------------------------------------------------------------------------------------------
+
+ctypedef fused raw_t:
+    int8_t
+    uint8_t
+    int16_t
+    uint16_t
+    int32_t
+    uint32_t
+    int64_t
+    uint64_t
+    float
+    double
+
+
+cdef inline Py_ssize_t _iabs(Py_ssize_t v) noexcept nogil:
+    return -v if v < 0 else v
+
+
+cdef inline void _loop_order(const Py_ssize_t* inner, const Py_ssize_t* middle,
+                             Py_ssize_t* order) noexcept nogil:
+    """Loop nesting (outer, middle, inner axes) of a strided copy between two arrays.
+
+    The innermost loop walks the axis of smallest `inner` stride (the side read or written
+    element by element); the middle one, of the other two axes, the one of smallest `middle`
+    stride, so the other side advances through memory from one inner run to the next (a
+    transposed view is then read in cache lines and written in rows).
+    """
+    cdef Py_ssize_t a, b, c
+    c = 0
+    for a in range(1, 3):
+        if _iabs(inner[a]) < _iabs(inner[c]):
+            c = a
+    a, b = (1, 2) if c == 0 else ((0, 2) if c == 1 else (0, 1))
+    if _iabs(middle[b]) < _iabs(middle[a]):
+        a, b = b, a
+    order[0], order[1], order[2] = b, a, c
+
+
+def load_slab(const raw_t[:, :, :] src, float[:, :, ::1] dst, double lo, double span, bint rescale):
+    """Fill the float32 slab `dst` from `src` (same shape, any strides and numeric type).
+
+    Without `rescale`, ``dst = float32(src)``.  With it, the linear rescale of
+    ``volbin.rescale.Transform.apply``, operation by operation: ``r = (float64(x) - lo) /
+    span``, clipped to [0, 1] and rounded once to float32; NaN becomes 0, which is what the
+    loops read for it.  The loops walk `src` in its memory order.
+    """
+    cdef Py_ssize_t n[3]
+    cdef Py_ssize_t sst[3]
+    cdef Py_ssize_t dst_st[3]
+    cdef Py_ssize_t order[3]
+    cdef Py_ssize_t i, j, k, n0, n1, n2, s0, s1, s2, d0, d1, d2
+    cdef const char* sp
+    cdef const raw_t* sj
+    cdef float* dp
+    cdef float* dj
+    cdef double* tmp
+    cdef double* t
+    cdef float* ftmp
+    cdef float* ft
+    cdef Py_ssize_t item = sizeof(raw_t)
+    if (src.shape[0], src.shape[1], src.shape[2]) != (dst.shape[0], dst.shape[1], dst.shape[2]):
+        raise ValueError("`src` and `dst` must have the same shape.")
+    if src.shape[0] * src.shape[1] * src.shape[2] == 0:
+        return
+    for i in range(3):
+        n[i] = src.shape[i]
+        sst[i] = src.strides[i]
+    dst_st[0] = dst.shape[1] * dst.shape[2]
+    dst_st[1] = dst.shape[2]
+    dst_st[2] = 1
+    _loop_order(sst, dst_st, order)
+    n0, n1, n2 = n[order[0]], n[order[1]], n[order[2]]
+    s0, s1 = sst[order[0]], sst[order[1]]
+    s2 = sst[order[2]]  # in bytes
+    d0, d1, d2 = dst_st[order[0]], dst_st[order[1]], dst_st[order[2]]
+    sp = <const char*>&src[0, 0, 0]
+    dp = &dst[0, 0, 0]
+    with nogil:
+        # One outer step at a time: gather its (middle, inner) block into tmp as doubles,
+        # rescale the block in one call, scatter it to dst.
+        tmp = <double*>malloc(n1 * n2 * sizeof(double))
+        ftmp = <float*>malloc(n1 * n2 * sizeof(float))
+        if tmp == NULL or ftmp == NULL:
+            free(tmp)
+            free(ftmp)
+            with gil:
+                raise MemoryError()
+        for i in range(n0):
+            for j in range(n1):
+                sj = <const raw_t*>(sp + i * s0 + j * s1)
+                t = tmp + j * n2
+                if i + 1 < n0 and s2 == item:
+                    # Short runs far apart (a transposed view): fetch the next ones early.
+                    for k in range(0, n2 * item, 64):
+                        vb_prefetch(<const char*>sj + s0 + k)
+                if s2 == item:
+                    for k in range(n2):
+                        t[k] = <double>sj[k]
+                else:
+                    for k in range(n2):
+                        t[k] = <double>(<const raw_t*>(<const char*>sj + k * s2))[0]
+            if rescale:
+                vb_rescale(tmp, ftmp, n1 * n2, lo, span)  # NaN -> 0
+            else:
+                for k in range(n1 * n2):
+                    ftmp[k] = <float>tmp[k]
+            for j in range(n1):
+                dj = dp + i * d0 + j * d1
+                ft = ftmp + j * n2
+                if d2 == 1:
+                    for k in range(n2):
+                        dj[k] = ft[k]
+                else:
+                    for k in range(n2):
+                        dj[k * d2] = ft[k]
+        free(tmp)
+        free(ftmp)
+
+
+def store_slab(const uint8_t[:, :, ::1] src, uint8_t[:, :, :] dst):
+    """Copy the uint8 slab `src` into `dst` (same shape, any strides), in `dst`'s memory order."""
+    cdef Py_ssize_t n[3]
+    cdef Py_ssize_t dst_st[3]
+    cdef Py_ssize_t src_st[3]
+    cdef Py_ssize_t order[3]
+    cdef Py_ssize_t i, j, k, n0, n1, n2, s0, s1, s2, d0, d1, d2
+    cdef const uint8_t* sp
+    cdef const uint8_t* sj
+    cdef char* dp
+    cdef char* dj
+    if (src.shape[0], src.shape[1], src.shape[2]) != (dst.shape[0], dst.shape[1], dst.shape[2]):
+        raise ValueError("`src` and `dst` must have the same shape.")
+    if src.shape[0] * src.shape[1] * src.shape[2] == 0:
+        return
+    for i in range(3):
+        n[i] = dst.shape[i]
+        dst_st[i] = dst.strides[i]
+    src_st[0] = src.shape[1] * src.shape[2]
+    src_st[1] = src.shape[2]
+    src_st[2] = 1
+    _loop_order(dst_st, src_st, order)
+    n0, n1, n2 = n[order[0]], n[order[1]], n[order[2]]
+    s0, s1, s2 = src_st[order[0]], src_st[order[1]], src_st[order[2]]
+    d0, d1, d2 = dst_st[order[0]], dst_st[order[1]], dst_st[order[2]]
+    sp = &src[0, 0, 0]
+    dp = <char*>&dst[0, 0, 0]
+    with nogil:
+        for i in range(n0):
+            for j in range(n1):
+                sj = sp + i * s0 + j * s1
+                dj = dp + i * d0 + j * d1
+                if i + 1 < n0 and d2 == 1:
+                    for k in range(0, n2, 64):
+                        vb_prefetchw(dj + d0 + k)
+                for k in range(n2):
+                    dj[k * d2] = <char>sj[k * s2]
+
+
+# --------------------------------------------------------------------------------------------
+# Sixteen slices in lockstep, one per vector lane
+# --------------------------------------------------------------------------------------------
+#
+# The slices of a 2D diffusion are independent and share their geometry, so `diffuse_lanes`
+# runs LANES of them side by side: every buffer holds LANES values per pixel (lane = slice),
+# and each step of the scan is a loop over the lanes that the compiler turns into vector
+# instructions.  Per lane, the operations are those of `diffuse_slices`, in its order: the
+# same bytes.  Rows are read from the raw data (any strides and type, rescaled as
+# `load_slab` does) into a small row buffer, and the bits written straight to `out`.
+
+cdef enum:
+    LANES = VB_LANES  # slices diffused in lockstep
+    PASS = 4  # groups of LANES slices read together when the slices are innermost in memory
+
+#: Slices `diffuse_lanes` diffuses in lockstep (callers cutting a stack cut it in multiples).
+LOCKSTEP = LANES
+
+
+cdef inline void _edge_run_l(const float* a, uint8_t* bits, const float* err, float* srow,
+                             const Taps* tp, Py_ssize_t x0, Py_ssize_t step, Py_ssize_t count,
+                             Py_ssize_t cols, float* r1, float* r2, const Quant* qt,
+                             const uint64_t* rowidx) noexcept nogil:
+    """`_edge_run` on LANES slices (buffers hold LANES values per pixel)."""
+    cdef float zero = 0.0, one = 1.0, v, e, insum, wkeep, r1n
+    cdef float c1 = tp.c1, c2 = tp.c2
+    cdef double s, f = 0.0
+    cdef Py_ssize_t i, k, x, tx, xo, l
+    cdef bint b, in1, in2, allin
+    cdef int mode
+    for i in range(count):
+        x = x0 + step * i
+        # The geometry of the pixel, the same in every lane.
+        in1 = c1 != zero and 0 <= x + step < cols
+        in2 = c2 != zero and 0 <= x + 2 * step < cols
+        insum = zero
+        wkeep = zero
+        allin = True
+        if c1 != zero:
+            if in1:
+                insum = insum + c1
+                wkeep = wkeep + c1
+            else:
+                allin = False
+                if not tp.raster:
+                    wkeep = wkeep + c1
+        if c2 != zero:
+            if in2:
+                insum = insum + c2
+                wkeep = wkeep + c2
+            else:
+                allin = False
+                if not tp.raster:
+                    wkeep = wkeep + c2
+        for k in range(tp.ntap):
+            tx = x + step * tp.dx[k]
+            if tp.tap_ok[k] and 0 <= tx < cols:
+                insum = insum + tp.w[k]
+                wkeep = wkeep + tp.w[k]
+            else:
+                allin = False
+                if not (tp.tap_far[k] or (tp.raster and tx >= cols)):
+                    wkeep = wkeep + tp.w[k]
+        if allin:
+            mode = 0
+        elif insum > zero:
+            mode = 1
+            f = <double>wkeep / <double>insum
+        else:
+            mode = 2
+        xo = x * LANES
+        for l in range(LANES):
+            v = (a[xo + l] + err[xo + l]) + r1[l]
+            b = _above(v, qt.t32, qt.threshold, qt.jitter, qt.key, rowidx[l] + <uint64_t>x * qt.xstride)
+            bits[xo + l] = b
+            e = v - one if b else v
+            if mode == 0:
+                s = <double>e
+            elif mode == 1:
+                s = <double>e * f
+            else:
+                s = 0.0
+            srow[xo + l] = <float>s
+            r1n = r2[l] + <float>(<double>c1 * s) if in1 else r2[l]
+            r2[l] = <float>(<double>c2 * s) if in2 else zero
+            r1[l] = r1n
+
+
+cdef inline void _inner_run_l(const float* a, uint8_t* bits, const float* cur, float* srow,
+                              Py_ssize_t x0, Py_ssize_t step, Py_ssize_t count, float c1, float c2,
+                              float* r1p, float* r2p, const Quant* qt,
+                              const uint64_t* rowidx) noexcept nogil:
+    """`_inner_run` on LANES slices; the output value is subtracted as a float (exact)."""
+    cdef float v, e, t32 = qt.t32
+    cdef float r1[LANES]
+    cdef float r2[LANES]
+    cdef Py_ssize_t i, x, xo, l
+    cdef bint b
+    for l in range(LANES):
+        r1[l] = r1p[l]
+        r2[l] = r2p[l]
+    if qt.jitter == 0.0:
+        vb_lanes_inner(a, bits, cur, srow, x0, step, count, c1, c2, r1, r2, t32)
+    else:
+        for i in range(count):
+            x = x0 + step * i
+            xo = x * LANES
+            for l in range(LANES):
+                v = (a[xo + l] + cur[xo + l]) + r1[l]
+                b = _above(v, t32, qt.threshold, qt.jitter, qt.key, rowidx[l] + <uint64_t>x * qt.xstride)
+                bits[xo + l] = b
+                e = v - <float>b
+                srow[xo + l] = e
+                r1[l] = r2[l] + c1 * e
+                r2[l] = c2 * e
+    for l in range(LANES):
+        r1p[l] = r1[l]
+        r2p[l] = r2[l]
+
+
+cdef inline void _spread_l(float* err, const Taps* tp, const float* srow, Py_ssize_t step,
+                           Py_ssize_t cols) noexcept nogil:
+    """`_spread` on LANES slices: each tap's update is one flat loop over pixels and lanes."""
+    cdef Py_ssize_t k, i, d, lo, hi
+    cdef float wk
+    cdef float* tgt
+    cdef const float* sv
+    for k in range(tp.ntap):
+        if not tp.tap_ok[k]:
+            continue
+        d = step * tp.dx[k]
+        lo = -d if -d > 0 else 0
+        hi = cols - d if cols - d < cols else cols
+        wk = tp.w[k]
+        tgt = err + tp.offs[k] + (d + lo) * LANES
+        sv = srow + lo * LANES
+        for i in range((hi - lo) * LANES):
+            tgt[i] = tgt[i] + wk * sv[i]
+
+
+def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, double span,
+                  bint rescale, float c1, float c2, const int64_t[::1] dy, const int64_t[::1] dx,
+                  const float[::1] w, bint serpentine, double threshold, double jitter, uint64_t key,
+                  int64_t index_base, index_strides):
+    """`diffuse_slices` of the slices ``src[i]`` of raw data (any strides), into `out`.
+
+    Each value is read as `load_slab` reads it (``float32(x)``, or with `rescale` the linear
+    rescale by `lo` and `span`), non-finite values as 0; `out` (same shape, any strides)
+    receives the bits.  LANES slices are diffused in lockstep; the bytes are those of
+    `diffuse_slices` on the values as a contiguous float32 stack.  When the slices are the
+    innermost axis of `src` in memory, PASS groups of LANES slices advance row by row
+    together, so each row of data is read in whole cache lines.
+    """
+    cdef Py_ssize_t n = src.shape[0], rows = src.shape[1], cols = src.shape[2]
+    cdef Py_ssize_t nring, s, y, k, c, l, g, nl, lo_, hi_, base, width, groups, npass, m
+    cdef Py_ssize_t ss, sr, sc, os_, or_, oc, item = sizeof(raw_t)
+    cdef Py_ssize_t step
+    cdef bint across
+    cdef Py_ssize_t ext[4]
+    cdef Py_ssize_t seg[6]
+    cdef uint64_t s0, s1
+    cdef uint64_t rowidx[LANES]
+    cdef float r1[LANES]
+    cdef float r2[LANES]
+    cdef float* ring = NULL
+    cdef float* srow = NULL
+    cdef float* arow = NULL
+    cdef double* tmp = NULL
+    cdef uint8_t* bits = NULL
+    cdef float* gring
+    cdef float* garow
+    cdef uint8_t* gbits
+    cdef double* t
+    cdef const char* sp
+    cdef const char* srcrow
+    cdef const raw_t* cell
+    cdef char* op
+    cdef char* outrow
+    cdef char* ocell
+    cdef char* outrow_next
+    cdef const int64_t* dyp
+    cdef double r, zero = 0.0, one = 1.0
+    cdef float fv
+    cdef Taps tp
+    cdef Quant qt
+    _check_taps(dy, dx, w)
+    if (out.shape[0], out.shape[1], out.shape[2]) != (n, rows, cols):
+        raise ValueError("`out` must have the shape of `src`.")
+    for k in range(dy.shape[0]):
+        if dy[k] < 1:
+            raise ValueError("Every memory tap of a 2D kernel must have `dy` >= 1.")
+    s0 = <uint64_t><int64_t>index_strides[0]
+    s1 = <uint64_t><int64_t>index_strides[1]
+    if n * rows * cols == 0:
+        return
+    tp.c1 = c1
+    tp.c2 = c2
+    tp.raster = not serpentine
+    tp.ntap = w.shape[0]
+    tp.dx = &dx[0] if tp.ntap else NULL
+    tp.w = &w[0] if tp.ntap else NULL
+    dyp = &dy[0] if tp.ntap else NULL
+    qt.threshold = threshold
+    qt.jitter = jitter
+    qt.key = key
+    qt.xstride = <uint64_t><int64_t>index_strides[2]
+    ss, sr, sc = src.strides[0], src.strides[1], src.strides[2]
+    os_, or_, oc = out.strides[0], out.strides[1], out.strides[2]
+    sp = <const char*>&src[0, 0, 0]
+    op = <char*>&out[0, 0, 0]
+    width = cols * LANES
+    across = _iabs(ss) < _iabs(sc)  # read each pixel's run of slices, else each slice's row
+    groups = PASS if across and _iabs(ss) < _iabs(sr) else 1
+    with nogil:
+        _kernel_extent(&tp, dyp, ext)
+        qt.t32 = _floor32(threshold)
+        nring = ext[1] + 1
+        ring = <float*>malloc(groups * nring * width * sizeof(float))
+        srow = <float*>calloc(width, sizeof(float))
+        arow = <float*>calloc(groups * width, sizeof(float))
+        tmp = <double*>calloc(groups * width, sizeof(double))
+        bits = <uint8_t*>calloc(groups * width, sizeof(uint8_t))
+        tp.offs = <int64_t*>malloc((tp.ntap + 1) * sizeof(int64_t))
+        tp.tap_ok = <uint8_t*>malloc((tp.ntap + 1) * sizeof(uint8_t))
+        tp.tap_far = <uint8_t*>malloc((tp.ntap + 1) * sizeof(uint8_t))
+        try:
+            if (ring == NULL or srow == NULL or arow == NULL or tmp == NULL or bits == NULL
+                    or tp.offs == NULL or tp.tap_ok == NULL or tp.tap_far == NULL):
+                with gil:
+                    raise MemoryError()
+            s = 0
+            while s < n:
+                npass = n - s if n - s < groups * LANES else groups * LANES  # slices this pass
+                memset(ring, 0, groups * nring * width * sizeof(float))
+                memset(tmp, 0, groups * width * sizeof(double))  # lanes past the last slice read 0
+                for y in range(rows):
+                    step = -1 if serpentine and y % 2 == 1 else 1
+                    base = (y % nring) * width
+                    for k in range(tp.ntap):
+                        tp.offs[k] = ((y + dyp[k]) % nring) * width
+                        tp.tap_ok[k] = y + dyp[k] < rows
+                        tp.tap_far[k] = not tp.tap_ok[k]  # past the slice's last row
+                    _inner_range(cols, step, ext[2], ext[3], y + ext[1] < rows, &lo_, &hi_)
+                    _segments(cols, step, lo_, hi_, seg)
+                    # Row y of the pass's slices, lane-interleaved: slice s + g * LANES + l at
+                    # tmp[g * width + c * LANES + l].
+                    srcrow = sp + s * ss + y * sr
+                    outrow_next = op + s * os_ + (y + 1) * or_
+                    if across:
+                        for c in range(cols):
+                            cell = <const raw_t*>(srcrow + c * sc)
+                            if y + 1 < rows:
+                                # Each pixel's run of slices is a few cache lines of its own,
+                                # too many streams for the hardware's prefetcher: fetch the
+                                # next row's while this one is diffused.
+                                for m in range(0, npass * item, 64):
+                                    vb_prefetch(<const char*>cell + sr + m)
+                                vb_prefetchw(outrow_next + c * oc)
+                            if ss == item:
+                                for m in range(npass):
+                                    tmp[(m // LANES) * width + c * LANES + m % LANES] = <double>cell[m]
+                            else:
+                                for m in range(npass):
+                                    tmp[(m // LANES) * width + c * LANES + m % LANES] = (
+                                        <double>(<const raw_t*>(srcrow + c * sc + m * ss))[0])
+                    else:
+                        for m in range(npass):
+                            t = tmp + (m // LANES) * width + m % LANES
+                            cell = <const raw_t*>(srcrow + m * ss)
+                            if y + 1 < rows and sc == item:
+                                # LANES rows at once, one per slice: help the prefetcher.
+                                for c in range(0, cols * item, 64):
+                                    vb_prefetch(<const char*>cell + sr + c)
+                                for c in range(0, cols, 64):
+                                    vb_prefetchw(outrow_next + m * os_ + c)
+                            if sc == item:
+                                for c in range(cols):
+                                    t[c * LANES] = <double>cell[c]
+                            else:
+                                for c in range(cols):
+                                    t[c * LANES] = <double>(<const raw_t*>(srcrow + m * ss + c * sc))[0]
+                    if rescale:
+                        vb_rescale(tmp, arow, groups * width, lo, span)  # NaN -> 0
+                    else:
+                        for k in range(groups * width):
+                            fv = <float>tmp[k]
+                            arow[k] = fv if isfinite(fv) else <float>zero
+                    for g in range(groups):
+                        if g * LANES >= npass:
+                            break
+                        gring = ring + g * nring * width
+                        garow = arow + g * width
+                        gbits = bits + g * width
+                        for l in range(LANES):
+                            rowidx[l] = (<uint64_t>index_base + <uint64_t>(s + g * LANES + l) * s0
+                                         + <uint64_t>y * s1)
+                            r1[l] = 0.0
+                            r2[l] = 0.0
+                        _edge_run_l(garow, gbits, gring + base, srow, &tp, seg[0], step, seg[1], cols,
+                                    r1, r2, &qt, rowidx)
+                        _inner_run_l(garow, gbits, gring + base, srow, seg[2], step, seg[3], c1, c2,
+                                     r1, r2, &qt, rowidx)
+                        _edge_run_l(garow, gbits, gring + base, srow, &tp, seg[4], step, seg[5], cols,
+                                    r1, r2, &qt, rowidx)
+                        _spread_l(gring, &tp, srow, step, cols)
+                        memset(gring + base, 0, width * sizeof(float))
+                    outrow = op + s * os_ + y * or_
+                    if _iabs(os_) < _iabs(oc):
+                        for c in range(cols):
+                            ocell = outrow + c * oc
+                            for m in range(npass):
+                                ocell[m * os_] = <char>bits[(m // LANES) * width + c * LANES + m % LANES]
+                    else:
+                        for m in range(npass):
+                            ocell = outrow + m * os_
+                            gbits = bits + (m // LANES) * width + m % LANES
+                            for c in range(cols):
+                                ocell[c * oc] = <char>gbits[c * LANES]
+                s += npass
+        finally:
+            free(ring)
+            free(srow)
+            free(arow)
+            free(tmp)
+            free(bits)
             free(tp.offs)
             free(tp.tap_ok)
             free(tp.tap_far)

@@ -630,4 +630,173 @@ static inline void vb_uniforms(uint64_t key, uint64_t base, ptrdiff_t n, double 
     for (ptrdiff_t i = 0; i < n; i++) out[i] = vb_uniform_1(key, base + (uint64_t)i);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Error diffusion of VB_LANES slices in lockstep (see _diffusion.pyx, diffuse_lanes).
+ *
+ * Buffers hold VB_LANES values per pixel, lane l being slice l.  vb_lanes_inner is the inner
+ * run of _diffusion.pyx's _inner_run without jitter, lane by lane: v = (a + cur) + r1, the
+ * bit v > t32, e = v - bit, srow = e, r1 = r2 + c1 * e, r2 = c2 * e (float32, no fused
+ * multiply-add).  vb_rescale is the linear rescale of Transform.apply: r = (x - lo) / span in
+ * double, ``r > 0 ? r : 0`` (NaN -> 0), ``r < 1 ? r : 1``, rounded once to float.
+ * ------------------------------------------------------------------------------------- */
+
+#define VB_LANES 16
+
+/* A hint to bring the cache line of p in (for reading, or for writing): no effect on results. */
+static inline void vb_prefetch(const void *p) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p, 0, 3);
+#elif defined(VB_SSE2)
+    _mm_prefetch((const char *)p, _MM_HINT_T0);
+#else
+    (void)p;
+#endif
+}
+
+static inline void vb_prefetchw(void *p) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p, 1, 3);
+#elif defined(VB_SSE2)
+    _mm_prefetch((const char *)p, _MM_HINT_T0);
+#else
+    (void)p;
+#endif
+}
+
+static inline void vb_lanes_inner_1(const float *a, uint8_t *bits, const float *cur, float *srow,
+                                    ptrdiff_t x0, ptrdiff_t step, ptrdiff_t count, float c1, float c2,
+                                    float *r1, float *r2, float t32) {
+    for (ptrdiff_t i = 0; i < count; i++) {
+        ptrdiff_t xo = (x0 + step * i) * VB_LANES;
+        for (int l = 0; l < VB_LANES; l++) {
+            float v = (a[xo + l] + cur[xo + l]) + r1[l];
+            int b = v > t32;
+            bits[xo + l] = (uint8_t)b;
+            float e = v - (float)b;
+            srow[xo + l] = e;
+            r1[l] = r2[l] + c1 * e;
+            r2[l] = c2 * e;
+        }
+    }
+}
+
+static inline void vb_rescale_1(const double *x, float *out, ptrdiff_t n, double lo, double span) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double r = (x[i] - lo) / span;
+        r = r > 0.0 ? r : 0.0;
+        out[i] = (float)(r < 1.0 ? r : 1.0);
+    }
+}
+
+#if defined(VB_SSE2)
+static void vb_lanes_inner_sse2(const float *a, uint8_t *bits, const float *cur, float *srow,
+                                ptrdiff_t x0, ptrdiff_t step, ptrdiff_t count, float c1, float c2,
+                                float *r1, float *r2, float t32) {
+    const __m128 T = _mm_set1_ps(t32), C1 = _mm_set1_ps(c1), C2 = _mm_set1_ps(c2), ONE = _mm_set1_ps(1.0f);
+    __m128 R1[VB_LANES / 4], R2[VB_LANES / 4];
+    for (int j = 0; j < VB_LANES / 4; j++) {
+        R1[j] = _mm_loadu_ps(r1 + 4 * j);
+        R2[j] = _mm_loadu_ps(r2 + 4 * j);
+    }
+    for (ptrdiff_t i = 0; i < count; i++) {
+        ptrdiff_t xo = (x0 + step * i) * VB_LANES;
+        unsigned mask = 0;
+        for (int j = 0; j < VB_LANES / 4; j++) {
+            ptrdiff_t o = xo + 4 * j;
+            __m128 v = _mm_add_ps(_mm_add_ps(_mm_loadu_ps(a + o), _mm_loadu_ps(cur + o)), R1[j]);
+            __m128 m = _mm_cmpgt_ps(v, T);
+            mask |= (unsigned)_mm_movemask_ps(m) << (4 * j);
+            __m128 e = _mm_sub_ps(v, _mm_and_ps(m, ONE));
+            _mm_storeu_ps(srow + o, e);
+            R1[j] = _mm_add_ps(R2[j], _mm_mul_ps(C1, e));
+            R2[j] = _mm_mul_ps(C2, e);
+        }
+        for (int j = 0; j < VB_LANES / 8; j++)
+            memcpy(bits + xo + 8 * j, &vb_bytes[(mask >> (8 * j)) & 255], 8);
+    }
+    for (int j = 0; j < VB_LANES / 4; j++) {
+        _mm_storeu_ps(r1 + 4 * j, R1[j]);
+        _mm_storeu_ps(r2 + 4 * j, R2[j]);
+    }
+}
+
+static void vb_rescale_sse2(const double *x, float *out, ptrdiff_t n, double lo, double span) {
+    const __m128d LO = _mm_set1_pd(lo), SP = _mm_set1_pd(span), Z = _mm_setzero_pd(), ONE = _mm_set1_pd(1.0);
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m128d r = _mm_div_pd(_mm_sub_pd(_mm_loadu_pd(x + i), LO), SP);
+        __m128d q = _mm_div_pd(_mm_sub_pd(_mm_loadu_pd(x + i + 2), LO), SP);
+        r = _mm_min_pd(_mm_max_pd(r, Z), ONE);
+        q = _mm_min_pd(_mm_max_pd(q, Z), ONE);
+        _mm_storeu_ps(out + i, _mm_movelh_ps(_mm_cvtpd_ps(r), _mm_cvtpd_ps(q)));
+    }
+    vb_rescale_1(x + i, out + i, n - i, lo, span);
+}
+#endif
+
+#if defined(VB_DISPATCH)
+VB_AVX2 static void vb_lanes_inner_avx2(const float *a, uint8_t *bits, const float *cur, float *srow,
+                                        ptrdiff_t x0, ptrdiff_t step, ptrdiff_t count, float c1, float c2,
+                                        float *r1, float *r2, float t32) {
+    const __m256 T = _mm256_set1_ps(t32), C1 = _mm256_set1_ps(c1), C2 = _mm256_set1_ps(c2),
+                 ONE = _mm256_set1_ps(1.0f);
+    __m256 R1[VB_LANES / 8], R2[VB_LANES / 8];
+    for (int j = 0; j < VB_LANES / 8; j++) {
+        R1[j] = _mm256_loadu_ps(r1 + 8 * j);
+        R2[j] = _mm256_loadu_ps(r2 + 8 * j);
+    }
+    for (ptrdiff_t i = 0; i < count; i++) {
+        ptrdiff_t xo = (x0 + step * i) * VB_LANES;
+        for (int j = 0; j < VB_LANES / 8; j++) {
+            ptrdiff_t o = xo + 8 * j;
+            __m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(a + o), _mm256_loadu_ps(cur + o)), R1[j]);
+            __m256 m = _mm256_cmp_ps(v, T, _CMP_GT_OQ);
+            memcpy(bits + o, &vb_bytes[_mm256_movemask_ps(m)], 8);
+            __m256 e = _mm256_sub_ps(v, _mm256_and_ps(m, ONE));
+            _mm256_storeu_ps(srow + o, e);
+            R1[j] = _mm256_add_ps(R2[j], _mm256_mul_ps(C1, e));
+            R2[j] = _mm256_mul_ps(C2, e);
+        }
+    }
+    for (int j = 0; j < VB_LANES / 8; j++) {
+        _mm256_storeu_ps(r1 + 8 * j, R1[j]);
+        _mm256_storeu_ps(r2 + 8 * j, R2[j]);
+    }
+}
+
+VB_AVX2 static void vb_rescale_avx2(const double *x, float *out, ptrdiff_t n, double lo, double span) {
+    const __m256d LO = _mm256_set1_pd(lo), SP = _mm256_set1_pd(span), Z = _mm256_setzero_pd(),
+                  ONE = _mm256_set1_pd(1.0);
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d r = _mm256_div_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), LO), SP);
+        r = _mm256_min_pd(_mm256_max_pd(r, Z), ONE);
+        _mm_storeu_ps(out + i, _mm256_cvtpd_ps(r));
+    }
+    vb_rescale_1(x + i, out + i, n - i, lo, span);
+}
+#endif
+
+static inline void vb_lanes_inner(const float *a, uint8_t *bits, const float *cur, float *srow,
+                                  ptrdiff_t x0, ptrdiff_t step, ptrdiff_t count, float c1, float c2,
+                                  float *r1, float *r2, float t32) {
+#if defined(VB_DISPATCH)
+    if (vb_level >= 2) { vb_lanes_inner_avx2(a, bits, cur, srow, x0, step, count, c1, c2, r1, r2, t32); return; }
+#endif
+#if defined(VB_SSE2)
+    if (vb_level == 1) { vb_lanes_inner_sse2(a, bits, cur, srow, x0, step, count, c1, c2, r1, r2, t32); return; }
+#endif
+    vb_lanes_inner_1(a, bits, cur, srow, x0, step, count, c1, c2, r1, r2, t32);
+}
+
+static inline void vb_rescale(const double *x, float *out, ptrdiff_t n, double lo, double span) {
+#if defined(VB_DISPATCH)
+    if (vb_level >= 2) { vb_rescale_avx2(x, out, n, lo, span); return; }
+#endif
+#if defined(VB_SSE2)
+    if (vb_level == 1) { vb_rescale_sse2(x, out, n, lo, span); return; }
+#endif
+    vb_rescale_1(x, out, n, lo, span);
+}
+
 #endif
