@@ -186,6 +186,28 @@ def _partials(
     return out
 
 
+def blocks_now(data: da.Array, fn: Callable[[np.ndarray, list[tuple[int, int]]], Any]) -> list[Any] | None:
+    """``[fn(block, location), ...]`` over the blocks of data wrapped from a numpy array
+    (`in_memory`), on a pool of threads without a dask graph; None for other data."""
+    arr = in_memory(data)
+    if arr is None:
+        return None
+    starts = [np.cumsum((0, *c)) for c in data.chunks]
+    locs = [
+        [(int(starts[a][i]), int(starts[a][i + 1])) for a, i in enumerate(idx)]
+        for idx in np.ndindex(*data.numblocks)
+    ]
+
+    def one(loc: list[tuple[int, int]]) -> Any:
+        return fn(arr[tuple(slice(lo, hi) for lo, hi in loc)], loc)
+
+    threads = min(len(locs), int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+    if threads <= 1:
+        return [one(loc) for loc in locs]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, locs))
+
+
 def _aligned(mask: da.Array, data: da.Array) -> da.Array:
     if mask.shape != data.shape:
         raise ValueError(f"`mask` must have the data's shape {data.shape}; got {mask.shape}.")
