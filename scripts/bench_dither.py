@@ -194,8 +194,8 @@ def bench_volume(label: str, vol: np.ndarray, args: argparse.Namespace) -> None:
     res3 = run_interleaved(
         {
             "volbin sierra-lite-3d (default), one piece": lambda: dk.diffuse_3d(f32, out),
-            "volbin sierra-lite-3d, view of slices innermost": lambda: dk.diffuse_3d_view(strided, out),
-            "  the same, staged on a second thread": lambda: dk.diffuse_3d_view(strided, out, threads=2),
+            "volbin 3D default, view, slices innermost": lambda: dk.diffuse_3d_view(strided, out),
+            "  the same, staged on a 2nd thread": lambda: dk.diffuse_3d_view(strided, out, threads=2),
             f"volbin sierra-lite-3d, slabs of {args.slab}": streamed,
             "volbin jarvis-judice-ninke extended to 3D": lambda: dk.diffuse_3d(
                 f32, out, "jarvis-judice-ninke"
