@@ -608,14 +608,15 @@ def diffuse_3d(
 # --------------------------------------------------------------------------------------------
 #
 # Drivers hand these a transposed view of the input volume (no copy) and of the output, with
-# the rescale's (lo, span).  The view is staged slab by slab into a small float32 buffer by
-# `load_slab` (reading the input in its memory order, rescaling as `Transform.apply` does),
-# diffused by the loops above, and the bits written by `store_slab`: the result is the bytes
-# `diffuse_2d` / `diffuse_3d` give on a rescaled contiguous copy, without making the copy.
+# the rescale's (lo, span); the loops compute each value as `Transform.apply` does.  2D: the
+# lockstep loop `diffuse_lanes` reads rows of 16 slices from the view itself.  3D: the view is
+# staged slab by slab into a small float32 buffer by `load_slab` (reading the input in its
+# memory order), diffused by `diffuse_volume`, and the bits written by `store_slab`.  The
+# bytes are those `diffuse_2d` / `diffuse_3d` give on a rescaled contiguous copy.
 
-#: float32 bytes of one staged slab (a few slices; the buffers stay in the core's cache).
+#: float32 bytes of one slab staged by `diffuse_3d_view` (a few slices, in the core's cache).
 SLAB_BYTES = 2**20
-#: Slices staged at least, when the slice axis is the innermost in memory: consecutive slices
+#: Slices staged at least when the slice axis is the innermost in memory: consecutive slices
 #: share cache lines (16 float32 or 64 bytes), which are then read once.
 SLAB_MIN_INNERMOST = 16
 
@@ -670,7 +671,7 @@ def _slab_depth(src: np.ndarray, slab: int | None) -> int:
     st = [abs(t) for t in src.strides]
     if st[0] < min(st[1], st[2]):
         depth = max(depth, SLAB_MIN_INNERMOST)
-    return min(depth + depth % 2, max(n, 1))  # slices are diffused in pairs
+    return min(depth, max(n, 1))
 
 
 def diffuse_2d_view(

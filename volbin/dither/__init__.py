@@ -16,8 +16,10 @@ over dask blocks:
   position.
 
 Intensities are first rescaled to [0, 1] (per volume, or per stack with ``scope="stack"``)
-and optionally upsampled.  Slices are scanned row by row along the lower of the two in-plane
-array axes (x for axial slices), rows stepping along the higher one (y).  Threshold jitter
+and optionally upsampled; a linear rescale is applied by the loops as they read the raw
+data, which they read in place through transposed views (numpy input without a dask graph).
+Slices are scanned row by row along the lower of the two in-plane array axes (x for axial
+slices), rows stepping along the higher one (y).  Threshold jitter
 draws from the counter-based generator keyed by (seed, global voxel index), so every method
 gives the same bytes for any chunking or number of workers, and for a 4D stack whatever its
 axis order (the index runs over (volume, x, y, z)).  Non-finite input voxels are 0.

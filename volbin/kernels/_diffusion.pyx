@@ -7,6 +7,10 @@ second pass then adds ``w[k] * srow`` to each tap's target row, tap after tap: p
 vectorisable loops instead of scattered updates inside the dependency chain.  The order of
 additions is part of the definition (``tests/reference.py`` follows it).
 
+`diffuse_lanes` runs 16 slices of a 2D stack in lockstep, one per vector lane, reading them
+from a view of raw data (any strides and numeric type) and rescaling as it reads;
+`load_slab` and `store_slab` stage such views for `diffuse_volume`.
+
 Error arithmetic is float32 and every operation is a single IEEE operation in the type the
 comments give (no fused multiply-add, no float64 intermediate unless written): the loops are
 bit-identical to ``tests/reference.py``.
@@ -15,7 +19,7 @@ bit-identical to ``tests/reference.py``.
 from libc.math cimport INFINITY, isfinite, nextafterf
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from ._splitmix cimport uniform01
 
@@ -28,6 +32,7 @@ cdef extern from "_simd.h" nogil:
                         Py_ssize_t step, Py_ssize_t count, float c1, float c2, float* r1, float* r2,
                         float t32)
     void vb_rescale(const double* x, float* out, Py_ssize_t n, double lo, double span)
+    void vb_axpy(float* y, const float* x, Py_ssize_t n, float w)
     void vb_prefetch(const void* p)
     void vb_prefetchw(void* p)
 
@@ -230,21 +235,14 @@ cdef inline void _inner_run2(const float* srca, const float* srcb, uint8_t* dsta
 cdef inline void _spread(float* err, const Taps* tp, const float* srow, Py_ssize_t step,
                          Py_ssize_t cols) noexcept nogil:
     """Add ``w[k] * srow`` to each existing target row ``err + offs[k]``, shifted by dx[k]."""
-    cdef Py_ssize_t k, i, d, lo, hi
-    cdef float wk
-    cdef float* tgt
-    cdef const float* sv
+    cdef Py_ssize_t k, d, lo, hi
     for k in range(tp.ntap):
         if not tp.tap_ok[k]:
             continue
         d = step * tp.dx[k]
         lo = -d if -d > 0 else 0
         hi = cols - d if cols - d < cols else cols
-        wk = tp.w[k]
-        tgt = err + tp.offs[k] + d + lo
-        sv = srow + lo
-        for i in range(hi - lo):
-            tgt[i] = tgt[i] + wk * sv[i]
+        vb_axpy(err + tp.offs[k] + d + lo, srow + lo, hi - lo, tp.w[k])
 
 
 cdef inline void _segments(Py_ssize_t cols, Py_ssize_t step, Py_ssize_t lo, Py_ssize_t hi,
@@ -829,21 +827,14 @@ cdef inline void _inner_run_l(const float* a, uint8_t* bits, const float* cur, f
 cdef inline void _spread_l(float* err, const Taps* tp, const float* srow, Py_ssize_t step,
                            Py_ssize_t cols) noexcept nogil:
     """`_spread` on LANES slices: each tap's update is one flat loop over pixels and lanes."""
-    cdef Py_ssize_t k, i, d, lo, hi
-    cdef float wk
-    cdef float* tgt
-    cdef const float* sv
+    cdef Py_ssize_t k, d, lo, hi
     for k in range(tp.ntap):
         if not tp.tap_ok[k]:
             continue
         d = step * tp.dx[k]
         lo = -d if -d > 0 else 0
         hi = cols - d if cols - d < cols else cols
-        wk = tp.w[k]
-        tgt = err + tp.offs[k] + (d + lo) * LANES
-        sv = srow + lo * LANES
-        for i in range((hi - lo) * LANES):
-            tgt[i] = tgt[i] + wk * sv[i]
+        vb_axpy(err + tp.offs[k] + (d + lo) * LANES, srow + lo * LANES, (hi - lo) * LANES, tp.w[k])
 
 
 def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, double span,
@@ -863,7 +854,7 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
     cdef Py_ssize_t nring, s, y, k, c, l, g, nl, lo_, hi_, base, width, groups, npass, m
     cdef Py_ssize_t ss, sr, sc, os_, or_, oc, item = sizeof(raw_t)
     cdef Py_ssize_t step
-    cdef bint across
+    cdef bint across, across_out
     cdef Py_ssize_t ext[4]
     cdef Py_ssize_t seg[6]
     cdef uint64_t s0, s1
@@ -873,6 +864,7 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
     cdef float* ring = NULL
     cdef float* srow = NULL
     cdef float* arow = NULL
+    cdef float* frow = NULL
     cdef double* tmp = NULL
     cdef uint8_t* bits = NULL
     cdef float* gring
@@ -917,7 +909,9 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
     sp = <const char*>&src[0, 0, 0]
     op = <char*>&out[0, 0, 0]
     width = cols * LANES
-    across = _iabs(ss) < _iabs(sc)  # read each pixel's run of slices, else each slice's row
+    # Read (write) each pixel's run of slices, or each slice's row: the shorter stride inside.
+    across = _iabs(ss) < _iabs(sc)
+    across_out = _iabs(os_) < _iabs(oc)
     groups = PASS if across and _iabs(ss) < _iabs(sr) else 1
     with nogil:
         _kernel_extent(&tp, dyp, ext)
@@ -928,12 +922,13 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
         arow = <float*>calloc(groups * width, sizeof(float))
         tmp = <double*>calloc(groups * width, sizeof(double))
         bits = <uint8_t*>calloc(groups * width, sizeof(uint8_t))
+        frow = <float*>calloc(cols, sizeof(float))
         tp.offs = <int64_t*>malloc((tp.ntap + 1) * sizeof(int64_t))
         tp.tap_ok = <uint8_t*>malloc((tp.ntap + 1) * sizeof(uint8_t))
         tp.tap_far = <uint8_t*>malloc((tp.ntap + 1) * sizeof(uint8_t))
         try:
             if (ring == NULL or srow == NULL or arow == NULL or tmp == NULL or bits == NULL
-                    or tp.offs == NULL or tp.tap_ok == NULL or tp.tap_far == NULL):
+                    or frow == NULL or tp.offs == NULL or tp.tap_ok == NULL or tp.tap_far == NULL):
                 with gil:
                     raise MemoryError()
             s = 0
@@ -941,6 +936,7 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
                 npass = n - s if n - s < groups * LANES else groups * LANES  # slices this pass
                 memset(ring, 0, groups * nring * width * sizeof(float))
                 memset(tmp, 0, groups * width * sizeof(double))  # lanes past the last slice read 0
+                memset(arow, 0, groups * width * sizeof(float))
                 for y in range(rows):
                     step = -1 if serpentine and y % 2 == 1 else 1
                     base = (y % nring) * width
@@ -955,25 +951,40 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
                     srcrow = sp + s * ss + y * sr
                     outrow_next = op + s * os_ + (y + 1) * or_
                     if across:
+                        # Each pixel's run of slices, into tmp[g * width + c * LANES + l]; then
+                        # the rescale of the whole buffer in one call.
                         for c in range(cols):
                             cell = <const raw_t*>(srcrow + c * sc)
-                            if y + 1 < rows:
+                            if y + 1 < rows and groups > 1:
                                 # Each pixel's run of slices is a few cache lines of its own,
                                 # too many streams for the hardware's prefetcher: fetch the
                                 # next row's while this one is diffused.
                                 for m in range(0, npass * item, 64):
                                     vb_prefetch(<const char*>cell + sr + m)
                                 vb_prefetchw(outrow_next + c * oc)
-                            if ss == item:
-                                for m in range(npass):
-                                    tmp[(m // LANES) * width + c * LANES + m % LANES] = <double>cell[m]
-                            else:
-                                for m in range(npass):
-                                    tmp[(m // LANES) * width + c * LANES + m % LANES] = (
-                                        <double>(<const raw_t*>(srcrow + c * sc + m * ss))[0])
+                            for g in range(groups):
+                                m = npass - g * LANES
+                                if m <= 0:
+                                    break
+                                nl = m if m < LANES else LANES
+                                t = tmp + g * width + c * LANES
+                                if ss == item:
+                                    cell = <const raw_t*>(srcrow + c * sc) + g * LANES
+                                    for l in range(nl):
+                                        t[l] = <double>cell[l]
+                                else:
+                                    for l in range(nl):
+                                        t[l] = <double>(<const raw_t*>(srcrow + c * sc + (g * LANES + l) * ss))[0]
+                        if rescale:
+                            vb_rescale(tmp, arow, groups * width, lo, span)  # NaN -> 0
+                        else:
+                            for k in range(groups * width):
+                                fv = <float>tmp[k]
+                                arow[k] = fv if isfinite(fv) else <float>zero
                     else:
+                        # Each slice's row: converted and rescaled as a row, then spread into its
+                        # lane (lanes past the last slice keep the 0 they were given).
                         for m in range(npass):
-                            t = tmp + (m // LANES) * width + m % LANES
                             cell = <const raw_t*>(srcrow + m * ss)
                             if y + 1 < rows and sc == item:
                                 # LANES rows at once, one per slice: help the prefetcher.
@@ -983,16 +994,19 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
                                     vb_prefetchw(outrow_next + m * os_ + c)
                             if sc == item:
                                 for c in range(cols):
-                                    t[c * LANES] = <double>cell[c]
+                                    tmp[c] = <double>cell[c]
                             else:
                                 for c in range(cols):
-                                    t[c * LANES] = <double>(<const raw_t*>(srcrow + m * ss + c * sc))[0]
-                    if rescale:
-                        vb_rescale(tmp, arow, groups * width, lo, span)  # NaN -> 0
-                    else:
-                        for k in range(groups * width):
-                            fv = <float>tmp[k]
-                            arow[k] = fv if isfinite(fv) else <float>zero
+                                    tmp[c] = <double>(<const raw_t*>(srcrow + m * ss + c * sc))[0]
+                            if rescale:
+                                vb_rescale(tmp, frow, cols, lo, span)  # NaN -> 0
+                            else:
+                                for c in range(cols):
+                                    fv = <float>tmp[c]
+                                    frow[c] = fv if isfinite(fv) else <float>zero
+                            garow = arow + (m // LANES) * width + m % LANES
+                            for c in range(cols):
+                                garow[c * LANES] = frow[c]
                     for g in range(groups):
                         if g * LANES >= npass:
                             break
@@ -1013,11 +1027,20 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
                         _spread_l(gring, &tp, srow, step, cols)
                         memset(gring + base, 0, width * sizeof(float))
                     outrow = op + s * os_ + y * or_
-                    if _iabs(os_) < _iabs(oc):
+                    if across_out:
                         for c in range(cols):
-                            ocell = outrow + c * oc
-                            for m in range(npass):
-                                ocell[m * os_] = <char>bits[(m // LANES) * width + c * LANES + m % LANES]
+                            for g in range(groups):
+                                m = npass - g * LANES
+                                if m <= 0:
+                                    break
+                                nl = m if m < LANES else LANES
+                                ocell = outrow + c * oc + g * LANES * os_
+                                gbits = bits + g * width + c * LANES
+                                if os_ == 1:
+                                    memcpy(ocell, gbits, nl)
+                                else:
+                                    for l in range(nl):
+                                        ocell[l * os_] = <char>gbits[l]
                     else:
                         for m in range(npass):
                             ocell = outrow + m * os_
@@ -1031,6 +1054,7 @@ def diffuse_lanes(const raw_t[:, :, :] src, uint8_t[:, :, :] out, double lo, dou
             free(arow)
             free(tmp)
             free(bits)
+            free(frow)
             free(tp.offs)
             free(tp.tap_ok)
             free(tp.tap_far)

@@ -636,8 +636,9 @@ static inline void vb_uniforms(uint64_t key, uint64_t base, ptrdiff_t n, double 
  * Buffers hold VB_LANES values per pixel, lane l being slice l.  vb_lanes_inner is the inner
  * run of _diffusion.pyx's _inner_run without jitter, lane by lane: v = (a + cur) + r1, the
  * bit v > t32, e = v - bit, srow = e, r1 = r2 + c1 * e, r2 = c2 * e (float32, no fused
- * multiply-add).  vb_rescale is the linear rescale of Transform.apply: r = (x - lo) / span in
- * double, ``r > 0 ? r : 0`` (NaN -> 0), ``r < 1 ? r : 1``, rounded once to float.
+ * multiply-add); vb_axpy the spread of a row's error to a target row, y + w * x.
+ * vb_rescale is the linear rescale of Transform.apply: r = (x - lo) / span in double,
+ * ``r > 0 ? r : 0`` (NaN -> 0), ``r < 1 ? r : 1``, rounded once to float.
  * ------------------------------------------------------------------------------------- */
 
 #define VB_LANES 16
@@ -680,6 +681,11 @@ static inline void vb_lanes_inner_1(const float *a, uint8_t *bits, const float *
     }
 }
 
+/* y[i] = y[i] + w * x[i] in float32: a multiply, then an add (the error spread to a row). */
+static inline void vb_axpy_1(float *y, const float *x, ptrdiff_t n, float w) {
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = y[i] + w * x[i];
+}
+
 static inline void vb_rescale_1(const double *x, float *out, ptrdiff_t n, double lo, double span) {
     for (ptrdiff_t i = 0; i < n; i++) {
         double r = (x[i] - lo) / span;
@@ -718,6 +724,14 @@ static void vb_lanes_inner_sse2(const float *a, uint8_t *bits, const float *cur,
         _mm_storeu_ps(r1 + 4 * j, R1[j]);
         _mm_storeu_ps(r2 + 4 * j, R2[j]);
     }
+}
+
+static void vb_axpy_sse2(float *y, const float *x, ptrdiff_t n, float w) {
+    const __m128 W = _mm_set1_ps(w);
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        _mm_storeu_ps(y + i, _mm_add_ps(_mm_loadu_ps(y + i), _mm_mul_ps(W, _mm_loadu_ps(x + i))));
+    vb_axpy_1(y + i, x + i, n - i, w);
 }
 
 static void vb_rescale_sse2(const double *x, float *out, ptrdiff_t n, double lo, double span) {
@@ -764,6 +778,14 @@ VB_AVX2 static void vb_lanes_inner_avx2(const float *a, uint8_t *bits, const flo
     }
 }
 
+VB_AVX2 static void vb_axpy_avx2(float *y, const float *x, ptrdiff_t n, float w) {
+    const __m256 W = _mm256_set1_ps(w);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(W, _mm256_loadu_ps(x + i))));
+    vb_axpy_1(y + i, x + i, n - i, w);
+}
+
 VB_AVX2 static void vb_rescale_avx2(const double *x, float *out, ptrdiff_t n, double lo, double span) {
     const __m256d LO = _mm256_set1_pd(lo), SP = _mm256_set1_pd(span), Z = _mm256_setzero_pd(),
                   ONE = _mm256_set1_pd(1.0);
@@ -787,6 +809,16 @@ static inline void vb_lanes_inner(const float *a, uint8_t *bits, const float *cu
     if (vb_level == 1) { vb_lanes_inner_sse2(a, bits, cur, srow, x0, step, count, c1, c2, r1, r2, t32); return; }
 #endif
     vb_lanes_inner_1(a, bits, cur, srow, x0, step, count, c1, c2, r1, r2, t32);
+}
+
+static inline void vb_axpy(float *y, const float *x, ptrdiff_t n, float w) {
+#if defined(VB_DISPATCH)
+    if (vb_level >= 2) { vb_axpy_avx2(y, x, n, w); return; }
+#endif
+#if defined(VB_SSE2)
+    if (vb_level == 1) { vb_axpy_sse2(y, x, n, w); return; }
+#endif
+    vb_axpy_1(y, x, n, w);
 }
 
 static inline void vb_rescale(const double *x, float *out, ptrdiff_t n, double lo, double span) {
