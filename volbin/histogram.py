@@ -153,42 +153,29 @@ def _partials(
     reduced block by block on a pool of threads, without building and running a dask graph
     (tens of milliseconds per pass, as much as a pass over memory): the same blocks, so the
     same partials."""
-    arr = in_memory(data) if mask is None else None
-    if arr is None:
+    parts = None
+    if mask is None:
+        parts = blocks_now(data, lambda b, loc: _block_partial(b, loc, grouping, kernel, trailing, pre, None))
+    if parts is None:
         return np.asarray(_map_partials(data, grouping, kernel, trailing, dtype, pre, mask).compute())
     starts = [np.cumsum((0, *c)) for c in data.chunks]
-    blocks = [
-        (idx, [(int(starts[a][i]), int(starts[a][i + 1])) for a, i in enumerate(idx)])
-        for idx in np.ndindex(*data.numblocks)
-    ]
     out_shape = tuple(
         data.shape[a] if a in grouping.group_axes else data.numblocks[a] for a in range(data.ndim)
     )
     out = np.empty(out_shape + trailing, dtype=dtype)
-
-    def one(item: tuple[tuple[int, ...], list[tuple[int, int]]]) -> None:
-        idx, loc = item
-        block = arr[tuple(slice(lo, hi) for lo, hi in loc)]
+    for idx, part in zip(np.ndindex(*data.numblocks), parts, strict=True):
         where = tuple(
-            slice(*loc[a]) if a in grouping.group_axes else slice(idx[a], idx[a] + 1)
-            for a in range(data.ndim)
+            slice(int(starts[a][i]), int(starts[a][i + 1])) if a in grouping.group_axes else slice(i, i + 1)
+            for a, i in enumerate(idx)
         )
-        out[where] = _block_partial(block, loc, grouping, kernel, trailing, pre, None)
-
-    threads = min(len(blocks), int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
-    if threads <= 1:
-        for item in blocks:
-            one(item)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(one, blocks):
-                pass
+        out[where] = part
     return out
 
 
 def blocks_now(data: da.Array, fn: Callable[[np.ndarray, list[tuple[int, int]]], Any]) -> list[Any] | None:
     """``[fn(block, location), ...]`` over the blocks of data wrapped from a numpy array
-    (`in_memory`), on a pool of threads without a dask graph; None for other data."""
+    (`in_memory`), in ``np.ndindex(*data.numblocks)`` order, on a pool of threads without a
+    dask graph; None for other data."""
     arr = in_memory(data)
     if arr is None:
         return None
