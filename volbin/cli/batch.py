@@ -41,7 +41,8 @@ def add_parser(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Binarize every input (globs, a list file, a folder, paths) into --out-dir, "
-        "one output and JSON sidecar per input, files in parallel on dask.distributed.",
+        "one output and JSON sidecar per input, files in parallel: in this process on machines of "
+        "up to 2 cores, else on a dask.distributed cluster.",
     )
     p.add_argument("inputs", nargs="+", help="globs (quote them), list files, folders or paths")
     p.add_argument("--out-dir", "-o", required=True, help="output folder (created if missing)")
@@ -102,7 +103,7 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
         type=scheduler_address,
         metavar="ADDRESS",
         help="join a running dask scheduler (tcp://host:8786), or 'threads' to run "
-        "in this process without a cluster",
+        "in this process without a cluster, one file per core (the default on up to 2 cores)",
     )
     g.add_argument("--retries", type=int_in(0, 100), default=1, help="retries of a task that errors (1)")
 
