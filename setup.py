@@ -13,7 +13,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ("_random", "_histogram", "_diffusion", "_void_cluster", "_tone", "_classify")
+MODULES = ("_random", "_histogram", "_threshold", "_diffusion", "_void_cluster", "_tone", "_classify")
 
 DIRECTIVES = {
     "language_level": 3,

@@ -527,3 +527,69 @@ def test_vector_uniforms_and_draws_are_splitmix64(simd_level, n3):
         out = np.empty(block, bool)
         K.bernoulli_block(p, key, np.array(shape), np.array(offset), out)
         np.testing.assert_array_equal(out, got < p)
+
+
+# --- threshold masks written in place ----------------------------------------------------------
+
+
+@pytest.fixture(params=[0, 1, 2], ids=["scalar", "sse2", "avx2"])
+def above_level(request):
+    from volbin.kernels import _threshold
+
+    try:
+        if _threshold._set_simd_level(request.param) != request.param:
+            pytest.skip(f"this machine has no vector level {request.param}")
+        yield request.param
+    finally:
+        _threshold._set_simd_level(99)
+
+
+def above_ref(x, t, u, flags):
+    """numpy's definition: ``x > t`` (``>=``), ``& x <= u``, complement, then finite only."""
+    f = np.greater_equal(x, t) if flags & K.ABOVE_INCLUSIVE else np.greater(x, t)
+    if flags & K.ABOVE_UPPER:
+        f &= np.less_equal(x, u)
+    if flags & K.ABOVE_INVERT:
+        f = ~f
+    if flags & K.ABOVE_FINITE and x.dtype.kind == "f":
+        f &= np.isfinite(x)
+    return f
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float64", "float32", "int32", "int16", "uint16", "uint8", "int8", "uint32", "int64", "uint64"]
+)
+@pytest.mark.parametrize("flags", range(16))
+def test_group_above_equals_numpy_for_every_flag_type_and_vector_level(above_level, dtype, flags):
+    rng = np.random.default_rng(flags)
+    n3 = 37  # vector body and tail
+    x = (rng.normal(size=(2, 3, 4, n3)) * 40).astype(dtype)
+    if x.dtype.kind == "f":
+        x.flat[::7] = np.nan
+        x.flat[1::11] = np.inf
+        x.flat[2::13] = -np.inf
+    # Thresholds per axis-1 index (one per row) and a threshold exactly on data values.
+    t = np.array([-10.0, float(x.flat[5]) if np.isfinite(x.flat[5]) else 0.5, 3.25])
+    u = t + 30.0
+    out = np.ones(x.shape, dtype=bool)
+    counts = np.zeros(2, dtype=np.int64)
+    K.group_above(x, np.array([0, 1, 0, 0]), t, u, flags, out, np.array([1, 0, 0, 0]), counts)
+    ref = above_ref(x, t[None, :, None, None], u[None, :, None, None], flags)
+    assert out.tobytes() == ref.tobytes()
+    assert counts.tolist() == ref.sum(axis=(1, 2, 3)).tolist()
+
+
+def test_group_above_with_groups_along_the_rows_and_bad_strides():
+    x = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    t = np.array([0.5, 5.0, 9.5, 30.0])
+    out = np.zeros(x.shape, dtype=bool)
+    counts = np.zeros(4, dtype=np.int64)
+    K.group_above(x, np.array([0, 0, 0, 1]), t, None, 0, out, np.array([0, 0, 0, 1]), counts)
+    ref = x > t
+    assert out.tobytes() == ref.tobytes() and counts.tolist() == ref.sum(axis=(0, 1, 2)).tolist()
+    with pytest.raises(ValueError, match="tstrides"):
+        K.group_above(x, np.array([0, 0, 0, 2]), t, None, 0, out, np.zeros(4, np.int64), counts)
+    with pytest.raises(ValueError, match="cstrides"):
+        K.group_above(x, np.zeros(4, np.int64), t, None, 0, out, np.array([0, 0, 3, 0]), counts)
+    with pytest.raises(ValueError, match="`out`"):
+        K.group_above(x, np.zeros(4, np.int64), t, None, 0, out[:, :1], np.zeros(4, np.int64), counts)

@@ -1,4 +1,5 @@
-"""Compiled loops that numpy cannot vectorize: per-group statistics, binning, random numbers.
+"""Compiled loops that numpy cannot vectorize: per-group statistics, binning, threshold masks
+written in place and counted, random numbers.
 
 Kernels take C-contiguous arrays of fixed types and read no module globals other than
 constants; they know nothing of dask, files or scopes.  Data blocks reach them as 4D
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import _histogram, _random
+from .kernels import _histogram, _random, _threshold
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -102,6 +103,23 @@ def group_count(x, gstrides, counts):
     _histogram.group_count(_bytes(x), _int64s(gstrides), counts)
 
 
+#: Flags of `group_above`.
+ABOVE_INCLUSIVE = _threshold.INCLUSIVE
+ABOVE_UPPER = _threshold.UPPER
+ABOVE_INVERT = _threshold.INVERT
+ABOVE_FINITE = _threshold.FINITE
+
+
+def group_above(x, tstrides, thresholds, upper, flags, out, cstrides, counts):
+    """Write the foreground of 4D `x` into boolean `out` (``x > t``, or ``x >= t`` with
+    `ABOVE_INCLUSIVE`; and ``x <= u`` with `ABOVE_UPPER`; complemented with `ABOVE_INVERT`;
+    never a non-finite voxel with `ABOVE_FINITE`), the thresholds per group of `tstrides`,
+    and add the foreground voxels of each group of `cstrides` to `counts`."""
+    up = _float64s(thresholds if upper is None else upper)
+    _threshold.group_above(_data(x), _int64s(tstrides), _float64s(thresholds), up, int(flags),
+                           _bytes(out), _int64s(cstrides), counts)  # fmt: skip
+
+
 #: Fixed-point scale of the within-bin positions summed by `group_histogram_offsets`.
 OFFSET_SCALE = _histogram.OFFSET_SCALE
 
@@ -146,15 +164,21 @@ def _data(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def native(block: np.ndarray) -> np.ndarray:
+    """`block` itself, or a copy in a type the compiled loops take (native-endian; float16 as
+    float32): the same values."""
+    if not block.dtype.isnative or block.dtype == np.float16:
+        return block.astype(np.float32 if block.dtype.kind == "f" else block.dtype.newbyteorder("="))
+    return block
+
+
 def as_c4d(block: np.ndarray, gstrides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """View `block` (3D or 4D) as a C-contiguous 4D array, with `gstrides` to match.
 
     F-contiguous blocks are transposed (a free view) rather than copied.
     """
     g = np.asarray(gstrides, dtype=np.int64)
-    if not block.dtype.isnative or block.dtype == np.float16:
-        # The compiled loops take native-endian types and no float16.
-        block = block.astype(np.float32 if block.dtype.kind == "f" else block.dtype.newbyteorder("="))
+    block = native(block)
     if not block.flags.c_contiguous:
         if block.flags.f_contiguous:
             block, g = block.T, g[::-1]

@@ -21,12 +21,13 @@ import numpy as np
 
 from . import _kernels as K
 from .errors import VolbinDataError
+from .histogram import blocks_now
 from .intensity import prepare, relabel
 from .masks import ARRAY, mask_fields
 from .recipe import CLEAN_METHODS, DITHER_METHODS, HISTOGRAM_METHODS, THRESHOLD_METHODS, Method, Recipe, merge
 from .rescale import Transform, apply_transform, fit_transform
 from .threshold import Decision, decide, grouping_for, warn_trivial, with_bounds
-from .volume import Grouping, Volume, as_volume, like_input
+from .volume import Grouping, Volume, as_volume, fill_eagerly, in_memory, like_input
 
 __all__ = ["ForegroundTally", "apply_thresholds", "binarize", "foreground", "stochastic_graph"]
 
@@ -73,6 +74,19 @@ class ForegroundTally:
         """Count the blocks of `data`, the boolean output whose block function calls `add`."""
         self._data = data
         return data
+
+    @property
+    def volume_axis(self) -> int | None:
+        return self._vaxis
+
+    def add_counts(self, location: Any, n_fg: np.ndarray, per_count: int) -> None:
+        """Store the foreground counts `n_fg` of the block at array `location` (per volume of
+        4D data), each among `per_count` voxels (no mask)."""
+        n_in = np.full(n_fg.shape, per_count, dtype=np.int64)
+        start = 0 if self._vaxis is None else int(location[self._vaxis][0])
+        key = tuple(int(lo) for lo, _ in location)
+        with self._lock:
+            self._parts[key] = (start, n_fg.astype(np.int64), n_in)
 
     def add(self, location: Any, fg: np.ndarray, inside: np.ndarray | None) -> None:
         """Count block `fg` (and the mask's `inside` voxels) at array `location`."""
@@ -191,7 +205,77 @@ def apply_thresholds(
         return out
 
     args = (data,) if mask is None else (data, mask)
-    return da.map_blocks(run, *args, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
+    result = da.map_blocks(run, *args, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
+    if mask is None and in_memory(data) is not None:
+        flags = (
+            (K.ABOVE_INCLUSIVE if inclusive else 0)
+            | (0 if up is None else K.ABOVE_UPPER)
+            | (K.ABOVE_INVERT if invert else 0)
+            | (K.ABOVE_FINITE if exclude_nonfinite and np.issubdtype(data.dtype, np.floating) else 0)
+        )
+        fill_eagerly(result, lambda: _fill_thresholds(data, grouping, raw, up, flags, tally))
+    return result
+
+
+def _fill_thresholds(
+    data: da.Array,
+    grouping: Grouping,
+    raw: np.ndarray,
+    up: np.ndarray | None,
+    flags: int,
+    tally: ForegroundTally | None,
+) -> np.ndarray:
+    """`apply_thresholds` of data wrapped from a numpy array, computed block by block straight
+    into the output (one compiled pass that also counts the foreground), in the input's
+    memory order, as ``x > t`` keeps it."""
+    arr = in_memory(data)
+    assert arr is not None
+    order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+    out = np.empty(data.shape, dtype=bool, order=order)
+    vaxis = tally.volume_axis if tally is not None else None
+
+    def one(block: np.ndarray, loc: list[tuple[int, int]]) -> None:
+        o = out[tuple(slice(lo, hi) for lo, hi in loc)]
+        t = _per_block(grouping.block_values(raw, loc), block.shape)
+        u = None if up is None else _per_block(grouping.block_values(up, loc), block.shape)
+        tstrides = _elem_strides(t)
+        cstrides = np.zeros(block.ndim, dtype=np.int64)
+        n_counts = 1
+        if vaxis is not None:
+            cstrides[vaxis], n_counts = 1, block.shape[vaxis]
+        counts = np.zeros(n_counts, dtype=np.int64)
+        x, target, copy_back = K.native(block), o, False
+        if not (x.flags.c_contiguous and o.flags.c_contiguous):
+            if x.flags.f_contiguous and o.flags.f_contiguous:
+                x, target, tstrides, cstrides = x.T, o.T, tstrides[::-1], cstrides[::-1]
+            else:
+                x, target, copy_back = np.ascontiguousarray(x), np.empty(x.shape, dtype=bool), True
+        if x.ndim == 3:
+            x, target = x[None], target[None]
+            tstrides, cstrides = np.r_[0, tstrides], np.r_[0, cstrides]
+        K.group_above(
+            x, tstrides, t.ravel(), None if u is None else u.ravel(), flags, target, cstrides, counts
+        )
+        if copy_back:
+            o[...] = target.reshape(o.shape)
+        if tally is not None:
+            tally.add_counts(loc, counts, block.size // n_counts)
+
+    blocks_now(data, one)
+    return out
+
+
+def _per_block(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-group `values` cut to a block (1 on axes without groups), as contiguous float64."""
+    v = np.ascontiguousarray(values, dtype=np.float64)
+    return v.reshape((1,) * (len(shape) - v.ndim) + v.shape)
+
+
+def _elem_strides(values: np.ndarray) -> np.ndarray:
+    """Element strides of contiguous `values`, 0 on its axes of length 1 (broadcast)."""
+    strides = np.array(values.strides, dtype=np.int64) // values.itemsize
+    strides[np.array(values.shape) == 1] = 0
+    return strides
 
 
 def _masked(data: da.Array, mask: da.Array | None, tally: ForegroundTally | None) -> da.Array:

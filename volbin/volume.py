@@ -15,7 +15,7 @@ import dataclasses
 import math
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -514,12 +514,23 @@ def as_volume(
     )
 
 
+def fill_eagerly(data: da.Array, fill: Callable[[], np.ndarray]) -> da.Array:
+    """Mark `data` (a lazy result of data wrapped from a numpy array) as one that `fill`
+    computes straight into a new numpy array, without a dask graph: `like_input` then calls
+    it for numpy output.  An array derived from `data` does not inherit the mark."""
+    data._volbin_fill = fill  # type: ignore[attr-defined]
+    return data
+
+
 def like_input(result: Volume, kind: Kind) -> Any:
     """Return `result` as the kind of object the user passed in."""
     if kind == "volume":
         return result
     if kind == "dask":
         return result.data
+    fill = getattr(result.data, "_volbin_fill", None)
+    if fill is not None:
+        return fill()
     # Store blocks into one preallocated array: no second full-size copy at the end.
     out = np.empty(result.shape, dtype=result.dtype)
     da.store(result.data, out, lock=False)

@@ -1,0 +1,166 @@
+"""Per-group threshold masks of 4D blocks, written in place and counted in the same pass.
+
+Blocks are 4D C-contiguous arrays of any native integer or float type (bool as uint8), as in
+``_histogram``.  A voxel's threshold group is ``sum(index[a] * tstrides[a])`` and its count
+group ``sum(index[a] * cstrides[a])``.  Each value is converted to double and compared with
+the group's double threshold, which is what numpy's ``block > threshold`` computes for these
+types (a float32 block against a float64 threshold is compared in float64, and a threshold
+numpy would first round to float32 is one a float32 value compares with identically).
+"""
+
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "_above.h" nogil:
+    int vb_init()
+    int vb_set_level(int level)
+    int64_t vb_above_f64(const double* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+    int64_t vb_above_f32(const float* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+    int64_t vb_above_i32(const int32_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+    int64_t vb_above_i16(const int16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+    int64_t vb_above_u16(const uint16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+    int64_t vb_above_u8(const uint8_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+
+ctypedef fused real_t:
+    int8_t
+    uint8_t
+    int16_t
+    uint16_t
+    int32_t
+    uint32_t
+    int64_t
+    uint64_t
+    float
+    double
+
+#: Bits of `flags`: ``x >= t`` instead of ``x > t``; also ``x <= upper``; the complement;
+#: non-finite values are never foreground (applied after the complement).
+#: Vector version of the row loop in use: 0 scalar, 1 SSE2, 2 AVX2 (3, AVX-512, runs AVX2 here).
+SIMD_LEVEL = vb_init()
+
+
+def _set_simd_level(int level):
+    """Use vector version `level` (clipped to what the machine has); returns the level in use.
+    For tests, which check every version against the scalar loop."""
+    return vb_set_level(level)
+
+
+cdef enum:
+    _INCLUSIVE = 1
+    _UPPER = 2
+    _INVERT = 4
+    _FINITE = 8
+
+INCLUSIVE = _INCLUSIVE
+UPPER = _UPPER
+INVERT = _INVERT
+FINITE = _FINITE
+
+
+cdef inline uint8_t _fg(double fv, double tv, double uv, int flags) noexcept nogil:
+    cdef uint8_t f
+    if flags & _INCLUSIVE:
+        f = fv >= tv
+    else:
+        f = fv > tv
+    if flags & _UPPER:
+        f = f & (fv <= uv)
+    if flags & _INVERT:
+        f = f ^ 1
+    if flags & _FINITE:
+        f = f & ((fv - fv) == 0.0)
+    return f
+
+
+cdef Py_ssize_t _span(Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t n2, Py_ssize_t n3,
+                      const int64_t[::1] strides, Py_ssize_t size, str name) except -1:
+    """Raise unless every voxel's group under `strides` is in [0, size)."""
+    cdef Py_ssize_t a, lo = 0, hi = 0, t
+    cdef Py_ssize_t n[4]
+    if strides.shape[0] != 4:
+        raise ValueError(f"`{name}` must hold 4 ints; got {strides.shape[0]}.")
+    n[0], n[1], n[2], n[3] = n0, n1, n2, n3
+    if n0 * n1 * n2 * n3 == 0:
+        return 0
+    for a in range(4):
+        t = (n[a] - 1) * strides[a]
+        if t > 0:
+            hi += t
+        else:
+            lo += t
+    if lo < 0 or hi >= size:
+        raise ValueError(f"Groups {lo}..{hi} of `{name}` do not fit the {size} entries given.")
+    return 0
+
+
+def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
+                const double[::1] thresholds, const double[::1] upper, int flags,
+                uint8_t[:, :, :, ::1] out, const int64_t[::1] cstrides, int64_t[::1] counts):
+    """Write the foreground of 4D `x` into `out` (bool as uint8, `x`'s shape) and add the
+    number of foreground voxels of each count group to `counts`.
+
+    Foreground is ``x > t`` (``x >= t`` with `INCLUSIVE`), and ``x <= u`` with `UPPER`, for
+    the voxel's group threshold ``t`` and upper bound ``u`` (`upper` is read only with
+    `UPPER`); `INVERT` takes the complement, and `FINITE` then clears non-finite voxels.
+    """
+    cdef Py_ssize_t n0 = x.shape[0], n1 = x.shape[1], n2 = x.shape[2], n3 = x.shape[3]
+    cdef Py_ssize_t i0, i1, i2, i3, tb, cb
+    cdef int64_t t0s, t1s, t2s, t3s, c0s, c1s, c2s, c3s, s
+    cdef const real_t* row
+    cdef uint8_t* orow
+    cdef uint8_t f
+    cdef double tv, uv = 0.0, fv
+    cdef int64_t* c = &counts[0]
+    cdef const double* tp = &thresholds[0]
+    cdef const double* up = NULL
+    if out.shape[0] != n0 or out.shape[1] != n1 or out.shape[2] != n2 or out.shape[3] != n3:
+        raise ValueError("`out` must have the shape of `x`.")
+    _span(n0, n1, n2, n3, tstrides, thresholds.shape[0], "tstrides")
+    _span(n0, n1, n2, n3, cstrides, counts.shape[0], "cstrides")
+    if flags & _UPPER:
+        _span(n0, n1, n2, n3, tstrides, upper.shape[0], "tstrides")
+        up = &upper[0]
+    t0s, t1s, t2s, t3s = tstrides[0], tstrides[1], tstrides[2], tstrides[3]
+    c0s, c1s, c2s, c3s = cstrides[0], cstrides[1], cstrides[2], cstrides[3]
+    if n0 * n1 * n2 * n3 == 0:
+        return
+    with nogil:
+        for i0 in range(n0):
+            for i1 in range(n1):
+                for i2 in range(n2):
+                    tb = i0 * t0s + i1 * t1s + i2 * t2s
+                    cb = i0 * c0s + i1 * c1s + i2 * c2s
+                    row = &x[i0, i1, i2, 0]
+                    orow = &out[i0, i1, i2, 0]
+                    if t3s == 0 and c3s == 0:
+                        # One threshold and one count per row: the vector row loops.
+                        tv = tp[tb]
+                        if up != NULL:
+                            uv = up[tb]
+                        if real_t is double:
+                            s = vb_above_f64(row, n3, tv, uv, flags, orow)
+                        elif real_t is float:
+                            s = vb_above_f32(row, n3, tv, uv, flags, orow)
+                        elif real_t is int32_t:
+                            s = vb_above_i32(row, n3, tv, uv, flags, orow)
+                        elif real_t is int16_t:
+                            s = vb_above_i16(row, n3, tv, uv, flags, orow)
+                        elif real_t is uint16_t:
+                            s = vb_above_u16(row, n3, tv, uv, flags, orow)
+                        elif real_t is uint8_t:
+                            s = vb_above_u8(row, n3, tv, uv, flags, orow)
+                        else:
+                            s = 0
+                            for i3 in range(n3):
+                                f = _fg(<double>row[i3], tv, uv, flags)
+                                orow[i3] = f
+                                s += f
+                        c[cb] += s
+                    else:
+                        for i3 in range(n3):
+                            fv = <double>row[i3]
+                            tv = tp[tb + i3 * t3s]
+                            if up != NULL:
+                                uv = up[tb + i3 * t3s]
+                            f = _fg(fv, tv, uv, flags)
+                            orow[i3] = f
+                            c[cb + i3 * c3s] += f
