@@ -57,3 +57,53 @@ def equalized_histogram(
         int(nbins),
         counts,
     )
+
+
+#: Types `equalized_corrections` takes (as the vector binning loops of `_kernels` do).
+_BINNED = frozenset(np.dtype(t) for t in ("uint8", "int16", "uint16", "int32", "float32", "float64"))
+
+
+def binned_dtype(dtype: np.dtype) -> np.dtype | None:
+    """The type values of `dtype` reach the loops as (native-endian; float16 as float32) if
+    `equalized_corrections` takes it, else None."""
+    d = np.dtype(dtype)
+    d = np.dtype(np.float32) if d == np.float16 else d.newbyteorder("=")
+    return d if d in _BINNED else None
+
+
+def equalized_corrections(
+    x: np.ndarray,
+    e0: float,
+    scale: float,
+    values: np.ndarray,
+    table: np.ndarray,
+    lo: float,
+    hi: float,
+    nbins: int,
+    fine_lo: float,
+    fine_hi: float,
+    counts: np.ndarray,
+) -> None:
+    """Add to `counts` (nbins,) what `equalized_histogram` of `x` adds, less what the fine
+    histogram of `x` over [fine_lo, fine_hi] (``len(values) - 1`` bins, as
+    `_kernels.group_histogram` counts them) gives when each fine bin k counts in bin
+    ``table[k]`` (bins with ``table[k] < 0`` not at all).
+
+    So a histogram known by its fine bins needs only the voxels whose knot interval differs
+    from their fine bin, or spans a bin edge (``table < 0``): the others are skipped after a
+    few operations, without a store.  Entries of `counts` may go negative.  `x` is of a type
+    `binned_dtype` accepts.
+    """
+    _tone.equalized_corrections(
+        _values(x),
+        float(e0),
+        float(scale),
+        values,
+        np.asarray(table, np.int32),
+        float(lo),
+        float(hi),
+        int(nbins),
+        float(fine_lo),
+        float(fine_hi),
+        counts,
+    )

@@ -7,7 +7,28 @@ arithmetic is the plain IEEE double arithmetic written below (no fused multiply-
 
 from libc.math cimport NAN, floor
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
+
+cdef extern from "_simd.h" nogil:
+    ctypedef struct vb_bins_t:
+        double a, nm, s, flast, fnb, up_ok
+    int vb_init()
+    void vb_bins_f64(const double* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_f32(const float* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_i32(const int32_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_i16(const int16_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_u16(const uint16_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_u8(const uint8_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+
+ctypedef fused binned_t:
+    uint8_t
+    int16_t
+    uint16_t
+    int32_t
+    float
+    double
+
+vb_init()
 
 ctypedef fused real_t:
     int8_t
@@ -101,3 +122,104 @@ def equalized_histogram(
                 counts[q] += c4[q] + c4[(nbins + 1) + q] + c4[2 * (nbins + 1) + q] + c4[3 * (nbins + 1) + q]
     finally:
         free(c4)
+
+
+
+
+cdef enum:
+    _ROW = 1024  # values binned at a time (two int32 buffers that stay in L1)
+
+
+def equalized_corrections(
+    const binned_t[::1] x,
+    double e0,
+    double scale,
+    const double[::1] values,
+    const int32_t[::1] table,
+    double lo,
+    double hi,
+    Py_ssize_t nbins,
+    double flo,
+    double fhi,
+    int64_t[::1] counts,
+):
+    cdef Py_ssize_t j, i0, m, n = x.shape[0], nb = values.shape[0] - 1
+    cdef double last = <double>(nb - 1)
+    cdef double step = (hi - lo) / nbins
+    cdef double norm = nbins / (hi - lo) if hi > lo else 0.0
+    cdef double flast = <double>(nbins - 1)
+    cdef double up_ok = 1.0 if step > 0.0 else 0.0
+    cdef double v, s, k, frac, a, fv, kf
+    cdef Py_ssize_t ki, kh, b
+    cdef vb_bins_t fp
+    cdef const binned_t* row
+    cdef int32_t* idx_h = <int32_t*>malloc(_ROW * sizeof(int32_t))
+    cdef int32_t* idx_k = <int32_t*>malloc(_ROW * sizeof(int32_t))
+    cdef uint8_t* exact = <uint8_t*>malloc(nb * sizeof(uint8_t))
+    # The fine histogram's bins, as `_histogram.group_histogram` assigns them.
+    fp.a = flo
+    fp.nm = nb / (fhi - flo) if fhi > flo else 0.0
+    fp.s = (fhi - flo) / nb if fhi > flo else 0.0
+    fp.flast = last
+    fp.fnb = <double>nb
+    fp.up_ok = 1.0 if fp.s > 0.0 else 0.0
+    try:
+        if idx_h == NULL or idx_k == NULL or exact == NULL:
+            raise MemoryError()
+        with nogil:
+            for j in range(nb):
+                exact[j] = table[j] < 0
+            i0 = 0
+            while i0 < n:
+                m = n - i0 if n - i0 < _ROW else _ROW
+                row = &x[i0]
+                if binned_t is double:
+                    vb_bins_f64(row, m, &fp, idx_h)
+                elif binned_t is float:
+                    vb_bins_f32(row, m, &fp, idx_h)
+                elif binned_t is int32_t:
+                    vb_bins_i32(row, m, &fp, idx_h)
+                elif binned_t is int16_t:
+                    vb_bins_i16(row, m, &fp, idx_h)
+                elif binned_t is uint16_t:
+                    vb_bins_u16(row, m, &fp, idx_h)
+                else:
+                    vb_bins_u8(row, m, &fp, idx_h)
+                # Knot intervals: the floor of a value >= 0 is its truncation.
+                for j in range(m):
+                    s = (<double>row[j] - e0) * scale
+                    s = 0.0 if s != s else s
+                    s = 0.0 if 0.0 > s else s
+                    s = last if last < s else s
+                    idx_k[j] = <int32_t>s
+                for j in range(m):
+                    ki = idx_k[j]
+                    kh = idx_h[j]
+                    if ki == kh and not exact[ki]:
+                        continue  # counted from its fine bin
+                    v = <double>row[j]
+                    b = table[ki]
+                    if b < 0:
+                        s = (v - e0) * scale
+                        if s != s:
+                            s = 0.0
+                        k = <double>ki
+                        frac = _clamp(s - k, 0.0, 1.0)
+                        a = values[ki]
+                        fv = <double>(<float>(a + frac * (values[ki + 1] - a)))
+                        kf = floor(_clamp((fv - lo) * norm, 0.0, flast))
+                        kf = (
+                            kf
+                            - <double>((fv < kf * step + lo) and (kf > 0.0))
+                            + <double>((fv >= (kf + 1.0) * step + lo) and (kf < flast)) * up_ok
+                        )
+                        b = <Py_ssize_t>kf
+                    if v == v:
+                        counts[b] += 1
+                    if kh < nb and table[kh] >= 0:
+                        counts[table[kh]] -= 1
+                i0 += m
+    finally:
+        free(idx_h)
+        free(idx_k)
+        free(exact)
