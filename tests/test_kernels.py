@@ -593,3 +593,27 @@ def test_group_above_with_groups_along_the_rows_and_bad_strides():
         K.group_above(x, np.zeros(4, np.int64), t, None, 0, out, np.array([0, 0, 3, 0]), counts)
     with pytest.raises(ValueError, match="`out`"):
         K.group_above(x, np.zeros(4, np.int64), t, None, 0, out[:, :1], np.zeros(4, np.int64), counts)
+
+
+@pytest.mark.parametrize("gstrides", [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], ids=["one", "rows", "lanes"])
+@pytest.mark.parametrize("nbins", [16383, 20000, 65536])
+def test_group_histogram_with_many_bins_equals_numpy(gstrides, nbins):
+    # Many bins are counted in two interleaved uint32 histograms: the same counts.
+    rng = np.random.default_rng(nbins)
+    x = rng.gamma(2.0, 100.0, size=(2, 3, 5, 33))
+    x[0, 0] = 0.0  # a run of equal bins
+    x[1, 2, 1, ::5] = np.nan
+    g = np.array(gstrides, dtype=np.int64)
+    n_groups = int(1 + sum((s - 1) * st for s, st in zip(x.shape, g, strict=True)))
+    groups = sum(
+        np.arange(s).reshape([-1 if a == i else 1 for i in range(4)]) * st
+        for a, (s, st) in enumerate(zip(x.shape, g, strict=True))
+    )
+    groups = np.broadcast_to(groups, x.shape)
+    lo = np.array([np.nanmin(x[groups == k]) for k in range(n_groups)])
+    hi = np.array([np.nanmax(x[groups == k]) for k in range(n_groups)])
+    counts = np.zeros((n_groups, nbins), dtype=np.int64)
+    K.group_histogram(x, g, lo, hi, nbins, counts)
+    for k in range(n_groups):
+        v = x[groups == k]
+        assert counts[k].tolist() == ref_hist(v[np.isfinite(v)], lo[k], hi[k], nbins).tolist()

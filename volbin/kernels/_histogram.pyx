@@ -234,6 +234,12 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
     cdef vb_bins_t* pg
     cdef int64_t* c4
     cdef int64_t* c4g
+    cdef uint32_t* c2 = NULL
+    cdef uint32_t* c2g
+    # Many bins: two interleaved uint32 histograms (a quarter of the memory of four int64
+    # ones, so that 65536 bins stay in a core's cache); each counts at most half of the
+    # voxels, so uint32 cannot overflow below 2**32 voxels.
+    cdef bint small = ng * (nbins + 1) >= 16384 and n0 * n1 * n2 * n3 < 4294967296
     cdef int32_t* idx
     cdef double* buf
     if nbins < 1:
@@ -248,11 +254,13 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
         par = <vb_bins_t*>malloc(ng * sizeof(vb_bins_t))
         # Four interleaved sub-histograms (hiding store-to-load latency on runs of equal
         # bins); index nbins collects non-finite values and is dropped.
-        c4 = <int64_t*>calloc(4 * ng * width, sizeof(int64_t))
+        c4 = <int64_t*>calloc((1 if small else 4) * ng * width, sizeof(int64_t))
+        if small:
+            c2 = <uint32_t*>calloc(2 * ng * width, sizeof(uint32_t))
         idx = <int32_t*>malloc((n3 + 1) * sizeof(int32_t))
         buf = <double*>malloc((n3 + 1) * sizeof(double))
         try:
-            if par == NULL or c4 == NULL or idx == NULL or buf == NULL:
+            if par == NULL or c4 == NULL or idx == NULL or buf == NULL or (small and c2 == NULL):
                 with gil:
                     raise MemoryError()
             for g in range(ng):
@@ -292,6 +300,16 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                                     for i3 in range(n3):
                                         buf[i3] = <double>row[i3]
                                     vb_bins_f64(buf, n3, par + gb, idx)
+                                if small:
+                                    c2g = c2 + gb * width
+                                    i3 = 0
+                                    while i3 + 2 <= n3:
+                                        c2g[idx[i3]] += 1
+                                        c2g[ng * width + idx[i3 + 1]] += 1
+                                        i3 += 2
+                                    if i3 < n3:
+                                        c2g[idx[i3]] += 1
+                                    continue
                                 c4g = c4 + gb * width
                                 i3 = 0
                                 while i3 + 4 <= n3:
@@ -309,14 +327,23 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                                     pg = par + g
                                     k = vb_bin(<double>row[i3], pg.a, pg.nm, pg.s, flast, fnb,
                                                pg.up_ok)
-                                    c4[((i3 & 3) * ng + g) * width + k] += 1
-            for g in range(ng):
-                for q in range(nbins):
-                    counts[g, q] += (c4[g * width + q] + c4[(ng + g) * width + q]
-                                     + c4[(2 * ng + g) * width + q] + c4[(3 * ng + g) * width + q])
+                                    if small:
+                                        c2[((i3 & 1) * ng + g) * width + k] += 1
+                                    else:
+                                        c4[((i3 & 3) * ng + g) * width + k] += 1
+            if small:
+                for g in range(ng):
+                    for q in range(nbins):
+                        counts[g, q] += <int64_t>c2[g * width + q] + <int64_t>c2[(ng + g) * width + q]
+            else:
+                for g in range(ng):
+                    for q in range(nbins):
+                        counts[g, q] += (c4[g * width + q] + c4[(ng + g) * width + q]
+                                         + c4[(2 * ng + g) * width + q] + c4[(3 * ng + g) * width + q])
         finally:
             free(par)
             free(c4)
+            free(c2)
             free(idx)
             free(buf)
 
