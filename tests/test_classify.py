@@ -482,7 +482,7 @@ def test_vector_kmeans_mask_nonzero_is_any_channel():
     v = x[inside].astype(np.float64)
     lo, span = v.min(axis=0), v.max(axis=0) - v.min(axis=0)
     assign, c = lloyd_on_voxels((v - lo) / span, (initial - lo) / span)
-    rank = np.argsort(np.lexsort(c.T[::-1]))  # cluster -> its place, darkest first channel first
+    rank = np.argsort(np.lexsort(c.T[::-1]))  # cluster -> its class, sorted by the first channel
     np.testing.assert_array_equal(res.labels[inside], rank[assign] + 1)
     np.testing.assert_allclose(res.centres, lo + c[np.lexsort(c.T[::-1])] * span, rtol=0, atol=1e-6)
     # The same bytes as the explicit mask, from an array or a dask array of other chunks.
@@ -500,7 +500,7 @@ def test_vector_kmeans_stats_mask_nonzero_labels_everything():
     np.testing.assert_array_equal(
         res.labels, classify(x, "kmeans", 3, channels=True, stats_mask=inside, seed=3).labels
     )
-    # The background (0 in every channel) is labelled too: with the darkest centre.
+    # The background (0 in every channel) is labelled too (here nearest the darkest centre).
     assert (res.labels[~inside] == 0).all() and set(np.unique(res.labels[inside])) == {0, 1, 2}
 
 
