@@ -64,14 +64,31 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name.endswith((".tmp", ".old")))
 
 
+def _complete(side: Path, record: dict) -> bool:
+    """Whether the output of sidecar `side` is complete: its sidecar is final, or still marked
+    pending but naming the very image in place (a writer killed between renaming the image
+    and rewriting its sidecar; `volbin.io.save` documents that window and batch resumes it as
+    done).  A pending sidecar whose image is not there yet was interrupted before the rename."""
+    pending = record.get("pending")
+    if pending is None:
+        return True
+    try:
+        st = side.with_name(side.stem + ".nii.gz").stat()
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino, st.st_size) == (pending["device"], pending["inode"], pending["size"])
+
+
 def _created(out: Path) -> dict[str, tuple[str, int]]:
-    """Sidecar `created` stamp and image mtime of every complete output in `out` (sidecars
-    still marked pending, whose write was interrupted, are left out)."""
-    return {
-        p.name: (read_sidecar(p)["created"], p.with_name(p.stem + ".nii.gz").stat().st_mtime_ns)
-        for p in sorted(out.glob("*_mask.json"))
-        if "pending" not in read_sidecar(p)
-    }
+    """Sidecar `created` stamp and image mtime of every complete output in `out` (see
+    `_complete`).  Read while a batch writes, too: a final sidecar implies its image is in
+    place, since the image is renamed before the sidecar loses its pending mark."""
+    found = {}
+    for p in sorted(out.glob("*_mask.json")):
+        record = read_sidecar(p)
+        if _complete(p, record):
+            found[p.name] = (record["created"], p.with_name(p.stem + ".nii.gz").stat().st_mtime_ns)
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -440,6 +440,105 @@ def test_vector_kmeans_per_slice_and_stack_scope():
     assert volbin.dice(lab6 == 1, one.labels[:, :, 0] == 1) > 0.95
 
 
+def lloyd_on_voxels(y: np.ndarray, init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plain floating-point Lloyd (scikit-learn's ``KMeans(init=..., n_init=1)`` steps) on an
+    (n, C) array of voxel vectors: the partition and centres it converges to."""
+    c = init.copy()
+    assign = None
+    while True:
+        d = ((y[:, None, :] - c[None, :, :]) ** 2).sum(axis=-1)
+        new = np.argmin(d, axis=1)
+        if assign is not None and np.array_equal(new, assign):
+            return assign, c
+        assign = new
+        c = np.stack([y[assign == k].mean(axis=0) if (assign == k).any() else c[k] for k in range(len(c))])
+
+
+def contrasts_with_background() -> tuple[np.ndarray, np.ndarray]:
+    """Two contrasts with voxels 0 in both (background), and others 0 in one channel only."""
+    x, _ = two_contrasts((16, 18, 14))
+    x = x.copy()
+    x[:3] = 0  # no signal in either contrast
+    x[5:7, :, :, 0] = 0  # seen by the second contrast only
+    x[:, 15:, :, 1] = 0  # seen by the first contrast only
+    inside = (x != 0).any(axis=-1)
+    assert 0 < inside.sum() < inside.size and (inside != (x != 0).all(axis=-1)).any()
+    assert (inside != (x[..., 0] != 0)).any() and (inside != (x[..., 1] != 0)).any()
+    return x, inside
+
+
+def test_vector_kmeans_mask_nonzero_is_any_channel():
+    x, inside = contrasts_with_background()
+    res = classify(x, "kmeans", 3, channels=True, mask="nonzero", seed=3)
+    assert res.labels.shape == x.shape[:3] and res.offset == 1
+    labels, centres, initial, it = brute_kmeans_vectors(x, 3, 3, inside)
+    np.testing.assert_array_equal(res.initial_centres, initial)
+    np.testing.assert_array_equal(res.centres, centres)
+    assert int(res.iterations) == it
+    np.testing.assert_array_equal(res.labels, labels)
+    assert (res.labels[~inside] == 0).all() and (res.labels[inside] >= 1).all()
+    # The classes inside are k-means of the masked voxels on their own (no grid, float
+    # means), from the same start: the same partition, centres within the fixed point.
+    v = x[inside].astype(np.float64)
+    lo, span = v.min(axis=0), v.max(axis=0) - v.min(axis=0)
+    assign, c = lloyd_on_voxels((v - lo) / span, (initial - lo) / span)
+    rank = np.argsort(np.lexsort(c.T[::-1]))  # cluster -> its class, sorted by the first channel
+    np.testing.assert_array_equal(res.labels[inside], rank[assign] + 1)
+    np.testing.assert_allclose(res.centres, lo + c[np.lexsort(c.T[::-1])] * span, rtol=0, atol=1e-6)
+    # The same bytes as the explicit mask, from an array or a dask array of other chunks.
+    same = classify(da.from_array(x, chunks=(8, 9, 7, 1)), "kmeans", 3, channels=True, mask=inside, seed=3)
+    np.testing.assert_array_equal(same.labels.compute(), res.labels)
+
+
+def test_vector_kmeans_stats_mask_nonzero_labels_everything():
+    x, inside = contrasts_with_background()
+    res = classify(x, "kmeans", 3, channels=True, stats_mask="nonzero", seed=3)
+    _, centres, initial, _ = brute_kmeans_vectors(x, 3, 3, inside)
+    np.testing.assert_array_equal(res.initial_centres, initial)
+    np.testing.assert_array_equal(res.centres, centres)
+    assert res.offset == 0
+    np.testing.assert_array_equal(
+        res.labels, classify(x, "kmeans", 3, channels=True, stats_mask=inside, seed=3).labels
+    )
+    # The background (0 in every channel) is labelled too (here nearest the darkest centre).
+    assert (res.labels[~inside] == 0).all() and set(np.unique(res.labels[inside])) == {0, 1, 2}
+
+
+def test_vector_kmeans_mask_files(tmp_path):
+    import nibabel as nib
+
+    x, brain = two_contrasts((16, 18, 14))
+    path = tmp_path / "brain.nii.gz"
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), np.eye(4)), path)
+    ref = classify(x, "kmeans", 3, channels=True, mask=brain, seed=3)
+    res = classify(x, "kmeans", 3, channels=True, mask=path, seed=3)
+    np.testing.assert_array_equal(res.centres, ref.centres)
+    np.testing.assert_array_equal(res.labels, ref.labels)
+    stats = classify(x, "kmeans", 3, channels=True, stats_mask=str(path), seed=3)
+    np.testing.assert_array_equal(stats.centres, ref.centres)
+    # One mask per channel says nothing about the voxel vectors: refused, naming the mask.
+    both = tmp_path / "both.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([brain, brain], -1).astype(np.uint8), np.eye(4)), both)
+    with pytest.raises(VolbinDataError, match=r"`mask` .*both\.nii\.gz has 2 volumes.*give a 3D mask"):
+        classify(x, "kmeans", 3, channels=True, mask=both)
+    with pytest.raises(VolbinDataError, match=r"`stats_mask` .*2 volumes.*channels of one voxel"):
+        classify(x, "kmeans", 3, channels=True, stats_mask=both)
+
+
+def test_mask_nonzero_of_a_series_is_each_volume_own():
+    # Without `channels` the 4th axis holds volumes: each is classified inside its own
+    # non-zero voxels, as binarize's mask="nonzero" does.
+    x, _ = contrasts_with_background()
+    res = classify(x, "multi-otsu", 3, mask="nonzero")
+    for t in range(2):
+        v = x[..., t]
+        inside = v != 0
+        ref = multiotsu(v[inside])
+        np.testing.assert_array_equal(res.thresholds[t], ref)
+        assert (res.labels[..., t][~inside] == 0).all()
+        np.testing.assert_array_equal(res.labels[..., t][inside], labels_from(v[inside], ref) + 1)
+
+
 # --- chunk invariance ----------------------------------------------------------------------
 
 

@@ -586,6 +586,46 @@ def test_cli_info_binary_and_compare_masks(head, tmp_path, capsys):
     assert "blurred_rms" in json.loads(capsys.readouterr().out)["compare"]
 
 
+def test_classify_channels_with_mask_nonzero_and_a_3d_mask_file(tmp_path, capsys):
+    import volbin
+
+    t1 = phantom((16, 18, 14), seed=5)
+    t2 = phantom((16, 18, 14), seed=5, means={"csf": 0.9, "white_matter": 0.4, "scalp": 0.3})
+    x = np.stack([t1.intensity, t2.intensity], axis=-1).astype(np.float32)
+    x[:3] = 0  # background in both contrasts
+    x[5:7, :, :, 0] = 0  # seen by the second contrast only
+    inside = (x != 0).any(axis=-1)
+    src, brain = tmp_path / "t1t2.nii.gz", tmp_path / "brain.nii.gz"
+    nib.save(nib.Nifti1Image(x, t1.affine), src)
+    nib.save(nib.Nifti1Image(t1.brain.astype(np.uint8), t1.affine), brain)
+    base = ["classify", str(src), "--method", "kmeans", "--classes", "3", "--channels", "--seed", "2"]
+    cases = {
+        "nonzero.nii.gz": (["--mask", "nonzero"], dict(mask=inside)),
+        "stats.nii.gz": (["--stats-mask", "nonzero"], dict(stats_mask=inside)),
+        "file.nii.gz": (["--mask", str(brain)], dict(mask=t1.brain)),
+    }
+    for name, (flags, kw) in cases.items():
+        out = tmp_path / name
+        assert main([*base[:2], str(out), *base[2:], *flags, "--no-progress"]) == 0, capsys.readouterr().err
+        img = nib.load(out)
+        labels = np.asanyarray(img.dataobj)
+        assert labels.shape == x.shape[:3] and labels.dtype == np.uint8  # the spatial grid
+        np.testing.assert_allclose(img.affine, t1.affine)
+        ref = volbin.classify(x, "kmeans", 3, channels=True, seed=2, **kw)
+        np.testing.assert_array_equal(labels, ref.labels)
+        side = json.loads(out.with_name(name.replace(".nii.gz", ".json")).read_text())
+        np.testing.assert_array_equal(side["steps"][-1]["centres_raw"], ref.centres)
+    assert (np.asanyarray(nib.load(tmp_path / "nonzero.nii.gz").dataobj)[~inside] == 0).all()
+    # A mask per channel is refused in one line naming the file.
+    both = tmp_path / "both.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([t1.brain] * 2, -1).astype(np.uint8), t1.affine), both)
+    assert main([*base[:2], str(tmp_path / "o.nii.gz"), *base[2:], "--mask", str(both), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "both.nii.gz has 2 volumes" in err and "give a 3D mask" in err and len(err.strip().splitlines()) == 1
+    )
+
+
 def test_classify_multi_otsu_labels_match_skimage_and_split_masks(tmp_path):
     from skimage.filters import threshold_multiotsu
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from . import _kernels as K
 from .components import as_mask
 from .errors import VolbinDataError, VolbinWarning
 from .histogram import fine_nbins, group_histograms, group_histograms_with_offsets, group_range
+from .masks import resolve_mask
 from .threshold import bin_centers
 from .volume import Grouping, Volume, as_volume, like_input, slab_chunks
 
@@ -196,9 +198,13 @@ def _check(
 
 def _mask_data(mask: Any, vol: Volume, name: str, spatial_only: bool = False) -> da.Array | None:
     """`mask` as a lazy boolean array broadcast to the volume's shape (3D masks of 4D data
-    are shared by every volume), or to its spatial shape with `spatial_only`."""
+    are shared by every volume), or to its spatial shape with `spatial_only`.  ``"nonzero"``
+    and mask files are resolved as `volbin.masks.resolve_mask` does (a file on the input's
+    grid; with `spatial_only`, a 3D file, and ``"nonzero"`` where any channel is not 0)."""
     if mask is None:
         return None
+    if isinstance(mask, (str, os.PathLike)):
+        return resolve_mask(mask, vol, name=name, spatial=spatial_only).data  # type: ignore[union-attr]
     m, _ = as_volume(mask)
     spatial = vol.spatial_shape
     # Blockwise steps pair a mask's blocks with the volume's, and dask broadcasts a single
@@ -741,10 +747,14 @@ def classify(
         `channels`, 'stack' and 'volume' both mean one decision for the image.
     axis : {'x', 'y', 'z'} or int
         Slice axis for ``scope='slice'``.
-    mask : array or Volume, optional
-        Voxels to classify (nonzero; the volume's shape, or its spatial shape for a 4D
-        volume): statistics come from inside it, labels are 1..N inside and 0 outside.
-    stats_mask : array or Volume, optional
+    mask : str, path, array or Volume, optional
+        Voxels to classify: statistics come from inside it, labels are 1..N inside and 0
+        outside.  An array or Volume (non-zero inside) of the volume's shape, or of its
+        spatial shape for a 4D volume (only that with `channels`); a NIfTI/.npy/zarr file on
+        the input's grid (3D with `channels`); or ``"nonzero"``: the input's non-zero voxels,
+        each volume's own for a 4D series and, with `channels`, the voxels where any channel
+        is non-zero (a voxel 0 in every contrast is background).
+    stats_mask : same as `mask`, optional
         Voxels the statistics come from (intersected with `mask`), without changing which
         voxels are labelled.
     channels : bool

@@ -3,7 +3,10 @@
 `resolve_mask` turns what a user passes (a NIfTI/.npy/zarr path, a numpy/dask array, a
 `Volume`, or ``"nonzero"``) into a boolean dask array of the input's shape and chunks, so
 that it streams block by block beside the data.  Non-zero mask voxels are inside (NaN is
-outside).  A 3D mask serves every volume of a 4D input; a 4D mask gives one per volume.
+outside).  A 3D mask serves every volume of a 4D input; a 4D mask gives one per volume, and
+``"nonzero"`` is each volume's own non-zero voxels.  With ``spatial=True`` (a 4D input whose
+4th axis holds the channels of each voxel, as k-means on voxel vectors reads it) the mask
+is 3D: a mask must be 3D, and ``"nonzero"`` is the voxels where any channel is non-zero.
 A mask read from a file, or given as a Volume, must lie on the input's grid: same spatial
 shape and an affine equal to within `AFFINE_TOLERANCE` mm.
 """
@@ -93,7 +96,7 @@ def _has_grid(vol: Volume) -> bool:
     return vol.source is not None or vol.header is not None or not np.allclose(vol.affine, np.eye(4))
 
 
-def resolve_mask(spec: Any, vol: Volume, *, name: str = "mask") -> Mask | None:
+def resolve_mask(spec: Any, vol: Volume, *, name: str = "mask", spatial: bool = False) -> Mask | None:
     """The mask `spec` as a boolean dask array of `vol`'s shape and chunks.
 
     Parameters
@@ -105,6 +108,10 @@ def resolve_mask(spec: Any, vol: Volume, *, name: str = "mask") -> Mask | None:
         The input the mask applies to.
     name : str
         The parameter's name, for messages (``mask`` or ``stats_mask``).
+    spatial : bool
+        One mask for the voxels of a 4D `vol` whose volumes are channels of one voxel: the
+        result has `vol`'s three spatial axes (and their chunks), ``"nonzero"`` is inside
+        where any volume is non-zero, and a 4D mask is refused.  Same as False for 3D `vol`.
 
     Returns
     -------
@@ -114,7 +121,8 @@ def resolve_mask(spec: Any, vol: Volume, *, name: str = "mask") -> Mask | None:
     Raises
     ------
     VolbinDataError
-        The mask is on another grid (shape, or affine by more than `AFFINE_TOLERANCE` mm).
+        The mask is on another grid (shape, or affine by more than `AFFINE_TOLERANCE` mm),
+        or is 4D with `spatial`.
     InputFileError
         A mask file cannot be read.
     TypeError
@@ -127,16 +135,27 @@ def resolve_mask(spec: Any, vol: Volume, *, name: str = "mask") -> Mask | None:
     >>> vol, _ = as_volume(np.arange(8.0).reshape(2, 2, 2))
     >>> int(resolve_mask("nonzero", vol).data.sum().compute())
     7
+    >>> x = np.zeros((2, 2, 1, 2))
+    >>> x[0, 0, 0, 0] = x[1, 1, 0, 1] = 1  # one voxel seen by each channel
+    >>> two, _ = as_volume(x)
+    >>> resolve_mask("nonzero", two, spatial=True).data.compute()[..., 0].astype(int).tolist()
+    [[1, 0], [0, 1]]
     """
     if spec is None:
         return None
+    spatial = spatial and vol.ndim == 4
     if isinstance(spec, str) and spec == NONZERO:
         data = vol.data
 
         def nonzero(block: np.ndarray) -> np.ndarray:
             return np.not_equal(block, 0)
 
-        return Mask(da.map_blocks(nonzero, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool)), NONZERO)
+        inside = da.map_blocks(nonzero, data, dtype=bool, meta=np.empty((0,) * data.ndim, bool))
+        if spatial:
+            # A voxel whose channels are all 0 is background; one non-zero channel is tissue
+            # seen by that contrast (the union, as a brain mask from several contrasts is).
+            inside = inside.any(axis=vol.volume_axis)
+        return Mask(inside, NONZERO)
     if isinstance(spec, (str, os.PathLike)):
         from .io import load
 
@@ -164,6 +183,11 @@ def resolve_mask(spec: Any, vol: Volume, *, name: str = "mask") -> Mask | None:
         )
     else:
         same = mvol.spatial_shape == vol.spatial_shape
+    if spatial and mvol.ndim == 4 and same:
+        raise VolbinDataError(
+            f"`{name}` {'' if source == 'array' else source + ' '}has {mvol.n_volumes} volumes, but the "
+            f"input's {vol.n_volumes} volumes are channels of one voxel: give a 3D mask."
+        )
     if not same or (mvol.ndim == 4 and (vol.ndim == 3 or mvol.n_volumes != vol.n_volumes)):
         what = f"{mvol.n_volumes} volumes" if mvol.ndim == 4 else "3D"
         if mvol.ndim == 4 and same:
@@ -183,21 +207,24 @@ def resolve_mask(spec: Any, vol: Volume, *, name: str = "mask") -> Mask | None:
         m = da.map_blocks(_inside_float, m, dtype=bool, meta=np.empty((0,) * m.ndim, bool))
     elif m.dtype != np.bool_:
         m = m != 0
-    return Mask(_align(m, mvol, vol), source)
+    return Mask(_align(m, mvol, vol, spatial), source)
 
 
 def _inside_float(block: np.ndarray) -> np.ndarray:
     return np.not_equal(block, 0) & ~np.isnan(block)
 
 
-def _align(m: da.Array, mvol: Volume, vol: Volume) -> da.Array:
-    """The mask laid out like the input: the same axis order and chunks, 3D broadcast on 4D."""
+def _align(m: da.Array, mvol: Volume, vol: Volume, spatial: bool = False) -> da.Array:
+    """The mask laid out like the input: the same axis order and chunks, 3D broadcast on 4D
+    (or, with `spatial`, 3D with the input's spatial chunks)."""
     data = vol.data
     if m.ndim == 3 and data.ndim == 4:
         va = vol.volume_axis
         assert va is not None
-        spatial = tuple(data.chunks[a] for a in vol.spatial_axes)
-        m = m.rechunk(spatial)
+        spatial_chunks = tuple(data.chunks[a] for a in vol.spatial_axes)
+        m = m.rechunk(spatial_chunks)
+        if spatial:
+            return m
         m = da.expand_dims(m, va)
         return da.broadcast_to(m, data.shape, chunks=data.chunks)
     if m.ndim == 4 and mvol.volume_axis != vol.volume_axis:

@@ -16,6 +16,7 @@ examples:
   volbin classify bold.nii.gz labels.nii.gz --method kmeans --classes 3 --scope volume --warm-start
 
 Labels are uint8, darkest class first: 0..N-1, or with --mask 0 outside and 1..N inside.
+With --channels, a voxel is inside --mask nonzero when any of its channels is non-zero.
 --split writes <out>_class-<k><ext> for k = 1..N instead (the class thresholds or centres
 go in each sidecar).
 """
@@ -39,9 +40,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--classes", type=int_in(2, 255), default=3, help="number of classes (default 3)")
     p.add_argument("--scope", choices=("stack", "volume", "slice"), default="volume", help="groups (volume)")
     p.add_argument("--axis", choices=("x", "y", "z"), default=None, help="slice axis for --scope slice (z)")
-    p.add_argument("--mask", metavar="M", help="classify inside M (0 outside); a file or 'nonzero'")
     p.add_argument(
-        "--stats-mask", metavar="M", help="statistics inside M, labels everywhere; a file or 'nonzero'"
+        "--mask",
+        metavar="M",
+        help="classify inside M (0 outside): a file on the input's grid (3D with --channels) or 'nonzero' "
+        "(each volume's non-zero voxels; with --channels, voxels where any channel is non-zero)",
+    )
+    p.add_argument(
+        "--stats-mask", metavar="M", help="statistics inside M, labels everywhere (M as for --mask)"
     )
     p.add_argument(
         "--channels", action="store_true", help="k-means: the 4th axis holds contrasts of one subject"
@@ -72,7 +78,6 @@ def split_paths(output: str | Path, classes: int, offset: int = 1) -> list[Path]
 def run(args: argparse.Namespace) -> int:
     from ..classify import classify
     from ..io import load, save, sidecar_path
-    from ..masks import resolve_mask
     from ..progress import progress
 
     if args.method == "multi-otsu":
@@ -92,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
                     raise UsageError(f"{p} exists; pass --force to overwrite it")
     with progress("classify", enabled=False if args.no_progress else None):
         vol = load(args.input, chunk_bytes=cb, volume_axis=args.volume_axis)
-        mask = resolve_mask(args.mask, vol)
-        stats = resolve_mask(args.stats_mask, vol, name="stats_mask")
         kw: dict[str, Any] = {}
         for name in ("seed", "nbins", "max_iter", "tol"):
             if getattr(args, name) is not None:
@@ -104,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
             args.classes,
             scope=args.scope,
             axis=args.axis or "z",
-            mask=None if mask is None else mask.data,
-            stats_mask=None if stats is None else stats.data,
+            # Resolved by classify, which knows whether the 4th axis holds volumes (a mask per
+            # volume) or channels (one mask for the voxel vectors).
+            mask=args.mask,
+            stats_mask=args.stats_mask,
             channels=args.channels,
             warm_start=args.warm_start,
             **kw,
