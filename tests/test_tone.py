@@ -324,8 +324,7 @@ def test_equalized_histograms_equal_histograms_of_the_equalised_values(scope, me
     assert tr.eq_fine[3] != fast.data.name
 
 
-@pytest.mark.parametrize("lo, hi", [(0.1, 1328.7), (1e6, 1e6 + 3.7), (-5.0, 7.0), (0.0, 65535.0)])
-def test_equalized_histograms_of_values_on_the_fine_edges(lo, hi):
+def test_equalized_histograms_of_values_on_the_fine_edges():
     """Values on (and next to) the fine-bin edges, where a value's knot interval (a floor)
     and its fine bin (np.histogram's assignment) differ: those voxels are moved from the bin
     of their fine bin to the bin of their equalised value, exactly."""
@@ -334,6 +333,7 @@ def test_equalized_histograms_of_values_on_the_fine_edges(lo, hi):
 
     rng = np.random.default_rng(0)
     nb = fine_nbins(1)
+    lo, hi = 0.1, 1328.7
     k = np.arange(nb + 1)
     e_lin, e_hist = lo + (hi - lo) * (k / nb), k * ((hi - lo) / nb) + lo
     vals = np.concatenate(
@@ -353,8 +353,7 @@ def test_equalized_histograms_of_values_on_the_fine_edges(lo, hi):
     tr = fit_transform(vol, g, Recipe(curve="equalize"))
     e0, e1 = tr.eq_edges[0], tr.eq_edges[-1]
     knot = np.floor(np.clip((x.ravel() - e0) * (nb / (e1 - e0)), 0, nb - 1))
-    if lo == 0.1:
-        assert (knot != _hist_bins(x.ravel(), tr.eq_fine[1], tr.eq_fine[2], nb)).sum() > 1000
+    assert (knot != _hist_bins(x.ravel(), tr.eq_fine[1], tr.eq_fine[2], nb)).sum() > 1000
     lo_r, hi_r = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
     ref = group_histograms(vol, g, lo_r, hi_r, 256, pre=tr.apply)
     np.testing.assert_array_equal(equalized_histograms(vol, tr, lo_r, hi_r, 256), ref)

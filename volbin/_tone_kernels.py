@@ -82,7 +82,6 @@ def equalized_corrections(
     nbins: int,
     fine_lo: float,
     fine_hi: float,
-    margin: float,
     counts: np.ndarray,
 ) -> None:
     """Add to `counts` (nbins,) what `equalized_histogram` of `x` adds, less what the fine
@@ -93,9 +92,7 @@ def equalized_corrections(
     So a histogram known by its fine bins needs only the voxels whose knot interval differs
     from their fine bin, or spans a bin edge (``table < 0``): the others are skipped after a
     few operations, without a store.  Entries of `counts` may go negative.  `x` is of a type
-    `binned_dtype` accepts.  A value whose position ``(x - e0) * scale`` lies within `margin`
-    of an integer is binned as the fine histogram bins it, to compare; elsewhere the two
-    agree when `margin` bounds the rounding of both (`knot_margin`).
+    `binned_dtype` accepts.
     """
     _tone.equalized_corrections(
         _values(x),
@@ -108,19 +105,5 @@ def equalized_corrections(
         int(nbins),
         float(fine_lo),
         float(fine_hi),
-        float(margin),
         counts,
     )
-
-
-def knot_margin(fine_lo: float, fine_hi: float, nbins: int) -> float:
-    """A bound, in fine bins, on how far rounding can move a value's knot position
-    ``(x - e0) * scale`` from its exact place among the fine histogram's edges
-    ``k * step + fine_lo`` (both within a few units in the last place of the largest
-    magnitude of the range), with a factor 64 to spare; 1 (every value compared) where
-    the range is too small for its magnitude."""
-    span = fine_hi - fine_lo
-    if not span > 0 or not np.isfinite(span):
-        return 1.0
-    ulps = 64.0 * np.finfo(np.float64).eps * nbins * (max(abs(fine_lo), abs(fine_hi)) / span + 1.0)
-    return float(min(ulps, 1.0))

@@ -399,8 +399,7 @@ def equalized_histograms(
             if fine is not None:
                 TK.equalized_corrections(
                     view.reshape(-1), e0, scale, cdf, table, float(lo[gidx]), float(hi[gidx]), nbins,
-                    float(fine[1][gidx]), float(fine[2][gidx]),
-                    TK.knot_margin(float(fine[1][gidx]), float(fine[2][gidx]), len(cdf) - 1), out[lidx],
+                    float(fine[1][gidx]), float(fine[2][gidx]), out[lidx],
                 )  # fmt: skip
             else:
                 TK.equalized_histogram(

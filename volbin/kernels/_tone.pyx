@@ -10,7 +10,15 @@ from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, u
 from libc.stdlib cimport calloc, free, malloc
 
 cdef extern from "_simd.h" nogil:
-    int32_t vb_bin(double fv, double a, double nm, double s, double flast, double fnb, double up_ok)
+    ctypedef struct vb_bins_t:
+        double a, nm, s, flast, fnb, up_ok
+    int vb_init()
+    void vb_bins_f64(const double* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_f32(const float* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_i32(const int32_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_i16(const int16_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_u16(const uint16_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
+    void vb_bins_u8(const uint8_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
 
 ctypedef fused binned_t:
     uint8_t
@@ -19,6 +27,8 @@ ctypedef fused binned_t:
     int32_t
     float
     double
+
+vb_init()
 
 ctypedef fused real_t:
     int8_t
@@ -117,7 +127,7 @@ def equalized_histogram(
 
 
 cdef enum:
-    _ROW = 1024  # values done at a time (buffers that stay in L1)
+    _ROW = 1024  # values binned at a time (two int32 buffers that stay in L1)
 
 
 def equalized_corrections(
@@ -131,7 +141,6 @@ def equalized_corrections(
     Py_ssize_t nbins,
     double flo,
     double fhi,
-    double margin,
     int64_t[::1] counts,
 ):
     cdef Py_ssize_t j, i0, m, n = x.shape[0], nb = values.shape[0] - 1
@@ -140,19 +149,22 @@ def equalized_corrections(
     cdef double norm = nbins / (hi - lo) if hi > lo else 0.0
     cdef double flast = <double>(nbins - 1)
     cdef double up_ok = 1.0 if step > 0.0 else 0.0
-    # The fine histogram's bins, as `_histogram.group_histogram` assigns them.
-    cdef double fnm = nb / (fhi - flo) if fhi > flo else 0.0
-    cdef double fst = (fhi - flo) / nb if fhi > flo else 0.0
-    cdef double fup = 1.0 if fst > 0.0 else 0.0
-    cdef double hi_margin = 1.0 - margin
-    cdef double v, s, c, k, f, frac, a, fv, kf
+    cdef double v, s, k, frac, a, fv, kf
     cdef Py_ssize_t ki, kh, b
+    cdef vb_bins_t fp
     cdef const binned_t* row
+    cdef int32_t* idx_h = <int32_t*>malloc(_ROW * sizeof(int32_t))
     cdef int32_t* idx_k = <int32_t*>malloc(_ROW * sizeof(int32_t))
-    cdef uint8_t* near = <uint8_t*>malloc(_ROW * sizeof(uint8_t))
     cdef uint8_t* exact = <uint8_t*>malloc(nb * sizeof(uint8_t))
+    # The fine histogram's bins, as `_histogram.group_histogram` assigns them.
+    fp.a = flo
+    fp.nm = nb / (fhi - flo) if fhi > flo else 0.0
+    fp.s = (fhi - flo) / nb if fhi > flo else 0.0
+    fp.flast = last
+    fp.fnb = <double>nb
+    fp.up_ok = 1.0 if fp.s > 0.0 else 0.0
     try:
-        if idx_k == NULL or near == NULL or exact == NULL:
+        if idx_h == NULL or idx_k == NULL or exact == NULL:
             raise MemoryError()
         with nogil:
             for j in range(nb):
@@ -161,26 +173,32 @@ def equalized_corrections(
             while i0 < n:
                 m = n - i0 if n - i0 < _ROW else _ROW
                 row = &x[i0]
-                # Knot intervals (the floor of a value >= 0 is its truncation), and whether
-                # the value lies within `margin` of an interval's ends, where its fine bin
-                # may differ (NaN, at 0, and values beyond the ends always do).  A vector loop.
+                if binned_t is double:
+                    vb_bins_f64(row, m, &fp, idx_h)
+                elif binned_t is float:
+                    vb_bins_f32(row, m, &fp, idx_h)
+                elif binned_t is int32_t:
+                    vb_bins_i32(row, m, &fp, idx_h)
+                elif binned_t is int16_t:
+                    vb_bins_i16(row, m, &fp, idx_h)
+                elif binned_t is uint16_t:
+                    vb_bins_u16(row, m, &fp, idx_h)
+                else:
+                    vb_bins_u8(row, m, &fp, idx_h)
+                # Knot intervals: the floor of a value >= 0 is its truncation.
                 for j in range(m):
                     s = (<double>row[j] - e0) * scale
                     s = 0.0 if s != s else s
-                    c = 0.0 if 0.0 > s else s
-                    c = last if last < c else c
-                    idx_k[j] = <int32_t>c
-                    f = s - <double>idx_k[j]
-                    near[j] = (f < margin) | (f > hi_margin)
+                    s = 0.0 if 0.0 > s else s
+                    s = last if last < s else s
+                    idx_k[j] = <int32_t>s
                 for j in range(m):
                     ki = idx_k[j]
-                    if not (near[j] | exact[ki]):
-                        continue  # its fine bin is its knot interval, which maps into one bin
+                    kh = idx_h[j]
+                    if ki == kh and not exact[ki]:
+                        continue  # counted from its fine bin
                     v = <double>row[j]
-                    kh = vb_bin(v, flo, fnm, fst, last, <double>nb, fup)
                     b = table[ki]
-                    if ki == kh and b >= 0:
-                        continue
                     if b < 0:
                         s = (v - e0) * scale
                         if s != s:
@@ -202,6 +220,6 @@ def equalized_corrections(
                         counts[table[kh]] -= 1
                 i0 += m
     finally:
+        free(idx_h)
         free(idx_k)
-        free(near)
         free(exact)
