@@ -3,7 +3,6 @@ brute-force formulas; monotonicity, chunk-invariance and option refusal."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import warnings
 
@@ -20,7 +19,7 @@ from volbin.errors import VolbinDataError, VolbinWarning
 from volbin.phantom import phantom
 from volbin.recipe import MONOTONE_CURVES, Recipe
 from volbin.rescale import CLAHE_BYTES_PER_VOXEL, CLAHE_MEMORY_KEY, fit_transform
-from volbin.volume import Volume, as_volume
+from volbin.volume import Volume
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None)
 
@@ -307,53 +306,4 @@ def test_equalized_histograms_equal_histograms_of_the_equalised_values(scope, me
         tr = fit_transform(vol, g, Recipe(curve="equalize", rescale=method))
     lo, hi = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
     ref = group_histograms(vol, g, lo, hi, nbins, pre=tr.apply)
-    # From the fine histograms the curve was fitted on, plus the voxels they do not settle;
-    # and, without them, every voxel mapped on its knot interval.
-    assert tr.eq_fine is not None
     np.testing.assert_array_equal(equalized_histograms(vol, tr, lo, hi, nbins), ref)
-    np.testing.assert_array_equal(
-        equalized_histograms(vol, dataclasses.replace(tr, eq_fine=None), lo, hi, nbins), ref
-    )
-    # Numpy input, reduced without a graph.
-    fast, _ = as_volume(x, chunk_bytes=max(8, x.nbytes // 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VolbinWarning)
-        tr_fast = fit_transform(fast, fast.grouping(scope), Recipe(curve="equalize", rescale=method))
-    np.testing.assert_array_equal(equalized_histograms(fast, tr_fast, lo, hi, nbins), ref)
-    # Fine histograms of other data are not used.
-    assert tr.eq_fine[3] != fast.data.name
-
-
-def test_equalized_histograms_of_values_on_the_fine_edges():
-    """Values on (and next to) the fine-bin edges, where a value's knot interval (a floor)
-    and its fine bin (np.histogram's assignment) differ: those voxels are moved from the bin
-    of their fine bin to the bin of their equalised value, exactly."""
-    from volbin.histogram import fine_nbins, group_histograms
-    from volbin.rescale import _hist_bins, equalized_histograms
-
-    rng = np.random.default_rng(0)
-    nb = fine_nbins(1)
-    lo, hi = 0.1, 1328.7
-    k = np.arange(nb + 1)
-    e_lin, e_hist = lo + (hi - lo) * (k / nb), k * ((hi - lo) / nb) + lo
-    vals = np.concatenate(
-        [
-            e_lin,
-            e_hist,
-            np.nextafter(e_lin, -np.inf),
-            np.nextafter(e_hist, np.inf),
-            rng.uniform(lo, hi, 50000),
-        ]
-    )
-    vals = vals[(vals >= lo) & (vals <= hi)]
-    vals[:2] = lo, hi
-    x = np.concatenate([rng.permutation(vals), np.full(64 - vals.size % 64, lo)]).reshape(4, 4, 4, -1)
-    vol = Volume(da.from_array(x, chunks=(2, 4, 4, x.shape[-1])))
-    g = vol.grouping("stack")
-    tr = fit_transform(vol, g, Recipe(curve="equalize"))
-    e0, e1 = tr.eq_edges[0], tr.eq_edges[-1]
-    knot = np.floor(np.clip((x.ravel() - e0) * (nb / (e1 - e0)), 0, nb - 1))
-    assert (knot != _hist_bins(x.ravel(), tr.eq_fine[1], tr.eq_fine[2], nb)).sum() > 1000
-    lo_r, hi_r = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
-    ref = group_histograms(vol, g, lo_r, hi_r, 256, pre=tr.apply)
-    np.testing.assert_array_equal(equalized_histograms(vol, tr, lo_r, hi_r, 256), ref)
