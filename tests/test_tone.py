@@ -307,3 +307,27 @@ def test_equalized_histograms_equal_histograms_of_the_equalised_values(scope, me
     lo, hi = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
     ref = group_histograms(vol, g, lo, hi, nbins, pre=tr.apply)
     np.testing.assert_array_equal(equalized_histograms(vol, tr, lo, hi, nbins), ref)
+
+
+@pytest.mark.parametrize("lo, hi", [(0.1, 1328.7), (1e6, 1e6 + 3.7), (-5.0, 7.0), (0.0, 65535.0)])
+def test_equalized_histograms_of_values_on_the_fine_edges(lo, hi):
+    """Values on (and next to) the fine-bin edges, both as the curve's knots and as
+    np.histogram's edges: the histogram of the equalised values is still exact."""
+    from volbin.histogram import fine_nbins, group_histograms
+    from volbin.rescale import equalized_histograms
+
+    rng = np.random.default_rng(0)
+    nb = fine_nbins(1)
+    k = np.arange(nb + 1)
+    e_lin, e_hist = lo + (hi - lo) * (k / nb), k * ((hi - lo) / nb) + lo
+    near = [np.nextafter(e_lin, -np.inf), np.nextafter(e_hist, np.inf)]
+    vals = np.concatenate([e_lin, e_hist, *near, rng.uniform(lo, hi, 50000)])
+    vals = vals[(vals >= lo) & (vals <= hi)]
+    vals[:2] = lo, hi
+    x = np.concatenate([rng.permutation(vals), np.full(64 - vals.size % 64, lo)]).reshape(4, 4, 4, -1)
+    vol = Volume(da.from_array(x, chunks=(2, 4, 4, x.shape[-1])))
+    g = vol.grouping("stack")
+    tr = fit_transform(vol, g, Recipe(curve="equalize"))
+    lo_r, hi_r = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
+    ref = group_histograms(vol, g, lo_r, hi_r, 256, pre=tr.apply)
+    np.testing.assert_array_equal(equalized_histograms(vol, tr, lo_r, hi_r, 256), ref)
