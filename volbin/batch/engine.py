@@ -22,6 +22,7 @@ from dataclasses import asdict
 from typing import Any
 
 import dask
+import dask.threaded
 
 from ..errors import VolbinError
 from ..io import MAX_OUTPUT_BYTES
@@ -56,7 +57,9 @@ def _threaded_scheduler(threads: int) -> Iterator[None]:
     global _sched_users, _sched_cfg
     with _sched_lock:
         if _sched_users == 0:
-            _sched_cfg = dask.config.set(scheduler="threads", num_workers=int(threads))
+            # As a function: named "threads", dask would import distributed to look for a
+            # client (a third of a second where it is not loaded yet).
+            _sched_cfg = dask.config.set(scheduler=dask.threaded.get, num_workers=int(threads))
         _sched_users += 1
     try:
         yield
