@@ -547,17 +547,7 @@ def diffuse_volume(const float[:, :, ::1] vol, uint8_t[:, :, ::1] out, float c1,
 # Slabs of raw data in, bits out: what the drivers hand the loops without a pass of their own
 # --------------------------------------------------------------------------------------------
 
-ctypedef fused raw_t:
-    int8_t
-    uint8_t
-    int16_t
-    uint16_t
-    int32_t
-    uint32_t
-    int64_t
-    uint64_t
-    float
-    double
+from volbin.kernels._blocks cimport real_t as raw_t
 
 
 cdef inline Py_ssize_t _iabs(Py_ssize_t v) noexcept nogil:

@@ -27,17 +27,7 @@ cdef extern from "_simd.h" nogil:
     void vb_bins_u8(const uint8_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
     void vb_minmax(const double* x, Py_ssize_t n, double* lo, double* hi, int64_t* bad)
 
-ctypedef fused real_t:
-    int8_t
-    uint8_t
-    int16_t
-    uint16_t
-    int32_t
-    uint32_t
-    int64_t
-    uint64_t
-    float
-    double
+from volbin.kernels._blocks cimport check_groups, real_t
 
 #: Vector version of the binning loop in use: 0 scalar, 1 SSE2, 2 AVX2, 3 AVX-512.
 SIMD_LEVEL = vb_init()
@@ -63,16 +53,6 @@ cdef inline double _max(double a, double b) noexcept nogil:
     return b if b > a else a
 
 
-cdef int _check_groups(Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t n2, Py_ssize_t n3,
-                       const int64_t[::1] gstrides, Py_ssize_t n_groups) except -1:
-    """Raise unless every voxel's group ``sum(index[a] * gstrides[a])`` is in [0, n_groups)."""
-    cdef Py_ssize_t a, gmin = 0, gmax = 0, t
-    cdef Py_ssize_t n[4]
-    if gstrides.shape[0] != 4:
-        raise ValueError(f"`gstrides` must hold 4 ints; got {gstrides.shape[0]}.")
-    n[0], n[1], n[2], n[3] = n0, n1, n2, n3
-    if n0 * n1 * n2 * n3 == 0:
-        return 0
     for a in range(4):
         t = (n[a] - 1) * gstrides[a]
         if t > 0:
@@ -107,8 +87,8 @@ def group_stats(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, Py_ss
     cdef int64_t* nf
     if out_nonfinite.shape[1] != 3:
         raise ValueError("`out_nonfinite` must be (n_groups, 3).")
-    _check_groups(n0, n1, n2, n3, gstrides, min(out_min.shape[0], out_max.shape[0], out_n.shape[0],
-                  out_sum.shape[0], out_sumsq.shape[0], out_nonfinite.shape[0]))
+    check_groups(n0, n1, n2, n3, gstrides, min(out_min.shape[0], out_max.shape[0], out_n.shape[0],
+                 out_sum.shape[0], out_sumsq.shape[0], out_nonfinite.shape[0]), "gstrides")
     g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
     if n0 * n1 * n2 * n3 == 0:
         return
@@ -177,8 +157,8 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
     cdef double* mx = &out_max[0]
     cdef int64_t* nf = &out_nonfinite[0]
     cdef double* buf
-    _check_groups(n0, n1, n2, n3, gstrides, min(out_min.shape[0], out_max.shape[0],
-                  out_nonfinite.shape[0]))
+    check_groups(n0, n1, n2, n3, gstrides, min(out_min.shape[0], out_max.shape[0],
+                 out_nonfinite.shape[0]), "gstrides")
     g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
     if n0 * n1 * n2 * n3 == 0:
         return
@@ -246,7 +226,7 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
         raise ValueError(f"`nbins` must be a positive int; got {nbins}.")
     if counts.shape[1] != nbins or lo.shape[0] < ng or hi.shape[0] < ng:
         raise ValueError("`counts` must be (n_groups, nbins), with n_groups entries in `lo` and `hi`.")
-    _check_groups(n0, n1, n2, n3, gstrides, ng)
+    check_groups(n0, n1, n2, n3, gstrides, ng, "gstrides")
     g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
     if ng == 0:
         return
@@ -376,7 +356,7 @@ def group_histogram_offsets(const real_t[:, :, :, ::1] x, const int64_t[::1] gst
             or lo.shape[0] < ng or hi.shape[0] < ng):
         raise ValueError("`counts` and `offsets` must be (n_groups, nbins), with n_groups entries "
                          "in `lo` and `hi`.")
-    _check_groups(n0, n1, n2, n3, gstrides, ng)
+    check_groups(n0, n1, n2, n3, gstrides, ng, "gstrides")
     g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
     if ng == 0 or n0 * n1 * n2 * n3 == 0:
         return
@@ -428,7 +408,7 @@ def group_count(const uint8_t[:, :, :, ::1] x, const int64_t[::1] gstrides, int6
     cdef int64_t g0s, g1s, g2s, g3s, s
     cdef const uint8_t* row
     cdef int64_t* c = &counts[0]
-    _check_groups(n0, n1, n2, n3, gstrides, counts.shape[0])
+    check_groups(n0, n1, n2, n3, gstrides, counts.shape[0], "gstrides")
     g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
     if n0 * n1 * n2 * n3 == 0:
         return

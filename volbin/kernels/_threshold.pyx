@@ -20,17 +20,7 @@ cdef extern from "_above.h" nogil:
     int64_t vb_above_u16(const uint16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
     int64_t vb_above_u8(const uint8_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
 
-ctypedef fused real_t:
-    int8_t
-    uint8_t
-    int16_t
-    uint16_t
-    int32_t
-    uint32_t
-    int64_t
-    uint64_t
-    float
-    double
+from volbin.kernels._blocks cimport check_groups, real_t
 
 #: Bits of `flags`: ``x >= t`` instead of ``x > t``; also ``x <= upper``; the complement;
 #: non-finite values are never foreground (applied after the complement).
@@ -71,16 +61,6 @@ cdef inline uint8_t _fg(double fv, double tv, double uv, int flags) noexcept nog
     return f
 
 
-cdef Py_ssize_t _span(Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t n2, Py_ssize_t n3,
-                      const int64_t[::1] strides, Py_ssize_t size, str name) except -1:
-    """Raise unless every voxel's group under `strides` is in [0, size)."""
-    cdef Py_ssize_t a, lo = 0, hi = 0, t
-    cdef Py_ssize_t n[4]
-    if strides.shape[0] != 4:
-        raise ValueError(f"`{name}` must hold 4 ints; got {strides.shape[0]}.")
-    n[0], n[1], n[2], n[3] = n0, n1, n2, n3
-    if n0 * n1 * n2 * n3 == 0:
-        return 0
     for a in range(4):
         t = (n[a] - 1) * strides[a]
         if t > 0:
@@ -114,10 +94,10 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
     cdef const double* up = NULL
     if out.shape[0] != n0 or out.shape[1] != n1 or out.shape[2] != n2 or out.shape[3] != n3:
         raise ValueError("`out` must have the shape of `x`.")
-    _span(n0, n1, n2, n3, tstrides, thresholds.shape[0], "tstrides")
-    _span(n0, n1, n2, n3, cstrides, counts.shape[0], "cstrides")
+    check_groups(n0, n1, n2, n3, tstrides, thresholds.shape[0], "tstrides")
+    check_groups(n0, n1, n2, n3, cstrides, counts.shape[0], "cstrides")
     if flags & _UPPER:
-        _span(n0, n1, n2, n3, tstrides, upper.shape[0], "tstrides")
+        check_groups(n0, n1, n2, n3, tstrides, upper.shape[0], "tstrides")
         up = &upper[0]
     t0s, t1s, t2s, t3s = tstrides[0], tstrides[1], tstrides[2], tstrides[3]
     c0s, c1s, c2s, c3s = cstrides[0], cstrides[1], cstrides[2], cstrides[3]

@@ -9,17 +9,7 @@ from libc.math cimport NAN, floor
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 
-ctypedef fused real_t:
-    int8_t
-    uint8_t
-    int16_t
-    uint16_t
-    int32_t
-    uint32_t
-    int64_t
-    uint64_t
-    float
-    double
+from volbin.kernels._blocks cimport real_t
 
 
 cdef inline double _clamp(double v, double lo, double hi) noexcept nogil:
