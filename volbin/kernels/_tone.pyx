@@ -7,7 +7,7 @@ arithmetic is the plain IEEE double arithmetic written below (no fused multiply-
 
 from libc.math cimport NAN, floor
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 
 from volbin.kernels._blocks cimport real_t
 
@@ -19,6 +19,10 @@ cdef inline double _clamp(double v, double lo, double hi) noexcept nogil:
     if hi < v:
         v = hi
     return v
+
+
+cdef enum:
+    _ROW = 1024  # values whose knot intervals are found at a time (a buffer that stays in L1)
 
 
 def equalize_map(const real_t[::1] x, double e0, double scale, const double[::1] values, float[::1] out):
@@ -58,36 +62,54 @@ def equalized_histogram(
     cdef double flast = <double>(nbins - 1)
     cdef double up_ok = 1.0 if step > 0.0 else 0.0
     cdef double v, s, k, frac, a, fv, kf
-    cdef Py_ssize_t ki, b
+    cdef Py_ssize_t ki, b, i0, m
+    cdef const real_t* row
     cdef int64_t* c4 = <int64_t*>calloc(4 * (nbins + 1), sizeof(int64_t))
-    if c4 == NULL:
+    cdef int32_t* knots = <int32_t*>malloc(_ROW * sizeof(int32_t))
+    if c4 == NULL or knots == NULL:
+        free(c4)
+        free(knots)
         raise MemoryError()
     try:
         with nogil:
-            for j in range(n):
-                v = <double>x[j]
-                s = (v - e0) * scale
-                if s != s:
-                    s = 0.0
-                k = floor(_clamp(s, 0.0, last))
-                ki = <Py_ssize_t>k
-                b = table[ki]
-                if b < 0:
-                    frac = _clamp(s - k, 0.0, 1.0)
-                    a = values[ki]
-                    fv = <double>(<float>(a + frac * (values[ki + 1] - a)))
-                    kf = floor(_clamp((fv - lo) * norm, 0.0, flast))
-                    kf = (
-                        kf
-                        - <double>((fv < kf * step + lo) and (kf > 0.0))
-                        + <double>((fv >= (kf + 1.0) * step + lo) and (kf < flast)) * up_ok
-                    )
-                    b = <Py_ssize_t>kf
-                if v == v:
-                    c4[(j & 3) * (nbins + 1) + b] += 1
-                else:
-                    c4[(j & 3) * (nbins + 1) + nbins] += 1
+            i0 = 0
+            while i0 < n:
+                m = n - i0 if n - i0 < _ROW else _ROW
+                row = &x[i0]
+                # The knot interval of each value, floor(_clamp(s, 0, last)) (a truncation,
+                # as the value is >= 0), in a loop the compiler vectorises.
+                for j in range(m):
+                    s = (<double>row[j] - e0) * scale
+                    s = 0.0 if s != s else s
+                    s = 0.0 if 0.0 > s else s
+                    s = last if last < s else s
+                    knots[j] = <int32_t>s
+                for j in range(m):
+                    ki = knots[j]
+                    v = <double>row[j]
+                    b = table[ki]
+                    if b < 0:
+                        s = (v - e0) * scale
+                        if s != s:
+                            s = 0.0
+                        k = <double>ki
+                        frac = _clamp(s - k, 0.0, 1.0)
+                        a = values[ki]
+                        fv = <double>(<float>(a + frac * (values[ki + 1] - a)))
+                        kf = floor(_clamp((fv - lo) * norm, 0.0, flast))
+                        kf = (
+                            kf
+                            - <double>((fv < kf * step + lo) and (kf > 0.0))
+                            + <double>((fv >= (kf + 1.0) * step + lo) and (kf < flast)) * up_ok
+                        )
+                        b = <Py_ssize_t>kf
+                    if v == v:
+                        c4[(j & 3) * (nbins + 1) + b] += 1
+                    else:
+                        c4[(j & 3) * (nbins + 1) + nbins] += 1
+                i0 += m
             for q in range(nbins):
                 counts[q] += c4[q] + c4[(nbins + 1) + q] + c4[2 * (nbins + 1) + q] + c4[3 * (nbins + 1) + q]
     finally:
         free(c4)
+        free(knots)
