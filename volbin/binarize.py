@@ -259,7 +259,7 @@ def _fill_thresholds(
         if copy_back:
             o[...] = target.reshape(o.shape)
         if tally is not None:
-            tally.add_counts(loc, counts, block.size // n_counts)
+            tally.add_counts(loc, counts, block.size // max(n_counts, 1))
 
     blocks_now(data, one)
     return out
