@@ -53,18 +53,6 @@ cdef inline double _max(double a, double b) noexcept nogil:
     return b if b > a else a
 
 
-    for a in range(4):
-        t = (n[a] - 1) * gstrides[a]
-        if t > 0:
-            gmax += t
-        else:
-            gmin += t
-    if gmin < 0 or gmax >= n_groups:
-        raise ValueError(f"Groups {gmin}..{gmax} of the block do not fit the {n_groups} groups "
-                         "of the outputs.")
-    return 0
-
-
 def group_stats(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, Py_ssize_t n_groups,
                 double[::1] out_min, double[::1] out_max, int64_t[::1] out_n, double[::1] out_sum,
                 double[::1] out_sumsq, int64_t[:, ::1] out_nonfinite):

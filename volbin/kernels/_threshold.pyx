@@ -19,11 +19,14 @@ cdef extern from "_above.h" nogil:
     int64_t vb_above_i16(const int16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
     int64_t vb_above_u16(const uint16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
     int64_t vb_above_u8(const uint8_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+    enum:
+        VB_ABOVE_INCLUSIVE
+        VB_ABOVE_UPPER
+        VB_ABOVE_INVERT
+        VB_ABOVE_FINITE
 
 from volbin.kernels._blocks cimport check_groups, real_t
 
-#: Bits of `flags`: ``x >= t`` instead of ``x > t``; also ``x <= upper``; the complement;
-#: non-finite values are never foreground (applied after the complement).
 #: Vector version of the row loop in use: 0 scalar, 1 SSE2, 2 AVX2 (3, AVX-512, runs AVX2 here).
 SIMD_LEVEL = vb_init()
 
@@ -34,42 +37,27 @@ def _set_simd_level(int level):
     return vb_set_level(level)
 
 
-cdef enum:
-    _INCLUSIVE = 1
-    _UPPER = 2
-    _INVERT = 4
-    _FINITE = 8
-
-INCLUSIVE = _INCLUSIVE
-UPPER = _UPPER
-INVERT = _INVERT
-FINITE = _FINITE
+#: Bits of `flags` (defined in _above.h): ``x >= t`` instead of ``x > t``; also ``x <= upper``;
+#: the complement; non-finite values are never foreground (applied after the complement).
+INCLUSIVE = VB_ABOVE_INCLUSIVE
+UPPER = VB_ABOVE_UPPER
+INVERT = VB_ABOVE_INVERT
+FINITE = VB_ABOVE_FINITE
 
 
 cdef inline uint8_t _fg(double fv, double tv, double uv, int flags) noexcept nogil:
     cdef uint8_t f
-    if flags & _INCLUSIVE:
+    if flags & VB_ABOVE_INCLUSIVE:
         f = fv >= tv
     else:
         f = fv > tv
-    if flags & _UPPER:
+    if flags & VB_ABOVE_UPPER:
         f = f & (fv <= uv)
-    if flags & _INVERT:
+    if flags & VB_ABOVE_INVERT:
         f = f ^ 1
-    if flags & _FINITE:
+    if flags & VB_ABOVE_FINITE:
         f = f & ((fv - fv) == 0.0)
     return f
-
-
-    for a in range(4):
-        t = (n[a] - 1) * strides[a]
-        if t > 0:
-            hi += t
-        else:
-            lo += t
-    if lo < 0 or hi >= size:
-        raise ValueError(f"Groups {lo}..{hi} of `{name}` do not fit the {size} entries given.")
-    return 0
 
 
 def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
@@ -96,7 +84,7 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
         raise ValueError("`out` must have the shape of `x`.")
     check_groups(n0, n1, n2, n3, tstrides, thresholds.shape[0], "tstrides")
     check_groups(n0, n1, n2, n3, cstrides, counts.shape[0], "cstrides")
-    if flags & _UPPER:
+    if flags & VB_ABOVE_UPPER:
         check_groups(n0, n1, n2, n3, tstrides, upper.shape[0], "tstrides")
         up = &upper[0]
     t0s, t1s, t2s, t3s = tstrides[0], tstrides[1], tstrides[2], tstrides[3]
