@@ -79,26 +79,23 @@ class ForegroundTally:
     def volume_axis(self) -> int | None:
         return self._vaxis
 
-    def add_counts(self, location: Any, n_fg: np.ndarray, per_count: int) -> None:
+    def add_counts(self, location: Any, n_fg: np.ndarray, n_in: np.ndarray | int) -> None:
         """Store the foreground counts `n_fg` of the block at array `location` (per volume of
-        4D data), each among `per_count` voxels (no mask)."""
-        n_in = np.full(n_fg.shape, per_count, dtype=np.int64)
+        4D data) among `n_in` voxels considered (per volume, or one count for each)."""
         start = 0 if self._vaxis is None else int(location[self._vaxis][0])
         key = tuple(int(lo) for lo, _ in location)
+        n_in = np.broadcast_to(np.asarray(n_in, dtype=np.int64), n_fg.shape)
         with self._lock:
-            self._parts[key] = (start, n_fg.astype(np.int64), n_in)
+            self._parts[key] = (start, n_fg.astype(np.int64), n_in.astype(np.int64))
 
     def add(self, location: Any, fg: np.ndarray, inside: np.ndarray | None) -> None:
         """Count block `fg` (and the mask's `inside` voxels) at array `location`."""
         n_fg = _count_per_volume(fg, self._vaxis)
         if inside is None:
-            n_in = np.full(n_fg.shape, fg.size // max(n_fg.size, 1), dtype=np.int64)
+            n_in: np.ndarray | int = fg.size // max(n_fg.size, 1)
         else:
             n_in = _count_per_volume(np.broadcast_to(inside, fg.shape), self._vaxis)
-        start = 0 if self._vaxis is None else int(location[self._vaxis][0])
-        key = tuple(int(lo) for lo, _ in location)
-        with self._lock:
-            self._parts[key] = (start, n_fg.astype(np.int64), n_in.astype(np.int64))
+        self.add_counts(location, n_fg, n_in)
 
     @property
     def complete(self) -> bool:
@@ -423,6 +420,8 @@ def binarize(
     -------
     mask : same kind as `volume`, bool
         Lazy for dask and Volume input.  Per-group statistics are computed on the call.
+        A numpy result of a threshold method keeps the input's memory order (C or Fortran),
+        as ``volume > t`` does.
 
     Raises
     ------
