@@ -3,6 +3,7 @@ brute-force formulas; monotonicity, chunk-invariance and option refusal."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 
@@ -19,7 +20,7 @@ from volbin.errors import VolbinDataError, VolbinWarning
 from volbin.phantom import phantom
 from volbin.recipe import MONOTONE_CURVES, Recipe
 from volbin.rescale import CLAHE_BYTES_PER_VOXEL, CLAHE_MEMORY_KEY, fit_transform
-from volbin.volume import Volume
+from volbin.volume import Volume, as_volume
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None)
 
@@ -306,28 +307,91 @@ def test_equalized_histograms_equal_histograms_of_the_equalised_values(scope, me
         tr = fit_transform(vol, g, Recipe(curve="equalize", rescale=method))
     lo, hi = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
     ref = group_histograms(vol, g, lo, hi, nbins, pre=tr.apply)
+    # From the fine histograms the curve was fitted on, plus the voxels they do not settle;
+    # and, without them, every voxel mapped on its knot interval.
+    assert tr.eq_fine is not None
     np.testing.assert_array_equal(equalized_histograms(vol, tr, lo, hi, nbins), ref)
+    np.testing.assert_array_equal(
+        equalized_histograms(vol, dataclasses.replace(tr, eq_fine=None), lo, hi, nbins), ref
+    )
+    # Numpy input, reduced without a graph; fine histograms of other data are not used.
+    fast, _ = as_volume(x, chunk_bytes=max(8, x.nbytes // 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VolbinWarning)
+        tr_fast = fit_transform(fast, fast.grouping(scope), Recipe(curve="equalize", rescale=method))
+    np.testing.assert_array_equal(equalized_histograms(fast, tr_fast, lo, hi, nbins), ref)
+    assert tr.eq_fine[3] != fast.data.name
+    np.testing.assert_array_equal(equalized_histograms(fast, tr, lo, hi, nbins), ref)
 
 
+@pytest.mark.parametrize("lo, hi, nbins", [(0.0, 1.0, 256), (0.1, 0.9, 256), (0.0, 1.0, 7), (0.3, 0.3, 256)])
+def test_equalized_table_equals_the_bins_of_the_interval_ends(lo, hi, nbins):
+    """Each interval's bin (or -1 when its image spans a bin edge), against numpy: the ends of
+    its image, as the curve computes them, binned as np.histogram bins them."""
+    from volbin._tone_kernels import equalized_table
+    from volbin.rescale import _hist_bins
+
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 50, 4096) * (rng.random(4096) < 0.7)
+    counts[100] = 10**6  # a spike: one interval spanning many bins
+    cdf = np.concatenate([[0.0], np.cumsum(counts)]) / counts.sum()
+    r0 = (cdf[:-1] + 0.0 * (cdf[1:] - cdf[:-1])).astype(np.float32).astype(np.float64)
+    r1 = (cdf[:-1] + 1.0 * (cdf[1:] - cdf[:-1])).astype(np.float32).astype(np.float64)
+    b0, b1 = _hist_bins(r0, lo, hi, nbins), _hist_bins(r1, lo, hi, nbins)
+    ref = np.where(b0 == b1, b0, -1)
+    table = equalized_table(cdf, lo, hi, nbins)
+    assert table.dtype == np.int32
+    np.testing.assert_array_equal(table, ref)
+    assert (table < 0).sum() > 0 or not hi > lo
+
+
+@pytest.fixture(params=[0, 2, 3])
+def tone_level(request):
+    """Each vector version of the loop that finds the voxels fine bins do not settle."""
+    from volbin.kernels import _tone
+
+    if _tone._set_simd_level(request.param) != request.param:
+        _tone._set_simd_level(99)
+        pytest.skip(f"vector level {request.param} is not available on this machine")
+    yield request.param
+    _tone._set_simd_level(99)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("lo, hi", [(0.1, 1328.7), (1e6, 1e6 + 3.7), (-5.0, 7.0), (0.0, 65535.0)])
-def test_equalized_histograms_of_values_on_the_fine_edges(lo, hi):
+def test_equalized_histograms_of_values_on_the_fine_edges(lo, hi, dtype, tone_level):
     """Values on (and next to) the fine-bin edges, both as the curve's knots and as
-    np.histogram's edges: the histogram of the equalised values is still exact."""
+    np.histogram's edges, where a value's knot interval and its fine bin differ: the
+    histogram of the equalised values is still exact, from the fine histograms or not."""
     from volbin.histogram import fine_nbins, group_histograms
-    from volbin.rescale import equalized_histograms
+    from volbin.rescale import _hist_bins, equalized_histograms
 
     rng = np.random.default_rng(0)
     nb = fine_nbins(1)
     k = np.arange(nb + 1)
+    t = np.dtype(dtype).type
+    lo, hi = float(t(lo)), float(t(hi))
     e_lin, e_hist = lo + (hi - lo) * (k / nb), k * ((hi - lo) / nb) + lo
-    near = [np.nextafter(e_lin, -np.inf), np.nextafter(e_hist, np.inf)]
-    vals = np.concatenate([e_lin, e_hist, *near, rng.uniform(lo, hi, 50000)])
+    # The representable values on and around each edge.
+    on = [e_lin.astype(dtype), e_hist.astype(dtype)]
+    near = [np.nextafter(e, t(direction)) for e in on for direction in (-np.inf, np.inf)]
+    vals = np.concatenate([*on, *near, rng.uniform(lo, hi, 50000).astype(dtype)]).astype(np.float64)
     vals = vals[(vals >= lo) & (vals <= hi)]
     vals[:2] = lo, hi
     x = np.concatenate([rng.permutation(vals), np.full(64 - vals.size % 64, lo)]).reshape(4, 4, 4, -1)
+    x = x.astype(dtype)
     vol = Volume(da.from_array(x, chunks=(2, 4, 4, x.shape[-1])))
     g = vol.grouping("stack")
     tr = fit_transform(vol, g, Recipe(curve="equalize"))
+    assert tr.eq_fine is not None
+    e0, e1 = tr.eq_edges[0], tr.eq_edges[-1]
+    knot = np.floor(np.clip((x.ravel() - e0) * (nb / (e1 - e0)), 0, nb - 1))
+    differ = (knot != _hist_bins(x.ravel().astype(float), tr.eq_fine[1], tr.eq_fine[2], nb)).sum()
+    # Where the two kinds of edge differ, float64 values fall between them (float32 ones are
+    # too coarse to).
+    assert differ > 100 or dtype == "float32" or (e_lin != e_hist).sum() < 100
     lo_r, hi_r = tr.from_raw(tr.data_min), tr.from_raw(tr.data_max)
     ref = group_histograms(vol, g, lo_r, hi_r, 256, pre=tr.apply)
     np.testing.assert_array_equal(equalized_histograms(vol, tr, lo_r, hi_r, 256), ref)
+    no_fine = dataclasses.replace(tr, eq_fine=None)
+    np.testing.assert_array_equal(equalized_histograms(vol, no_fine, lo_r, hi_r, 256), ref)

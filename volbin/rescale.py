@@ -86,6 +86,9 @@ class Transform:
     clip_limit: float = 0.01  # clahe
     kernel_size: tuple[int, int, int] | None = None  # clahe, voxels along x, y, z
     spatial_axes: tuple[int, int, int] = (0, 1, 2)  # clahe: array axes of x, y, z
+    # equalize, when fitted on the data it is applied to without a mask: the fine histograms
+    # the curve was built from, their range, and the name of the dask array they count.
+    eq_fine: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None
 
     @property
     def monotone(self) -> bool:
@@ -346,17 +349,9 @@ def equalized_histograms(
     tables: dict[tuple[int, ...], tuple[float, float, np.ndarray, np.ndarray]] = {}
     for idx in np.ndindex(*g.group_shape):
         edges, cdf = tr.eq_edges[idx], np.ascontiguousarray(tr.eq_cdf[idx], np.float64)
+        table = TK.equalized_table(cdf, float(lo[idx]), float(hi[idx]), nbins)
         nb = len(edges) - 1
         e0, e1 = float(edges[0]), float(edges[-1])
-        # The image of interval k runs from its value at frac = 0 to frac = 1, computed as the
-        # kernel computes them (monotone in frac), then rounded to float32 as `apply` does.
-        r0 = (cdf[:-1] + 0.0 * (cdf[1:] - cdf[:-1])).astype(np.float32).astype(np.float64)
-        r1 = (cdf[:-1] + 1.0 * (cdf[1:] - cdf[:-1])).astype(np.float32).astype(np.float64)
-        b0, b1 = (
-            _hist_bins(r0, float(lo[idx]), float(hi[idx]), nbins),
-            _hist_bins(r1, float(lo[idx]), float(hi[idx]), nbins),
-        )
-        table = np.where(b0 == b1, b0, -1).astype(np.int32)
         if not e1 > e0:  # a constant group: every value maps to cdf[0]
             table[:] = _hist_bins(
                 np.array([float(np.float32(cdf[0]))]), float(lo[idx]), float(hi[idx]), nbins
@@ -364,6 +359,25 @@ def equalized_histograms(
             e1 = e0 + 1.0
         tables[idx] = (e0, nb / (e1 - e0), cdf, table)
     data = volume.data if isinstance(volume, Volume) else volume
+    fine = tr.eq_fine if tr.eq_fine is not None and tr.eq_fine[3] == data.name else None
+    if fine is not None and TK.binned_dtype(data.dtype) is None:
+        fine = None  # the types the vector binning loops do not take
+    total = np.zeros((*g.group_shape, nbins), np.int64)
+    # Groups counted from their fine histogram (a non-empty range), with a bit per knot
+    # interval whose image spans a bin edge.
+    bits: dict[tuple[int, ...], np.ndarray] = {}
+    if fine is not None:
+        # The fine histograms count every voxel whose knot interval is its fine bin and maps
+        # inside one bin; a pass adds the rest (`equalized_corrections`).
+        for idx in np.ndindex(*g.group_shape):
+            if not fine[2][idx] > fine[1][idx]:
+                continue
+            table = tables[idx][3]
+            ok = table >= 0
+            # Float sums of counts are exact below 2**53.
+            total[idx] += np.bincount(table[ok], weights=fine[0][idx][ok], minlength=nbins).astype(np.int64)
+            packed = np.packbits(~ok, bitorder="little")
+            bits[idx] = np.concatenate([packed, np.zeros(-packed.size % 4, np.uint8)]).view("<u4")
 
     def run(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         return partial(block, block_info[0]["array-location"])  # type: ignore[index]
@@ -382,15 +396,29 @@ def equalized_histograms(
                 xs = xs.astype(np.float32 if xs.dtype.kind == "f" else xs.dtype.newbyteorder("="))
             view = xs.T if (xs.flags.f_contiguous and not xs.flags.c_contiguous) else np.ascontiguousarray(xs)
             e0, scale, cdf, table = tables[gidx]
-            TK.equalized_histogram(
-                view.reshape(-1), e0, scale, cdf, table, float(lo[gidx]), float(hi[gidx]), nbins, out[lidx]
-            )
+            if gidx in bits:
+                assert fine is not None
+                TK.equalized_corrections(
+                    view.reshape(-1), e0, scale, cdf, table, bits[gidx], float(lo[gidx]), float(hi[gidx]),
+                    nbins, float(fine[1][gidx]), float(fine[2][gidx]), out[lidx],
+                )  # fmt: skip
+            else:
+                TK.equalized_histogram(
+                    view.reshape(-1),
+                    e0,
+                    scale,
+                    cdf,
+                    table,
+                    float(lo[gidx]),
+                    float(hi[gidx]),
+                    nbins,
+                    out[lidx],
+                )
         shape = tuple(block.shape[a] if a in g.group_axes else 1 for a in range(block.ndim))
         return out.reshape((*shape, nbins))
 
     now = blocks_now(data, partial)
     if now is not None:  # numpy input: summed as they come, without a graph
-        total = np.zeros((*g.group_shape, nbins), np.int64)
         starts = [np.cumsum((0, *c)) for c in data.chunks]
         for idx, part in zip(np.ndindex(*data.numblocks), now, strict=True):
             where = tuple(slice(int(starts[a][idx[a]]), int(starts[a][idx[a] + 1])) for a in g.group_axes)
@@ -406,7 +434,7 @@ def equalized_histograms(
         meta=np.empty((0,) * (data.ndim + 1), np.int64),
     ).compute()
     axes = tuple(a for a in range(data.ndim) if a not in g.group_axes)
-    return parts.sum(axis=axes).reshape((*g.group_shape, nbins))
+    return total + parts.sum(axis=axes).reshape((*g.group_shape, nbins))
 
 
 def _dtype_range(volume: Volume) -> tuple[float, float]:
@@ -475,7 +503,12 @@ def fit_transform(
         )
     dtype_range = _dtype_range(volume) if recipe.rescale == "dtype" else None
     where = "" if mask is None else f" inside the {mask.describe()}"
-    return build_transform(grouping, recipe, dmin, dmax, nonfinite, fine, dtype_range, where, warn, volume)
+    tr = build_transform(grouping, recipe, dmin, dmax, nonfinite, fine, dtype_range, where, warn, volume)
+    if recipe.curve == "equalize" and m is None and fine is not None:
+        empty = ~(dmax >= dmin)
+        fine_range = (np.where(empty, 0.0, dmin), np.where(empty, 0.0, dmax))
+        tr = dataclasses.replace(tr, eq_fine=(fine, *fine_range, volume.data.name))
+    return tr
 
 
 def build_transform(

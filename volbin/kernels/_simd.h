@@ -37,12 +37,23 @@ static int vb_level = 0;
 /* vb_bytes[m]: the 8 bytes 0/1 of the bits of m (a comparison mask as uint8 booleans). */
 static uint64_t vb_bytes[256];
 
+/* vb_lanes[m]: the indices of the set bits of m, ascending, one byte each; vb_nbits[m]: how
+ * many (a comparison mask turned into positions without a branch per lane). */
+static uint64_t vb_lanes[256];
+static uint8_t vb_nbits[256];
+
 static int vb_init(void) {
     for (int m = 0; m < 256; m++) {
         uint64_t b = 0;
         for (int j = 0; j < 8; j++)
             if (m >> j & 1) b |= (uint64_t)1 << (8 * j);
         vb_bytes[m] = b;
+        uint64_t l = 0;
+        int c = 0;
+        for (int j = 0; j < 8; j++)
+            if (m >> j & 1) l |= (uint64_t)j << (8 * c++);
+        vb_lanes[m] = l;
+        vb_nbits[m] = (uint8_t)c;
     }
 #if defined(VB_DISPATCH)
     __builtin_cpu_init();
@@ -245,6 +256,201 @@ VB_BINS(i32)
 VB_BINS(i16)
 VB_BINS(u16)
 VB_BINS(u8)
+
+/* ---------------------------------------------------------------------------------------
+ * Histograms of equalised values (see _tone.pyx).
+ *
+ * The curve is linear between equally spaced knots: a value's knot interval is
+ * k = (int)clamp((fv - e0) * scale, 0, last), NaN taken as 0, and its equalised value
+ * float32(a + frac * (b - a)) with a, b the curve's values at knots k and k + 1 and
+ * frac = clamp(s - k, 0, 1).  table[k] is the bin of every value of interval k when the
+ * interval's image lies in one bin, else -1, and bit k of `bits` is set iff table[k] < 0.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    double e0, scale, last;        /* the knots */
+    const double *values;          /* the curve at the knots (last + 2 of them) */
+    const int32_t *table;          /* per knot interval: its values' bin, or -1 */
+    const uint32_t *bits;          /* per knot interval: table[k] < 0, a bit each */
+    double lo, step, norm, flast, up_ok;  /* the equalised histogram's bins, as vb_bin's */
+    int32_t sink;                  /* the number of bins: an index that counts nothing */
+} vb_eq_t;
+
+/* The bin of the equalised value at position frac (in [0, 1]) of knot interval k:
+ * np.histogram's assignment (vb_bin's arithmetic; the floor of the clamped position, >= 0,
+ * is its truncation); vb_eq_bin_1 is that of the value fv in interval k. */
+static inline int32_t vb_eq_bin_at(double frac, int32_t k, const vb_eq_t *q) {
+    double a = q->values[k];
+    double r = (double)(float)(a + frac * (q->values[k + 1] - a));
+    double t = (r - q->lo) * q->norm;
+    t = 0.0 > t ? 0.0 : t;
+    t = q->flast < t ? q->flast : t;
+    double kf = (double)(int32_t)t;
+    double dn = (r < kf * q->step + q->lo && kf > 0.0) ? 1.0 : 0.0;
+    double up = (r >= (kf + 1.0) * q->step + q->lo && kf < q->flast) ? 1.0 : 0.0;
+    return (int32_t)(kf - dn + up * q->up_ok);
+}
+
+static inline int32_t vb_eq_bin_1(double fv, int32_t k, const vb_eq_t *q) {
+    double s = (fv - q->e0) * q->scale;
+    s = s != s ? 0.0 : s;
+    double frac = s - (double)k;
+    frac = 0.0 > frac ? 0.0 : frac;
+    frac = 1.0 < frac ? 1.0 : frac;
+    return vb_eq_bin_at(frac, k, q);
+}
+
+/* The knot interval of fv. */
+static inline int32_t vb_eq_knot_1(double fv, const vb_eq_t *q) {
+    double u = (fv - q->e0) * q->scale;
+    u = u > 0.0 ? u : 0.0;
+    u = u < q->last ? u : q->last;
+    return (int32_t)u;
+}
+
+/* Values a fine histogram does not settle (_tone.pyx, equalized_corrections).
+ *
+ * p gives the fine histogram's bins (as vb_bin_1 assigns them, over the same number of
+ * intervals as the knots).  A value is settled when it is finite, the np.histogram
+ * corrections of vb_bin_1 do not move it, its truncated fine position is its knot interval
+ * k and table[k] >= 0: its fine bin then counts it in the right bin.  For the i-th other
+ * value of the row, add[i] gets the bin of its equalised value (sink for NaN) and sub[i] the
+ * bin its fine bin counted it in (sink if none: a non-finite value, or table < 0); the count
+ * is returned.  add and sub have room for n + 8 entries (the vector versions store a vector
+ * of positions at a time); every version writes the same entries. */
+static inline int vb_eq_unsettled_1(double fv, const vb_bins_t *p, const vb_eq_t *q) {
+    double t = (fv - p->a) * p->nm;
+    t = t > 0.0 ? t : 0.0;
+    t = t < p->flast ? t : p->flast;
+    int32_t kt = (int32_t)t;
+    double kf = (double)kt;
+    int32_t k = vb_eq_knot_1(fv, q);
+    int dn = kf > 0.0 && fv < kf * p->s + p->a;
+    int up = kf < p->flast && p->up_ok != 0.0 && fv >= (kf + 1.0) * p->s + p->a;
+    int bad = !((fv - fv) == 0.0);
+    return dn | up | bad | (kt != k) | (int)((q->bits[k >> 5] >> (k & 31)) & 1u);
+}
+
+/* The entries of an unsettled value: its bin, and its fine bin's. */
+static inline void vb_eq_entries_1(double fv, const vb_bins_t *p, const vb_eq_t *q, int32_t *add,
+                                   int32_t *sub) {
+    int32_t k = vb_eq_knot_1(fv, q), b = q->table[k];
+    *add = fv != fv ? q->sink : (b >= 0 ? b : vb_eq_bin_1(fv, k, q));
+    if ((fv - fv) == 0.0) {
+        int32_t kh = vb_bin_1(fv, p);
+        *sub = q->table[kh] >= 0 ? q->table[kh] : q->sink;
+    } else {
+        *sub = q->sink;
+    }
+}
+
+/* add[i], sub[i] for the unsettled values at positions add[i] (i < c) of x, in place. */
+#define VB_EQ_ENTRIES(T)                                                                         \
+    static inline void vb_eq_entries_##T(const vb_t_##T *x, ptrdiff_t c, const vb_bins_t *p,    \
+                                         const vb_eq_t *q, int32_t *add, int32_t *sub) {         \
+        for (ptrdiff_t j = 0; j < c; j++) vb_eq_entries_1((double)x[add[j]], p, q, add + j, sub + j); \
+    }
+
+#if defined(VB_DISPATCH)
+#define VB_EQ_UNSETTLED_VEC(T)                                                                   \
+    VB_AVX2 static ptrdiff_t vb_eq_unsettled_##T##_avx2(const vb_t_##T *x, ptrdiff_t n,         \
+                                                        const vb_bins_t *p, const vb_eq_t *q,    \
+                                                        int32_t *pos) {                          \
+        const __m256d A = _mm256_set1_pd(p->a), NM = _mm256_set1_pd(p->nm);                     \
+        const __m256d KA = _mm256_set1_pd(q->e0), KS = _mm256_set1_pd(q->scale);                 \
+        const __m256d S = _mm256_set1_pd(p->s), FL = _mm256_set1_pd(p->flast);                   \
+        const __m256d ONE = _mm256_set1_pd(1.0), Z = _mm256_setzero_pd();                        \
+        const __m256d UP = p->up_ok != 0.0 ? _mm256_castsi256_pd(_mm256_set1_epi32(-1)) : Z;     \
+        const __m128i LOW = _mm_set1_epi32(31), BIT = _mm_set1_epi32(1);                         \
+        ptrdiff_t i = 0, c = 0;                                                                  \
+        for (; i + 4 <= n; i += 4) {                                                             \
+            __m256d v = VB_L4_##T(x + i);                                                        \
+            __m256d t = _mm256_min_pd(_mm256_max_pd(_mm256_mul_pd(_mm256_sub_pd(v, A), NM), Z), FL); \
+            __m256d u = _mm256_min_pd(_mm256_max_pd(_mm256_mul_pd(_mm256_sub_pd(v, KA), KS), Z), FL); \
+            __m128i kt = _mm256_cvttpd_epi32(t), ki = _mm256_cvttpd_epi32(u);                    \
+            __m256d kf = _mm256_cvtepi32_pd(kt);                                                 \
+            __m256d e0 = _mm256_add_pd(_mm256_mul_pd(kf, S), A);                                 \
+            __m256d e1 = _mm256_add_pd(_mm256_mul_pd(_mm256_add_pd(kf, ONE), S), A);             \
+            __m256d dn = _mm256_and_pd(_mm256_cmp_pd(v, e0, _CMP_LT_OQ), _mm256_cmp_pd(kf, Z, _CMP_GT_OQ)); \
+            __m256d up = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd(v, e1, _CMP_GE_OQ),           \
+                                                     _mm256_cmp_pd(kf, FL, _CMP_LT_OQ)), UP);    \
+            __m256d bad = _mm256_cmp_pd(_mm256_sub_pd(v, v), Z, _CMP_NEQ_UQ);                    \
+            __m128i w = _mm_i32gather_epi32((const int *)q->bits, _mm_srli_epi32(ki, 5), 4);     \
+            __m128i b = _mm_and_si128(_mm_srlv_epi32(w, _mm_and_si128(ki, LOW)), BIT);           \
+            __m128i other = _mm_xor_si128(_mm_cmpeq_epi32(kt, ki), _mm_set1_epi32(-1));          \
+            int m = _mm256_movemask_pd(_mm256_or_pd(_mm256_or_pd(dn, up), bad))                  \
+                    | _mm_movemask_ps(_mm_castsi128_ps(_mm_or_si128(_mm_slli_epi32(b, 31), other))); \
+            __m128i at = _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)(uint32_t)vb_lanes[m]));      \
+            _mm_storeu_si128((__m128i *)(pos + c), _mm_add_epi32(at, _mm_set1_epi32((int)i)));  \
+            c += vb_nbits[m];                                                                    \
+        }                                                                                        \
+        for (; i < n; i++)                                                                       \
+            if (vb_eq_unsettled_1((double)x[i], p, q)) pos[c++] = (int32_t)i;                    \
+        return c;                                                                                \
+    }                                                                                            \
+    VB_AVX512 static ptrdiff_t vb_eq_unsettled_##T##_avx512(const vb_t_##T *x, ptrdiff_t n,     \
+                                                            const vb_bins_t *p, const vb_eq_t *q, \
+                                                            int32_t *pos) {                      \
+        const __m512d A = _mm512_set1_pd(p->a), NM = _mm512_set1_pd(p->nm);                     \
+        const __m512d KA = _mm512_set1_pd(q->e0), KS = _mm512_set1_pd(q->scale);                 \
+        const __m512d S = _mm512_set1_pd(p->s), FL = _mm512_set1_pd(p->flast);                   \
+        const __m512d ONE = _mm512_set1_pd(1.0), Z = _mm512_setzero_pd();                        \
+        const __mmask8 UP = p->up_ok != 0.0 ? 0xFF : 0;                                          \
+        const __m256i LOW = _mm256_set1_epi32(31), BIT = _mm256_set1_epi32(1);                   \
+        const __m256i ALL = _mm256_set1_epi32(-1);                                               \
+        ptrdiff_t i = 0, c = 0;                                                                  \
+        for (; i + 8 <= n; i += 8) {                                                             \
+            __m512d v = VB_L8_##T(x + i);                                                        \
+            __m512d t = _mm512_min_pd(_mm512_max_pd(_mm512_mul_pd(_mm512_sub_pd(v, A), NM), Z), FL); \
+            __m512d u = _mm512_min_pd(_mm512_max_pd(_mm512_mul_pd(_mm512_sub_pd(v, KA), KS), Z), FL); \
+            __m256i kt = _mm512_cvttpd_epi32(t), ki = _mm512_cvttpd_epi32(u);                    \
+            __m512d kf = _mm512_cvtepi32_pd(kt);                                                 \
+            __m512d e0 = _mm512_add_pd(_mm512_mul_pd(kf, S), A);                                 \
+            __m512d e1 = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(kf, ONE), S), A);             \
+            __mmask8 dn = _mm512_cmp_pd_mask(v, e0, _CMP_LT_OQ) & _mm512_cmp_pd_mask(kf, Z, _CMP_GT_OQ); \
+            __mmask8 up = _mm512_cmp_pd_mask(v, e1, _CMP_GE_OQ) & _mm512_cmp_pd_mask(kf, FL, _CMP_LT_OQ) & UP; \
+            __mmask8 bad = _mm512_cmp_pd_mask(_mm512_sub_pd(v, v), Z, _CMP_NEQ_UQ);              \
+            __m256i w = _mm256_i32gather_epi32((const int *)q->bits, _mm256_srli_epi32(ki, 5), 4); \
+            __m256i b = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_and_si256(ki, LOW)), BIT);  \
+            __m256i other = _mm256_xor_si256(_mm256_cmpeq_epi32(kt, ki), ALL);                   \
+            unsigned m = (unsigned)(dn | up | bad)                                               \
+                         | (unsigned)_mm256_movemask_ps(                                         \
+                             _mm256_castsi256_ps(_mm256_or_si256(_mm256_slli_epi32(b, 31), other))); \
+            __m256i at = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)vb_lanes[m]));       \
+            _mm256_storeu_si256((__m256i *)(pos + c), _mm256_add_epi32(at, _mm256_set1_epi32((int)i))); \
+            c += vb_nbits[m];                                                                    \
+        }                                                                                        \
+        for (; i < n; i++)                                                                       \
+            if (vb_eq_unsettled_1((double)x[i], p, q)) pos[c++] = (int32_t)i;                    \
+        return c;                                                                                \
+    }
+#define VB_EQ_UNSETTLED_DISPATCH(T)                                                              \
+    if (vb_level >= 3) c = vb_eq_unsettled_##T##_avx512(x, n, p, q, add);                        \
+    else if (vb_level == 2) c = vb_eq_unsettled_##T##_avx2(x, n, p, q, add);                     \
+    else
+#else
+#define VB_EQ_UNSETTLED_VEC(T)
+#define VB_EQ_UNSETTLED_DISPATCH(T)
+#endif
+
+#define VB_EQ_UNSETTLED(T)                                                                       \
+    VB_EQ_UNSETTLED_VEC(T)                                                                       \
+    VB_EQ_ENTRIES(T)                                                                             \
+    static inline ptrdiff_t vb_eq_unsettled_##T(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p, \
+                                                const vb_eq_t *q, int32_t *add, int32_t *sub) {  \
+        ptrdiff_t c = 0;                                                                         \
+        VB_EQ_UNSETTLED_DISPATCH(T)                                                              \
+        for (ptrdiff_t i = 0; i < n; i++)                                                        \
+            if (vb_eq_unsettled_1((double)x[i], p, q)) add[c++] = (int32_t)i;                    \
+        vb_eq_entries_##T(x, c, p, q, add, sub);                                                 \
+        return c;                                                                                \
+    }
+VB_EQ_UNSETTLED(f64)
+VB_EQ_UNSETTLED(f32)
+VB_EQ_UNSETTLED(i32)
+VB_EQ_UNSETTLED(i16)
+VB_EQ_UNSETTLED(u16)
+VB_EQ_UNSETTLED(u8)
 
 /* ---------------------------------------------------------------------------------------
  * Finite range of a row of doubles (see _histogram.pyx, group_minmax).
