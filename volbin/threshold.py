@@ -127,19 +127,24 @@ def _mean(hist: Hist, means: np.ndarray | None = None) -> float:
     return float(np.sum(counts * m) / counts.sum())
 
 
-def _skimage(fn: Callable[..., Any]) -> Callable[[Hist], float]:
+def _skimage(fn: Callable[..., Any] | str) -> Callable[[Hist], float]:
+    """A threshold of a histogram by `fn`, or by the function of that name in
+    ``skimage.filters`` (looked up when first used: importing its thresholding module takes
+    about 35 ms, which commands that never threshold a histogram do not pay)."""
+
     def run(hist: Hist) -> float:
-        return float(fn(hist=hist))
+        f = getattr(filters, fn) if isinstance(fn, str) else fn
+        return float(f(hist=hist))
 
     return run
 
 
 #: Histogram methods: name -> function of (counts, centers) returning a threshold.
 HISTOGRAM_THRESHOLDS: dict[str, Callable[..., float]] = {
-    "otsu": _skimage(filters.threshold_otsu),
-    "yen": _skimage(filters.threshold_yen),
-    "isodata": _skimage(filters.threshold_isodata),
-    "minimum": _skimage(filters.threshold_minimum),
+    "otsu": _skimage("threshold_otsu"),
+    "yen": _skimage("threshold_yen"),
+    "isodata": _skimage("threshold_isodata"),
+    "minimum": _skimage("threshold_minimum"),
     "li": _li,
     "triangle": _triangle,
     "mean": _mean,
