@@ -69,6 +69,23 @@ def test_multiotsu_inside_a_mask(phantom3d):
     assert sorted(np.unique(lab).tolist()) == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("which", ["mask", "stats_mask"])
+def test_masks_on_another_grid_are_refused(which):
+    """A Volume mask carries a grid, checked against the input's as a mask file's is; on the
+    same grid it classifies as the bare array does."""
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 20, 20))
+    inside = x > 0.3
+    vol = Volume(da.from_array(x), affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    other = Volume(da.from_array(inside), affine=np.diag([3.0, 3.0, 3.0, 1.0]))
+    with pytest.raises(VolbinDataError, match="another grid"):
+        classify(vol, "kmeans", 3, **{which: other})
+    same = Volume(da.from_array(inside), affine=vol.affine)
+    got = classify(vol, "kmeans", 3, **{which: same})
+    ref = classify(vol, "kmeans", 3, **{which: inside})
+    np.testing.assert_array_equal(np.asarray(got.labels), np.asarray(ref.labels))
+
+
 def test_stats_mask_decides_but_labels_everything(phantom3d):
     x, brain = phantom3d.intensity, phantom3d.brain
     res = classify(x, "multi-otsu", 3, stats_mask=brain)

@@ -199,11 +199,12 @@ def _check(
 def _mask_data(mask: Any, vol: Volume, name: str, spatial_only: bool = False) -> da.Array | None:
     """`mask` as a lazy boolean array broadcast to the volume's shape (3D masks of 4D data
     are shared by every volume), or to its spatial shape with `spatial_only`.  ``"nonzero"``
-    and mask files are resolved as `volbin.masks.resolve_mask` does (a file on the input's
-    grid; with `spatial_only`, a 3D file, and ``"nonzero"`` where any channel is not 0)."""
+    and mask files or Volumes are resolved as `volbin.masks.resolve_mask` does (on the input's
+    grid; with `spatial_only`, 3D, and ``"nonzero"`` where any channel is not 0)."""
     if mask is None:
         return None
-    if isinstance(mask, (str, os.PathLike)):
+    if isinstance(mask, (str, os.PathLike, Volume)):
+        # Files and Volumes carry a grid: resolve_mask checks it against the input's.
         return resolve_mask(mask, vol, name=name, spatial=spatial_only).data  # type: ignore[union-attr]
     m, _ = as_volume(mask)
     spatial = vol.spatial_shape
