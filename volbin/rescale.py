@@ -341,6 +341,14 @@ def equalized_histograms(
     each fine-bin interval, so a voxel whose interval maps inside one bin is counted from
     its interval alone, and only the voxels of intervals that straddle a bin edge (a few
     hundred of 65536) are mapped (`_tone_kernels.equalized_histogram`).
+
+    When `tr` was fitted on this very data without a mask (``tr.eq_fine``), the fine
+    histograms it was fitted on already count those voxels by interval: each fine bin adds
+    its count to its interval's bin, and a pass (`_tone_kernels.equalized_corrections`)
+    finds in a vector loop the few voxels the fine bins do not settle (in a straddling
+    interval, on a fine-bin edge where np.histogram's assignment and the curve's interval
+    differ, or not finite), maps only those and moves them to their bin: no store for the
+    others, and the same counts.
     """
     assert tr.curve == "equalize" and tr.eq_edges is not None and tr.eq_cdf is not None
     g = tr.grouping
