@@ -324,7 +324,11 @@ def _hist_bins(v: np.ndarray, lo: float, hi: float, nbins: int) -> np.ndarray:
     step = (hi - lo) / nbins
     norm = nbins / (hi - lo) if hi > lo else 0.0
     flast = float(nbins - 1)
-    kf = np.floor(np.clip((v - lo) * norm, 0.0, flast))
+    # Clamped as the kernel clamps: a NaN position (v == lo with norm overflowing to inf, or
+    # an infinite lo) is bin 0 there, where np.clip would keep it NaN.
+    t = (v - lo) * norm
+    t = np.where(t > 0.0, t, 0.0)
+    kf = np.floor(np.where(t < flast, t, flast))
     kf = (
         kf - ((v < kf * step + lo) & (kf > 0.0)) + ((v >= (kf + 1.0) * step + lo) & (kf < flast)) * (step > 0)
     )
