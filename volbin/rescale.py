@@ -309,7 +309,9 @@ def _uniform_interp(x: np.ndarray, edges: np.ndarray, values: np.ndarray) -> np.
         r[np.isnan(x)] = np.nan
         return r.astype(np.float32)
     if not x.dtype.isnative or x.dtype == np.float16:
-        x = x.astype(np.float32 if x.dtype.kind == "f" else x.dtype.newbyteorder("="))
+        # As `_kernels.native`: only float16 widens, a big-endian float64 stays float64.
+        half = x.dtype.kind == "f" and x.dtype.itemsize == 2
+        x = x.astype(np.float32 if half else x.dtype.newbyteorder("="))
     # A C-ordered view of the values (F-ordered sub-blocks of NIfTI slabs are transposed).
     transposed = x.flags.f_contiguous and not x.flags.c_contiguous
     view = x.T if transposed else np.ascontiguousarray(x)
@@ -397,7 +399,9 @@ def equalized_histograms(
                 sel[a] = i
             xs = np.asarray(block[tuple(sel)])
             if not xs.dtype.isnative or xs.dtype == np.float16:
-                xs = xs.astype(np.float32 if xs.dtype.kind == "f" else xs.dtype.newbyteorder("="))
+                # The values the fine histograms counted (`_kernels.native`): float16 widens.
+                half = xs.dtype.kind == "f" and xs.dtype.itemsize == 2
+                xs = xs.astype(np.float32 if half else xs.dtype.newbyteorder("="))
             view = xs.T if (xs.flags.f_contiguous and not xs.flags.c_contiguous) else np.ascontiguousarray(xs)
             e0, scale, cdf, table = tables[gidx]
             if gidx in bits:
