@@ -353,15 +353,23 @@ def equalized_histograms(
     lo = np.broadcast_to(np.asarray(lo, np.float64), g.group_shape)
     hi = np.broadcast_to(np.asarray(hi, np.float64), g.group_shape)
     tables: dict[tuple[int, ...], tuple[float, float, np.ndarray, np.ndarray]] = {}
+    # Constant groups whose -Inf voxels map to another bin than their other voxels: (the
+    # bin of the others, that of -Inf).
+    minus_inf: dict[tuple[int, ...], tuple[int, int]] = {}
     for idx in np.ndindex(*g.group_shape):
         edges, cdf = tr.eq_edges[idx], np.ascontiguousarray(tr.eq_cdf[idx], np.float64)
         table = TK.equalized_table(cdf, float(lo[idx]), float(hi[idx]), nbins)
         nb = len(edges) - 1
         e0, e1 = float(edges[0]), float(edges[-1])
-        if not e1 > e0:  # a constant group: every value maps to cdf[0]
-            table[:] = _hist_bins(
-                np.array([float(np.float32(cdf[0]))]), float(lo[idx]), float(hi[idx]), nbins
-            )[0]
+        if not e1 > e0:
+            # A constant group: `apply` maps it with np.interp on knots all at e0, which
+            # gives finite values and +Inf cdf[-1] (not cdf[0]: with rescale 'none', 'fixed'
+            # or 'dtype' the two differ), and -Inf cdf[0].
+            ends = np.float32([np.interp(e0, edges, cdf), cdf[0]]).astype(np.float64)
+            b_fin, b_neg = (int(b) for b in _hist_bins(ends, float(lo[idx]), float(hi[idx]), nbins))
+            table[:] = b_fin
+            if b_neg != b_fin:
+                minus_inf[idx] = (b_fin, b_neg)
             e1 = e0 + 1.0
         tables[idx] = (e0, nb / (e1 - e0), cdf, table)
     data = volume.data if isinstance(volume, Volume) else volume
@@ -422,6 +430,12 @@ def equalized_histograms(
                     nbins,
                     out[lidx],
                 )
+            if gidx in minus_inf and xs.dtype.kind == "f":
+                # The kernel counted -Inf with the group's other voxels.
+                b_fin, b_neg = minus_inf[gidx]
+                n_neg = np.count_nonzero(xs == -np.inf)
+                out[lidx][b_fin] -= n_neg
+                out[lidx][b_neg] += n_neg
         shape = tuple(block.shape[a] if a in g.group_axes else 1 for a in range(block.ndim))
         return out.reshape((*shape, nbins))
 
