@@ -168,7 +168,9 @@ def native(block: np.ndarray) -> np.ndarray:
     """`block` itself, or a copy in a type the compiled loops take (native-endian; float16 as
     float32): the same values."""
     if not block.dtype.isnative or block.dtype == np.float16:
-        return block.astype(np.float32 if block.dtype.kind == "f" else block.dtype.newbyteorder("="))
+        # Only float16 (of either byte order) widens; a big-endian float64 stays float64.
+        half = block.dtype.kind == "f" and block.dtype.itemsize == 2
+        return block.astype(np.float32 if half else block.dtype.newbyteorder("="))
     return block
 
 

@@ -80,8 +80,8 @@ _BINNED = frozenset(np.dtype(t) for t in ("uint8", "int16", "uint16", "int32", "
 def binned_dtype(dtype: np.dtype) -> np.dtype | None:
     """The type values of `dtype` reach the loops as (native-endian; float16 as float32) if
     `equalized_corrections` takes it, else None."""
-    d = np.dtype(dtype)
-    d = np.dtype(np.float32) if d == np.float16 else d.newbyteorder("=")
+    d = np.dtype(dtype).newbyteorder("=")  # before the float16 test, which a '>f2' fails
+    d = np.dtype(np.float32) if d == np.float16 else d
     return d if d in _BINNED else None
 
 

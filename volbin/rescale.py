@@ -309,7 +309,9 @@ def _uniform_interp(x: np.ndarray, edges: np.ndarray, values: np.ndarray) -> np.
         r[np.isnan(x)] = np.nan
         return r.astype(np.float32)
     if not x.dtype.isnative or x.dtype == np.float16:
-        x = x.astype(np.float32 if x.dtype.kind == "f" else x.dtype.newbyteorder("="))
+        # As `_kernels.native`: only float16 widens, a big-endian float64 stays float64.
+        half = x.dtype.kind == "f" and x.dtype.itemsize == 2
+        x = x.astype(np.float32 if half else x.dtype.newbyteorder("="))
     # A C-ordered view of the values (F-ordered sub-blocks of NIfTI slabs are transposed).
     transposed = x.flags.f_contiguous and not x.flags.c_contiguous
     view = x.T if transposed else np.ascontiguousarray(x)
@@ -324,7 +326,11 @@ def _hist_bins(v: np.ndarray, lo: float, hi: float, nbins: int) -> np.ndarray:
     step = (hi - lo) / nbins
     norm = nbins / (hi - lo) if hi > lo else 0.0
     flast = float(nbins - 1)
-    kf = np.floor(np.clip((v - lo) * norm, 0.0, flast))
+    # Clamped as the kernel clamps: a NaN position (v == lo with norm overflowing to inf, or
+    # an infinite lo) is bin 0 there, where np.clip would keep it NaN.
+    t = (v - lo) * norm
+    t = np.where(t > 0.0, t, 0.0)
+    kf = np.floor(np.where(t < flast, t, flast))
     kf = (
         kf - ((v < kf * step + lo) & (kf > 0.0)) + ((v >= (kf + 1.0) * step + lo) & (kf < flast)) * (step > 0)
     )
@@ -355,15 +361,23 @@ def equalized_histograms(
     lo = np.broadcast_to(np.asarray(lo, np.float64), g.group_shape)
     hi = np.broadcast_to(np.asarray(hi, np.float64), g.group_shape)
     tables: dict[tuple[int, ...], tuple[float, float, np.ndarray, np.ndarray]] = {}
+    # Constant groups whose -Inf voxels map to another bin than their other voxels: (the
+    # bin of the others, that of -Inf).
+    minus_inf: dict[tuple[int, ...], tuple[int, int]] = {}
     for idx in np.ndindex(*g.group_shape):
         edges, cdf = tr.eq_edges[idx], np.ascontiguousarray(tr.eq_cdf[idx], np.float64)
         table = TK.equalized_table(cdf, float(lo[idx]), float(hi[idx]), nbins)
         nb = len(edges) - 1
         e0, e1 = float(edges[0]), float(edges[-1])
-        if not e1 > e0:  # a constant group: every value maps to cdf[0]
-            table[:] = _hist_bins(
-                np.array([float(np.float32(cdf[0]))]), float(lo[idx]), float(hi[idx]), nbins
-            )[0]
+        if not e1 > e0:
+            # A constant group: `apply` maps it with np.interp on knots all at e0, which
+            # gives finite values and +Inf cdf[-1] (not cdf[0]: with rescale 'none', 'fixed'
+            # or 'dtype' the two differ), and -Inf cdf[0].
+            ends = np.float32([np.interp(e0, edges, cdf), cdf[0]]).astype(np.float64)
+            b_fin, b_neg = (int(b) for b in _hist_bins(ends, float(lo[idx]), float(hi[idx]), nbins))
+            table[:] = b_fin
+            if b_neg != b_fin:
+                minus_inf[idx] = (b_fin, b_neg)
             e1 = e0 + 1.0
         tables[idx] = (e0, nb / (e1 - e0), cdf, table)
     data = volume.data if isinstance(volume, Volume) else volume
@@ -401,7 +415,9 @@ def equalized_histograms(
                 sel[a] = i
             xs = np.asarray(block[tuple(sel)])
             if not xs.dtype.isnative or xs.dtype == np.float16:
-                xs = xs.astype(np.float32 if xs.dtype.kind == "f" else xs.dtype.newbyteorder("="))
+                # The values the fine histograms counted (`_kernels.native`): float16 widens.
+                half = xs.dtype.kind == "f" and xs.dtype.itemsize == 2
+                xs = xs.astype(np.float32 if half else xs.dtype.newbyteorder("="))
             view = xs.T if (xs.flags.f_contiguous and not xs.flags.c_contiguous) else np.ascontiguousarray(xs)
             e0, scale, cdf, table = tables[gidx]
             if gidx in bits:
@@ -422,6 +438,12 @@ def equalized_histograms(
                     nbins,
                     out[lidx],
                 )
+            if gidx in minus_inf and xs.dtype.kind == "f":
+                # The kernel counted -Inf with the group's other voxels.
+                b_fin, b_neg = minus_inf[gidx]
+                n_neg = np.count_nonzero(xs == -np.inf)
+                out[lidx][b_fin] -= n_neg
+                out[lidx][b_neg] += n_neg
         shape = tuple(block.shape[a] if a in g.group_axes else 1 for a in range(block.ndim))
         return out.reshape((*shape, nbins))
 

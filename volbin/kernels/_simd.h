@@ -283,8 +283,11 @@ static inline int32_t vb_eq_bin_at(double frac, int32_t k, const vb_eq_t *q) {
     double a = q->values[k];
     double r = (double)(float)(a + frac * (q->values[k + 1] - a));
     double t = (r - q->lo) * q->norm;
-    t = 0.0 > t ? 0.0 : t;
-    t = q->flast < t ? q->flast : t;
+    /* Clamped as vb_bin clamps, so that a NaN position (r == lo with norm overflowing to
+     * inf, or an infinite lo) is taken as 0 there too: ``0.0 > t ? 0.0 : t`` would keep
+     * it, and its conversion would give a bin far outside the counts. */
+    t = t > 0.0 ? t : 0.0;
+    t = t < q->flast ? t : q->flast;
     double kf = (double)(int32_t)t;
     double dn = (r < kf * q->step + q->lo && kf > 0.0) ? 1.0 : 0.0;
     double up = (r >= (kf + 1.0) * q->step + q->lo && kf < q->flast) ? 1.0 : 0.0;
