@@ -176,3 +176,16 @@ def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("VOLBIN_CACHE_DIR", None)
     else:
         os.environ["VOLBIN_CACHE_DIR"] = old
+
+
+@pytest.fixture(params=[0, 2, 3])
+def tone_level(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Each vector version (scalar, AVX2, AVX-512) of the loop of `volbin.kernels._tone`
+    that finds the voxels fine histograms do not settle; skipped where the machine lacks it."""
+    from volbin.kernels import _tone
+
+    if _tone._set_simd_level(request.param) != request.param:
+        _tone._set_simd_level(99)
+        pytest.skip(f"vector level {request.param} is not available on this machine")
+    yield request.param
+    _tone._set_simd_level(99)

@@ -33,16 +33,6 @@ DTYPES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(params=[0, 2, 3])
-def tone_level(request):
-    """Each vector version of the loop that finds the voxels fine bins do not settle."""
-    if _tone._set_simd_level(request.param) != request.param:
-        _tone._set_simd_level(99)
-        pytest.skip(f"vector level {request.param} is not available on this machine")
-    yield request.param
-    _tone._set_simd_level(99)
-
-
 def fit(vol, scope, method="minmax", **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VolbinWarning)

@@ -345,18 +345,6 @@ def test_equalized_table_equals_the_bins_of_the_interval_ends(lo, hi, nbins):
     assert (table < 0).sum() > 0 or not hi > lo
 
 
-@pytest.fixture(params=[0, 2, 3])
-def tone_level(request):
-    """Each vector version of the loop that finds the voxels fine bins do not settle."""
-    from volbin.kernels import _tone
-
-    if _tone._set_simd_level(request.param) != request.param:
-        _tone._set_simd_level(99)
-        pytest.skip(f"vector level {request.param} is not available on this machine")
-    yield request.param
-    _tone._set_simd_level(99)
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("lo, hi", [(0.1, 1328.7), (1e6, 1e6 + 3.7), (-5.0, 7.0), (0.0, 65535.0)])
 def test_equalized_histograms_of_values_on_the_fine_edges(lo, hi, dtype, tone_level):
