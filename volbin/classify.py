@@ -467,10 +467,7 @@ def _block_groups(grouping: Grouping, loc: tuple[tuple[int, int], ...]) -> tuple
 
 def _as_block(x: np.ndarray, caxis: int) -> np.ndarray:
     x = np.moveaxis(x, caxis, -1)
-    if not x.dtype.isnative or x.dtype == np.float16:
-        # As `_kernels.native`: only float16 widens, a big-endian float64 stays float64.
-        half = x.dtype.kind == "f" and x.dtype.itemsize == 2
-        x = x.astype(np.float32 if half else x.dtype.newbyteorder("="))
+    x = K.native(x)  # the type the compiled loops take: float16 widens
     return x
 
 

@@ -22,6 +22,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from . import _kernels as K
 from . import _tone_kernels as TK
 from .errors import VolbinDataError, VolbinWarning
 from .histogram import (
@@ -308,10 +309,7 @@ def _uniform_interp(x: np.ndarray, edges: np.ndarray, values: np.ndarray) -> np.
         r = np.interp(x, edges, values)
         r[np.isnan(x)] = np.nan
         return r.astype(np.float32)
-    if not x.dtype.isnative or x.dtype == np.float16:
-        # As `_kernels.native`: only float16 widens, a big-endian float64 stays float64.
-        half = x.dtype.kind == "f" and x.dtype.itemsize == 2
-        x = x.astype(np.float32 if half else x.dtype.newbyteorder("="))
+    x = K.native(x)  # the type the compiled loops take: float16 widens
     # A C-ordered view of the values (F-ordered sub-blocks of NIfTI slabs are transposed).
     transposed = x.flags.f_contiguous and not x.flags.c_contiguous
     view = x.T if transposed else np.ascontiguousarray(x)
@@ -414,10 +412,7 @@ def equalized_histograms(
             for a, i in zip(g.group_axes, lidx, strict=True):
                 sel[a] = i
             xs = np.asarray(block[tuple(sel)])
-            if not xs.dtype.isnative or xs.dtype == np.float16:
-                # The values the fine histograms counted (`_kernels.native`): float16 widens.
-                half = xs.dtype.kind == "f" and xs.dtype.itemsize == 2
-                xs = xs.astype(np.float32 if half else xs.dtype.newbyteorder("="))
+            xs = K.native(xs)  # the type the compiled loops take: float16 widens
             view = xs.T if (xs.flags.f_contiguous and not xs.flags.c_contiguous) else np.ascontiguousarray(xs)
             e0, scale, cdf, table = tables[gidx]
             if gidx in bits:
