@@ -338,6 +338,26 @@ def test_all_nan_volume_raises():
         volbin.rescale(x)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x: volbin.rescale(x),
+        lambda x: volbin.rescale(x, curve="equalize"),
+        lambda x: volbin.threshold(x, "otsu"),
+        lambda x: volbin.binarize(x, "otsu", scope="slice"),
+    ],
+)
+def test_a_span_float64_cannot_hold_is_refused(call):
+    """max - min = inf would make every rescaled value 0 or NaN and every histogram empty:
+    refused, naming the group and its range."""
+    x = np.zeros((4, 4, 4))
+    x[0, 0, 0], x[1, 1, 0] = -1.7e308, 1.7e308  # in one slice, so every scope sees both
+    with pytest.raises(VolbinDataError, match="span float64 cannot hold"):
+        call(x)
+    x[0, 0, 0] = 0.0  # a wide but representable span still works
+    assert np.isfinite(volbin.rescale(x)).all()
+
+
 def test_empty_slices_warn_and_stay_nan():
     x = np.random.default_rng(0).random((4, 4, 4))
     x[..., 1] = np.nan

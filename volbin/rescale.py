@@ -568,6 +568,17 @@ def build_transform(
             )
         dmin = np.where(empty, 0.0, dmin)
         dmax = np.where(empty, 0.0, dmax)
+    with np.errstate(over="ignore"):
+        wide = np.isinf(dmax - dmin)
+    if wide.any():
+        # Every rescale, curve and histogram divides by the span: an infinite one would make
+        # the whole group one value (or NaN), so it is refused.
+        i = int(np.flatnonzero(wide.ravel())[0])
+        raise VolbinDataError(
+            f"the values of {grouping.describe(i)}{where} run from {dmin.ravel()[i]:.6g} to "
+            f"{dmax.ravel()[i]:.6g}, a span float64 cannot hold (max - min overflows): nothing "
+            "can be rescaled or thresholded; clip or scale the data first."
+        )
     n_bad = int(nonfinite.sum())
     if n_bad and warn:
         warnings.warn(
