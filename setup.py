@@ -33,6 +33,19 @@ class BuildExt(build_ext):
         if self.parallel is None:
             self.parallel = True
 
+    def run(self) -> None:
+        super().run()
+        if self.inplace:
+            # An in-place (editable) install runs the package from its sources; compile their
+            # bytecode now, as installing a wheel does, so that a process started where no
+            # bytecode may be written (PYTHONDONTWRITEBYTECODE, a read-only checkout) does not
+            # compile every module again at each start.  Python checks each file's stamp
+            # against its source and recompiles an edited one.
+            import compileall
+            from pathlib import Path
+
+            compileall.compile_dir(str(Path(__file__).parent / "volbin"), quiet=1)
+
     def build_extensions(self) -> None:
         if self.compiler.compiler_type == "msvc":
             args = ["/O2", "/fp:precise"]  # since Visual Studio 2022, precise does not contract
