@@ -498,6 +498,43 @@ def test_gz_temporary_copy_lives_as_long_as_the_graph(tmp_path: Path, tmpdir_env
     assert list(tmpdir_env.iterdir()) == []
 
 
+def test_gz_copy_is_memory_mapped_for_graph_free_reductions(tmp_path: Path, tmpdir_env: Path) -> None:
+    """The decompressed copy of an unscaled, native-order .nii.gz is seen as one memory map
+    (`in_memory`), so reductions run on its blocks without a graph, with the graph's results;
+    scaled, big-endian and plain .nii inputs (a user's file, which may change) are not."""
+    import volbin
+    from volbin.volume import in_memory
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((20, 24, 18, 2)) * 1000).astype(np.float32)
+    path = tmp_path / "m.nii.gz"
+    nib.save(nib.Nifti1Image(x, np.diag([1.0, 2.0, 3.0, 1.0])), path)
+    vol = load(path, chunk_bytes=4000)
+    mapped = in_memory(vol.data)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    np.testing.assert_array_equal(mapped, x)
+    graph = Volume(da.from_array(x, chunks=vol.data.chunks), affine=vol.affine, volume_axis=3)
+    assert in_memory(graph.data) is None
+    for scope in ("volume", "slice"):
+        for curve in ("linear", "equalize"):
+            t = volbin.threshold(vol, "otsu", scope=scope, curve=curve)
+            np.testing.assert_array_equal(t, volbin.threshold(graph, "otsu", scope=scope, curve=curve))
+    # Not mapped: scaling, big-endian data, an uncompressed file.
+    img = nib.Nifti1Image(x, np.eye(4))
+    img.header.set_slope_inter(2.0, 0.0)
+    nib.save(img, tmp_path / "scaled.nii.gz")
+    nib.save(nib.Nifti1Image(x, np.eye(4), nib.Nifti1Header(endianness=">")), tmp_path / "big.nii.gz")
+    assert nib.load(tmp_path / "big.nii.gz").get_data_dtype().byteorder == ">"
+    nib.save(nib.Nifti1Image(x, np.eye(4)), tmp_path / "plain.nii")
+    for name in ("scaled.nii.gz", "big.nii.gz", "plain.nii"):
+        other = load(tmp_path / name)
+        assert in_memory(other.data) is None, name
+    # The map goes with the graph that holds the copy: then the copy is removed.
+    del vol, mapped, other
+    gc.collect()
+    assert list(tmpdir_env.iterdir()) == []
+
+
 def test_peak_memory_follows_chunks(tmp_path: Path) -> None:
     # 256 MiB of zeros in sparse .nii and .npy files, summed in 4 MiB slabs, in a fresh process:
     # reading whole files (or keeping memmapped pages) would grow the peak RSS by 256 MiB.

@@ -470,6 +470,16 @@ class _DaskProxy:
 _IN_MEMORY: weakref.WeakValueDictionary[str, _NoCopy] = weakref.WeakValueDictionary()
 
 
+def remember_in_memory(data: da.Array, arr: np.ndarray) -> Any:
+    """Record that the blocks of `data` are views of `arr` (same shape and values), so that
+    `in_memory` returns it; the record lasts as long as the returned object is held."""
+    if arr.shape != data.shape or arr.dtype != data.dtype:
+        raise ValueError(f"`arr` ({arr.shape}, {arr.dtype}) is not the data of {data.shape}, {data.dtype}.")
+    held = _NoCopy(arr)
+    _IN_MEMORY[data.name] = held
+    return held
+
+
 def in_memory(data: da.Array) -> np.ndarray | None:
     """The numpy array `data` was made from by `as_volume` (its blocks are views of it), or
     None for any other dask array.  Reductions over such data may run on its blocks directly,

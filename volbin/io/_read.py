@@ -28,7 +28,7 @@ from isal import igzip, isal_zlib
 from nibabel.volumeutils import apply_read_scaling
 
 from ..errors import InputFileError, VolbinDataError, VolbinError, VolbinWarning
-from ..volume import DEFAULT_CHUNK_BYTES, Volume, slab_chunks
+from ..volume import DEFAULT_CHUNK_BYTES, Volume, remember_in_memory, slab_chunks
 from ._common import (
     _COPY_BYTES,
     _FORMAT,
@@ -175,6 +175,21 @@ class _NiftiReader:
         self.name = name
         self.header = header
         self.affine = affine
+        # The decompressed copy of a .nii.gz: a file of volbin's own, that nothing else writes.
+        self.private = False
+
+    def mapped(self) -> np.ndarray | None:
+        """The data as a read-only memory map of the file, when that is exactly what the
+        blocks hold (no scaling, the dtype and byte order as stored), for a private copy on
+        POSIX (where the map outlives the file's removal); else None."""
+        proxy = self.proxy
+        unscaled = float(getattr(proxy, "slope", 1.0)) == 1.0 and float(getattr(proxy, "inter", 0.0)) == 0.0
+        raw = np.dtype(proxy.dtype)
+        if not (self.private and os.name == "posix" and unscaled and raw == self.dtype and raw.isnative):
+            return None
+        return np.memmap(
+            self.src, dtype=raw, mode="r", offset=int(proxy.offset), shape=self.shape, order=proxy.order
+        )
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
@@ -427,6 +442,11 @@ def load(
     data = da.from_array(
         reader, chunks=chunks, name=name, meta=np.empty((0,) * len(shape), dtype), fancy=False
     )
+    mapped = reader.mapped() if isinstance(reader, _NiftiReader) else None
+    if mapped is not None:
+        # Its blocks are views of a memory map: reductions may run on them without a graph
+        # (`volume.in_memory`), for as long as the reader (held by the graph) lives.
+        reader.map = remember_in_memory(data, mapped)
     source = {
         "path": str(p),
         "format": _FORMAT[kind],
@@ -504,6 +524,7 @@ def _open_nifti(p: Path, shown: Any) -> _NiftiReader:
     if tmp:
         # The graph holds the reader; the decompressed copy lives as long as it does.
         weakref.finalize(reader, _remove, tmp)
+        reader.private = _is_gzip(p)
     return reader
 
 
