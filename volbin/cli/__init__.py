@@ -126,6 +126,7 @@ class _sigterm_as_interrupt:
 
 
 def _main(argv: list[str] | None) -> int:
+    from .. import _prefetch
     from ..errors import VolbinError, VolbinFileError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -139,14 +140,22 @@ def _main(argv: list[str] | None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        import dask
-        import dask.threaded
+        ahead = getattr(args, "input", None)
+        if isinstance(ahead, str):
+            # Decompress a .nii.gz input while dask and the rest are imported.
+            _prefetch.start(ahead)
+        try:
+            import dask
+            import dask.threaded
 
-        # The threaded scheduler given as a function: named by a string, dask would import
-        # dask.distributed (a third of a second) only to look for a client.  Commands that
-        # run on a cluster pass their client explicitly.
-        with dask.config.set(scheduler=dask.threaded.get):
-            return int(args.func(args))
+            # The threaded scheduler given as a function: named by a string, dask would import
+            # dask.distributed (a third of a second) only to look for a client.  Commands that
+            # run on a cluster pass their client explicitly.
+            with dask.config.set(scheduler=dask.threaded.get):
+                return int(args.func(args))
+        finally:
+            if isinstance(ahead, str):
+                _prefetch.discard(ahead)
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_OK
     except UsageError as exc:

@@ -10,11 +10,12 @@ import importlib.metadata
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from .. import _prefetch
 
 Kind = Literal["nii", "nii.gz", "npy", "zarr"]
 _FORMAT = {"nii": "nifti", "nii.gz": "nifti", "npy": "npy", "zarr": "zarr"}
@@ -85,7 +86,7 @@ def _remove(path: str | os.PathLike[str]) -> None:
 
 
 def _temp_dir() -> str:
-    return os.environ.get("VOLBIN_TMPDIR") or tempfile.gettempdir()
+    return _prefetch.temp_dir()
 
 
 def _native(dtype: np.dtype) -> np.dtype:

@@ -11,8 +11,6 @@ import itertools
 import math
 import os
 import secrets
-import shutil
-import tempfile
 import warnings
 import weakref
 import zlib
@@ -24,13 +22,13 @@ import dask.array as da
 import nibabel as nib
 import numpy as np
 from dask.base import tokenize
-from isal import igzip, isal_zlib
+from isal import isal_zlib
 from nibabel.volumeutils import apply_read_scaling
 
+from .. import _prefetch
 from ..errors import InputFileError, VolbinDataError, VolbinError, VolbinWarning
 from ..volume import DEFAULT_CHUNK_BYTES, Volume, remember_in_memory, slab_chunks
 from ._common import (
-    _COPY_BYTES,
     _FORMAT,
     _NIFTI1_MAX_DIM,
     _abspath,
@@ -471,20 +469,22 @@ def _is_gzip(path: Path) -> bool:
 
 
 def _gunzip_to_temp(path: Path, shown: Any) -> str:
-    """Stream-decompress `path` once into a temporary ``.nii``; returns its path."""
+    """Stream-decompress `path` once into a temporary ``.nii``; returns its path (the copy
+    `volbin._prefetch` made while the command started, if it made one)."""
+    ahead = _prefetch.take(path)
+    if ahead is not None:
+        return ahead
     folder = _temp_dir()
     try:
-        fd, tmp = tempfile.mkstemp(prefix="volbin-", suffix=".nii", dir=folder)
+        fd, tmp = _prefetch.new_temp(folder)
     except OSError as exc:
         raise InputFileError(
             f"{shown}: cannot create a temporary file in {folder} to decompress it "
             f"({exc.strerror or exc}); set VOLBIN_TMPDIR to a writable folder."
         ) from exc
     try:
-        with os.fdopen(fd, "wb") as out, igzip.open(path, "rb") as src:
-            shutil.copyfileobj(src, out, _COPY_BYTES)
+        _prefetch.decompress_into(fd, tmp, path)
     except BaseException as exc:
-        _remove(tmp)
         if isinstance(exc, _GZIP_ERRORS):
             raise InputFileError(
                 f"{Path(shown).name}: truncated or corrupt gzip data ({exc}); re-download or "
