@@ -373,7 +373,11 @@ def load(
     temporary ``.nii`` (in ``$VOLBIN_TMPDIR`` or the system temporary folder) because reading
     slabs straight out of gzip would decompress from the start for every chunk.  The temporary
     file is removed when the dask graph that reads it is garbage-collected, or at exit.  On a
-    cluster, set ``VOLBIN_TMPDIR`` to a folder every worker can see.
+    cluster, set ``VOLBIN_TMPDIR`` to a folder every worker can see.  The command line starts
+    that decompression on a thread while it imports its libraries (`volbin._prefetch`), and
+    `load` takes the copy if the file has not changed since.  When the copy holds the data as
+    stored (no scaling, native byte order), it is also seen as a memory map, so that range
+    and histogram passes run on its blocks without a dask graph.
 
     Examples
     --------
