@@ -189,3 +189,12 @@ def tone_level(request: pytest.FixtureRequest) -> Iterator[int]:
         pytest.skip(f"vector level {request.param} is not available on this machine")
     yield request.param
     _tone._set_simd_level(99)
+
+
+@pytest.fixture
+def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private VOLBIN_TMPDIR, to see the temporary copies .nii.gz loading makes."""
+    folder = tmp_path / "volbin-tmp"
+    folder.mkdir()
+    monkeypatch.setenv("VOLBIN_TMPDIR", str(folder))
+    return folder

@@ -86,15 +86,6 @@ def _failing(shape: tuple[int, ...], chunks: tuple[int, ...], exc: BaseException
     return da.zeros(shape, chunks=chunks, dtype=np.float32).map_blocks(fail, dtype=np.float32)
 
 
-@pytest.fixture
-def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private VOLBIN_TMPDIR, to see the temporary copies .nii.gz loading makes."""
-    folder = tmp_path / "volbin-tmp"
-    folder.mkdir()
-    monkeypatch.setenv("VOLBIN_TMPDIR", str(folder))
-    return folder
-
-
 # --- NIfTI reading against nibabel -----------------------------------------------------------
 DISK_DTYPES = [
     "uint8",

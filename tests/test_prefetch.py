@@ -22,14 +22,6 @@ from volbin.io import load
 
 
 @pytest.fixture
-def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "volbin-tmp"
-    folder.mkdir()
-    monkeypatch.setenv("VOLBIN_TMPDIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def head(tmp_path: Path) -> tuple[Path, np.ndarray]:
     x = (np.random.default_rng(0).random((30, 20, 25)) * 1000).astype(np.float32)
     path = tmp_path / "in.nii.gz"
