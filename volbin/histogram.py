@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 
 from . import _kernels as K
-from .volume import Grouping, Volume, in_memory
+from .volume import Grouping, Volume, block_source
 
 __all__ = [
     "GroupStats",
@@ -174,9 +174,10 @@ def _partials(
 
 def blocks_now(data: da.Array, fn: Callable[[np.ndarray, list[tuple[int, int]]], Any]) -> list[Any] | None:
     """``[fn(block, location), ...]`` over the blocks of data wrapped from a numpy array
-    (`in_memory`), in ``np.ndindex(*data.numblocks)`` order, on a pool of threads without a
-    dask graph; None for other data."""
-    arr = in_memory(data)
+    (`in_memory`) or read from a loaded file (`block_source`), in
+    ``np.ndindex(*data.numblocks)`` order, on a pool of threads without a dask graph (a block
+    at a time per thread, as the graph would read them); None for other data."""
+    arr = block_source(data)
     if arr is None:
         return None
     starts = [np.cumsum((0, *c)) for c in data.chunks]

@@ -470,14 +470,35 @@ class _DaskProxy:
 _IN_MEMORY: weakref.WeakValueDictionary[str, _NoCopy] = weakref.WeakValueDictionary()
 
 
-def remember_in_memory(data: da.Array, arr: np.ndarray) -> Any:
-    """Record that the blocks of `data` are views of `arr` (same shape and values), so that
-    `in_memory` returns it; the record lasts as long as the returned object is held."""
-    if arr.shape != data.shape or arr.dtype != data.dtype:
-        raise ValueError(f"`arr` ({arr.shape}, {arr.dtype}) is not the data of {data.shape}, {data.dtype}.")
-    held = _NoCopy(arr)
-    _IN_MEMORY[data.name] = held
-    return held
+#: Readers that dask arrays were made from (`da.from_array(reader, ...)`), by array name.
+_SOURCES: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def remember_source(data: da.Array, reader: Any) -> None:
+    """Record that `data` is ``da.from_array(reader, chunks=..., fancy=False)``: its block at
+    slices ``s`` is ``reader[s]``.  `block_source` returns `reader` for as long as something
+    (the array's graph) holds it."""
+    if tuple(reader.shape) != data.shape:
+        raise ValueError(f"`reader` of shape {tuple(reader.shape)} is not the source of {data.shape}.")
+    _SOURCES[data.name] = reader
+
+
+#: Loaded data above this size is reduced through its dask graph, which reports progress on
+#: a terminal (`volbin.progress`); below it a pass takes about a second or less.
+SOURCE_MAX_BYTES = 2**30
+
+
+def block_source(data: da.Array) -> Any:
+    """What the blocks of `data` can be read from without a dask graph (``source[slices]``):
+    the numpy array `in_memory` returns, or the reader of a loaded file (`remember_source`) of
+    at most `SOURCE_MAX_BYTES`; None for any other dask array."""
+    arr = in_memory(data)
+    if arr is not None:
+        return arr
+    src = _SOURCES.get(data.name)
+    if src is None or tuple(src.shape) != data.shape or data.nbytes > SOURCE_MAX_BYTES:
+        return None
+    return src
 
 
 def in_memory(data: da.Array) -> np.ndarray | None:

@@ -27,7 +27,7 @@ from nibabel.volumeutils import apply_read_scaling
 
 from .. import _prefetch
 from ..errors import InputFileError, VolbinDataError, VolbinError, VolbinWarning
-from ..volume import DEFAULT_CHUNK_BYTES, Volume, remember_in_memory, slab_chunks
+from ..volume import DEFAULT_CHUNK_BYTES, Volume, remember_source, slab_chunks
 from ._common import (
     _FORMAT,
     _NIFTI1_MAX_DIM,
@@ -173,21 +173,6 @@ class _NiftiReader:
         self.name = name
         self.header = header
         self.affine = affine
-        # The decompressed copy of a .nii.gz: a file of volbin's own, that nothing else writes.
-        self.private = False
-
-    def mapped(self) -> np.ndarray | None:
-        """The data as a read-only memory map of the file, when that is exactly what the
-        blocks hold (no scaling, the dtype and byte order as stored), for a private copy on
-        POSIX (where the map outlives the file's removal); else None."""
-        proxy = self.proxy
-        unscaled = float(getattr(proxy, "slope", 1.0)) == 1.0 and float(getattr(proxy, "inter", 0.0)) == 0.0
-        raw = np.dtype(proxy.dtype)
-        if not (self.private and os.name == "posix" and unscaled and raw == self.dtype and raw.isnative):
-            return None
-        return np.memmap(
-            self.src, dtype=raw, mode="r", offset=int(proxy.offset), shape=self.shape, order=proxy.order
-        )
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
@@ -375,9 +360,9 @@ def load(
     file is removed when the dask graph that reads it is garbage-collected, or at exit.  On a
     cluster, set ``VOLBIN_TMPDIR`` to a folder every worker can see.  The command line starts
     that decompression on a thread while it imports its libraries (`volbin._prefetch`), and
-    `load` takes the copy if the file has not changed since.  When the copy holds the data as
-    stored (no scaling, native byte order), it is also seen as a memory map, so that range
-    and histogram passes run on its blocks without a dask graph.
+    `load` takes the copy if the file has not changed since.  Range and histogram passes read
+    the blocks of a loaded file straight from its reader, on a pool of threads, without
+    building a dask graph (`volume.block_source`): the same reads of the same slabs.
 
     Examples
     --------
@@ -444,11 +429,9 @@ def load(
     data = da.from_array(
         reader, chunks=chunks, name=name, meta=np.empty((0,) * len(shape), dtype), fancy=False
     )
-    mapped = reader.mapped() if isinstance(reader, _NiftiReader) else None
-    if mapped is not None:
-        # Its blocks are views of a memory map: reductions may run on them without a graph
-        # (`volume.in_memory`), for as long as the reader (held by the graph) lives.
-        reader.map = remember_in_memory(data, mapped)
+    # Reductions may read its blocks from the reader without a graph (`volume.block_source`),
+    # for as long as the graph holds the reader.
+    remember_source(data, reader)
     source = {
         "path": str(p),
         "format": _FORMAT[kind],
@@ -528,7 +511,6 @@ def _open_nifti(p: Path, shown: Any) -> _NiftiReader:
     if tmp:
         # The graph holds the reader; the decompressed copy lives as long as it does.
         weakref.finalize(reader, _remove, tmp)
-        reader.private = _is_gzip(p)
     return reader
 
 
