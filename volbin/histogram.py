@@ -149,10 +149,10 @@ def _partials(
     pre: Callable[[np.ndarray, Any], np.ndarray] | None = None,
     mask: da.Array | None = None,
 ) -> np.ndarray:
-    """``_map_partials(...).compute()``.  Data wrapped from a numpy array (`in_memory`) is
-    reduced block by block on a pool of threads, without building and running a dask graph
-    (tens of milliseconds per pass, as much as a pass over memory): the same blocks, so the
-    same partials."""
+    """``_map_partials(...).compute()``.  Data wrapped from a numpy array or read from a
+    loaded file (`volume.block_source`) is reduced block by block on a pool of threads,
+    without building and running a dask graph (tens of milliseconds per pass, as much as a
+    pass over memory): the same blocks, so the same partials."""
     parts = None
     if mask is None:
         parts = blocks_now(data, lambda b, loc: _block_partial(b, loc, grouping, kernel, trailing, pre, None))

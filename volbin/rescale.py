@@ -522,16 +522,13 @@ def fit_transform(
     fine = None
     if recipe.rescale == "percentile" or recipe.curve == "equalize":
         empty = ~(dmax >= dmin)
+        fine_range = (np.where(empty, 0.0, dmin), np.where(empty, 0.0, dmax))
         nf = fine_nbins(grouping.n_groups, recipe.nbins)
-        fine = group_histograms(
-            volume, grouping, np.where(empty, 0.0, dmin), np.where(empty, 0.0, dmax), nf, mask=m
-        )
+        fine = group_histograms(volume, grouping, *fine_range, nf, mask=m)
     dtype_range = _dtype_range(volume) if recipe.rescale == "dtype" else None
     where = "" if mask is None else f" inside the {mask.describe()}"
     tr = build_transform(grouping, recipe, dmin, dmax, nonfinite, fine, dtype_range, where, warn, volume)
     if recipe.curve == "equalize" and m is None and fine is not None:
-        empty = ~(dmax >= dmin)
-        fine_range = (np.where(empty, 0.0, dmin), np.where(empty, 0.0, dmax))
         tr = dataclasses.replace(tr, eq_fine=(fine, *fine_range, volume.data.name))
     return tr
 
