@@ -579,6 +579,27 @@ def test_group_above_equals_numpy_for_every_flag_type_and_vector_level(above_lev
     assert counts.tolist() == ref.sum(axis=(1, 2, 3)).tolist()
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int16", "uint8", "int64"])
+@pytest.mark.parametrize("flags", range(16))
+def test_group_above_counts_along_the_rows_with_a_threshold_per_row(above_level, dtype, flags):
+    # A volume axis that is the contiguous one (a C-order (X, Y, Z, T) stack): the vector
+    # row loops write the row, and each of its voxels is counted in its own volume.
+    rng = np.random.default_rng(100 + flags)
+    n3 = 37
+    x = (rng.normal(size=(2, 3, 4, n3)) * 40).astype(dtype)
+    if x.dtype.kind == "f":
+        x.flat[::7] = np.nan
+        x.flat[1::11] = np.inf
+    t = np.array([-10.0, 0.5, 3.25])
+    u = t + 30.0
+    out = np.ones(x.shape, dtype=bool)
+    counts = np.zeros(n3, dtype=np.int64)
+    K.group_above(x, np.array([0, 1, 0, 0]), t, u, flags, out, np.array([0, 0, 0, 1]), counts)
+    ref = above_ref(x, t[None, :, None, None], u[None, :, None, None], flags)
+    assert out.tobytes() == ref.tobytes()
+    assert counts.tolist() == ref.sum(axis=(0, 1, 2)).tolist()
+
+
 def test_group_above_with_groups_along_the_rows_and_bad_strides():
     x = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
     t = np.array([0.5, 5.0, 9.5, 30.0])

@@ -99,8 +99,10 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
                     cb = i0 * c0s + i1 * c1s + i2 * c2s
                     row = &x[i0, i1, i2, 0]
                     orow = &out[i0, i1, i2, 0]
-                    if t3s == 0 and c3s == 0:
-                        # One threshold and one count per row: the vector row loops.
+                    if t3s == 0:
+                        # One threshold per row: the vector row loops; then one count per
+                        # row, or the row added to counts along it (a volume axis that is
+                        # the contiguous one).
                         tv = tp[tb]
                         if up != NULL:
                             uv = up[tb]
@@ -122,7 +124,11 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
                                 f = _fg(<double>row[i3], tv, uv, flags)
                                 orow[i3] = f
                                 s += f
-                        c[cb] += s
+                        if c3s == 0:
+                            c[cb] += s
+                        else:
+                            for i3 in range(n3):
+                                c[cb + i3 * c3s] += orow[i3]
                     else:
                         for i3 in range(n3):
                             fv = <double>row[i3]
