@@ -510,6 +510,40 @@ def test_vector_histogram_bins_values_on_edges(simd_level):
         )
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_vector_histogram_bins_values_a_few_ulps_from_edges(simd_level, dtype):
+    # The vector loops store the truncated position of a value unless it lies within a
+    # rounding bound of an edge: values 1 to 64 ulps either side of every edge, over ranges
+    # far from 0 for their width (where that bound is widest) and tiny ones, must still be
+    # binned as np.histogram bins them.
+    rng = np.random.default_rng(12)
+    d = np.dtype(dtype)
+    cases = [(0.0, 1.0), (-3.0, 5.0), (1e6, 1e6 + 1), (1e12, 1e12 + 2**-8), (-1e9 - 3, -1e9),
+             (0.0, 1e-300), (1e-300, 3e-300), (1.0, 1.0 + 2**-40)]  # fmt: skip
+    for lo, hi in cases:
+        lo, hi = float(d.type(lo)), float(d.type(hi))
+        if not hi > lo:
+            continue
+        for nbins in (3, 256, 4099):
+            edges = np.linspace(lo, hi, nbins + 1)
+            if not (np.diff(edges) > 0).all():
+                continue  # edges np.histogram refuses
+            edges = edges.astype(d)
+            near = [edges]
+            for k in (1, 2, 5, 64):
+                step = np.spacing(np.abs(edges)).astype(d) * k
+                near += [edges - step, edges + step]
+            vals = np.concatenate([*near, rng.uniform(lo, hi, 500).astype(d)])
+            vals = vals[(vals >= lo) & (vals <= hi)]
+            x = vals.reshape(1, 1, -1)
+            grouping = make_grouping(x.shape, None, "stack", None)
+            np.testing.assert_array_equal(
+                run_hist(x, grouping, [lo], [hi], nbins)[0],
+                ref_hist(vals.astype(np.float64), lo, hi, nbins),
+                err_msg=f"{dtype} [{lo!r}, {hi!r}] {nbins} bins",
+            )
+
+
 @pytest.mark.parametrize("n3", [1, 3, 4, 7, 8, 9, 13, 64])
 def test_vector_uniforms_and_draws_are_splitmix64(simd_level, n3):
     key = K.seed_key(21)

@@ -26,6 +26,7 @@ cdef extern from "_simd.h" nogil:
     void vb_bins_u16(const uint16_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
     void vb_bins_u8(const uint8_t* x, Py_ssize_t n, const vb_bins_t* p, int32_t* idx)
     void vb_minmax(const double* x, Py_ssize_t n, double* lo, double* hi, int64_t* bad)
+    void vb_prefetch_ahead(const void* p, Py_ssize_t nbytes, Py_ssize_t ahead, const void* end)
 
 from volbin.kernels._blocks cimport check_groups, real_t
 
@@ -42,6 +43,15 @@ def _set_simd_level(int level):
 
 #: Fixed-point scale of the within-bin positions summed by `group_histogram_offsets`.
 OFFSET_SCALE = 2**24
+# Rows ahead that the histogram row loops ask the cache for (0: none; `_set_prefetch_rows`).
+cdef Py_ssize_t PF_ROWS = 2
+
+
+def _set_prefetch_rows(Py_ssize_t rows):
+    global PF_ROWS
+    PF_ROWS = rows
+
+
 cdef double _OFFSET_SCALE = 16777216.0
 
 
@@ -210,12 +220,15 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
     cdef bint small = ng * (nbins + 1) >= 16384 and n0 * n1 * n2 * n3 < 4294967296
     cdef int32_t* idx
     cdef double* buf
+    cdef const void* end = NULL
     if nbins < 1:
         raise ValueError(f"`nbins` must be a positive int; got {nbins}.")
     if counts.shape[1] != nbins or lo.shape[0] < ng or hi.shape[0] < ng:
         raise ValueError("`counts` must be (n_groups, nbins), with n_groups entries in `lo` and `hi`.")
     check_groups(n0, n1, n2, n3, gstrides, ng, "gstrides")
     g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
+    if n0 * n1 * n2 * n3:
+        end = <const void*>(&x[n0 - 1, n1 - 1, n2 - 1, n3 - 1] + 1)
     if ng == 0:
         return
     with nogil:
@@ -251,7 +264,10 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                             row = &x[i0, i1, i2, 0]
                             if g3s == 0:
                                 # A row of one group: bin indices for the whole row in a
-                                # vector loop, then the counting loop.
+                                # vector loop, then the counting loop, while the row after
+                                # next comes in.
+                                if PF_ROWS:
+                                    vb_prefetch_ahead(row, n3 * sizeof(real_t), PF_ROWS * n3 * sizeof(real_t), end)
                                 if real_t is double:
                                     vb_bins_f64(row, n3, par + gb, idx)
                                 elif real_t is float:

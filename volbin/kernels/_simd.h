@@ -78,6 +78,38 @@ static int vb_set_level(int level) {
     return vb_level;
 }
 
+/* A hint to bring the cache line of p in (for reading, or for writing): no effect on results. */
+static inline void vb_prefetch(const void *p) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p, 0, 3);
+#elif defined(VB_SSE2)
+    _mm_prefetch((const char *)p, _MM_HINT_T0);
+#else
+    (void)p;
+#endif
+}
+
+/* vb_prefetch of each cache line of the row of `bytes` that starts `ahead` bytes after p,
+ * where that is before `end`: row loops whose rows are too short for the hardware
+ * prefetcher to run ahead (a few hundred values) ask for a later row while they count the
+ * current one. */
+static inline void vb_prefetch_ahead(const void *p, ptrdiff_t bytes, ptrdiff_t ahead, const void *end) {
+    const char *q = (const char *)p + ahead, *e = (const char *)end;
+    if (bytes > 8192 || q >= e) return;
+    if (bytes > e - q) bytes = e - q;
+    for (ptrdiff_t o = 0; o < bytes; o += 64) vb_prefetch(q + o);
+}
+
+static inline void vb_prefetchw(void *p) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p, 1, 3);
+#elif defined(VB_SSE2)
+    _mm_prefetch((const char *)p, _MM_HINT_T0);
+#else
+    (void)p;
+#endif
+}
+
 /* ---------------------------------------------------------------------------------------
  * Histogram bins of a row of doubles (see _histogram.pyx, _row_bins).
  * ------------------------------------------------------------------------------------- */
@@ -105,6 +137,23 @@ static inline int32_t vb_bin(double fv, double a, double nm, double s, double fl
 
 static inline int32_t vb_bin_1(double fv, const vb_bins_t *p) {
     return vb_bin(fv, p->a, p->nm, p->s, p->flast, p->fnb, p->up_ok);
+}
+
+/* The vector loops below first take the truncated position k of t = (fv - a) * nm as the
+ * bin; vb_bin's corrections can only move it when t lies within `slack` of an integer, so
+ * a vector whose every lane has t - k in [slack, 1 - slack] is stored as it is, and any
+ * other (a lane near an edge, clipped, or not finite) gets vb_bin's arithmetic.  With u
+ * the unit roundoff, the computed t is (fv - a) / s within 4.02u * |t| (the roundings of
+ * fv - a, of the product, of nm and of s), and an edge k * s + a is k within
+ * 2.01u * |k| + u * |a| / s in the same units; |t| <= fnb + 1 and |k| <= fnb where it
+ * matters, so twice the sum is a safe bound.  A range so far from 0 for its width that the
+ * slack reaches 1/4, or so narrow that k * s could be subnormal (where roundings are no
+ * longer relative), always takes vb_bin's arithmetic. */
+static inline double vb_bins_slack(const vb_bins_t *p) {
+    const double u = 1.1102230246251565e-16; /* 2**-53 */
+    if (!(p->s >= 1e-290)) return 1.0;
+    double d = 16.0 * u * (p->fnb + 2.0) + 4.0 * u * fabs(p->a) / p->s;
+    return d < 0.25 ? d : 1.0;
 }
 
 /* Loads of 2, 4 or 8 values of each input type as doubles (exact conversions). */
@@ -187,11 +236,21 @@ typedef uint8_t vb_t_u8;
         const __m256d S = _mm256_set1_pd(p->s), FL = _mm256_set1_pd(p->flast);                   \
         const __m256d FN = _mm256_set1_pd(p->fnb), UP = _mm256_set1_pd(p->up_ok);                \
         const __m256d ONE = _mm256_set1_pd(1.0), Z = _mm256_setzero_pd();                        \
+        const double slack = vb_bins_slack(p);                                                   \
+        const __m256d D0 = _mm256_set1_pd(slack), D1 = _mm256_set1_pd(1.0 - slack);             \
         ptrdiff_t i = 0;                                                                         \
         for (; i + 4 <= n; i += 4) {                                                             \
             __m256d v = VB_L4_##T(x + i);                                                        \
-            __m256d t = _mm256_min_pd(_mm256_max_pd(_mm256_mul_pd(_mm256_sub_pd(v, A), NM), Z), FL); \
-            __m256d kf = _mm256_cvtepi32_pd(_mm256_cvttpd_epi32(t));                             \
+            __m256d tu = _mm256_mul_pd(_mm256_sub_pd(v, A), NM);                                 \
+            __m256d t = _mm256_min_pd(_mm256_max_pd(tu, Z), FL);                                 \
+            __m128i ki = _mm256_cvttpd_epi32(t);                                                 \
+            __m256d kf = _mm256_cvtepi32_pd(ki);                                                 \
+            __m256d fr = _mm256_sub_pd(tu, kf);                                                  \
+            if (_mm256_movemask_pd(_mm256_and_pd(_mm256_cmp_pd(fr, D0, _CMP_GE_OQ),              \
+                                                 _mm256_cmp_pd(fr, D1, _CMP_LE_OQ))) == 15) {    \
+                _mm_storeu_si128((__m128i *)(idx + i), ki);                                      \
+                continue;                                                                        \
+            }                                                                                    \
             __m256d e0 = _mm256_add_pd(_mm256_mul_pd(kf, S), A);                                 \
             __m256d e1 = _mm256_add_pd(_mm256_mul_pd(_mm256_add_pd(kf, ONE), S), A);             \
             __m256d dn = _mm256_and_pd(                                                          \
@@ -211,11 +270,21 @@ typedef uint8_t vb_t_u8;
         const __m512d S = _mm512_set1_pd(p->s), FL = _mm512_set1_pd(p->flast);                   \
         const __m512d FN = _mm512_set1_pd(p->fnb), UP = _mm512_set1_pd(p->up_ok);                \
         const __m512d ONE = _mm512_set1_pd(1.0), Z = _mm512_setzero_pd();                        \
+        const double slack = vb_bins_slack(p);                                                   \
+        const __m512d D0 = _mm512_set1_pd(slack), D1 = _mm512_set1_pd(1.0 - slack);             \
         ptrdiff_t i = 0;                                                                         \
         for (; i + 8 <= n; i += 8) {                                                             \
             __m512d v = VB_L8_##T(x + i);                                                        \
-            __m512d t = _mm512_min_pd(_mm512_max_pd(_mm512_mul_pd(_mm512_sub_pd(v, A), NM), Z), FL); \
-            __m512d kf = _mm512_cvtepi32_pd(_mm512_cvttpd_epi32(t));                             \
+            __m512d tu = _mm512_mul_pd(_mm512_sub_pd(v, A), NM);                                 \
+            __m512d t = _mm512_min_pd(_mm512_max_pd(tu, Z), FL);                                 \
+            __m256i ki = _mm512_cvttpd_epi32(t);                                                 \
+            __m512d kf = _mm512_cvtepi32_pd(ki);                                                 \
+            __m512d fr = _mm512_sub_pd(tu, kf);                                                  \
+            if ((__mmask8)(_mm512_cmp_pd_mask(fr, D0, _CMP_GE_OQ) & _mm512_cmp_pd_mask(fr, D1, _CMP_LE_OQ)) \
+                == 0xFF) {                                                                       \
+                _mm256_storeu_si256((__m256i *)(idx + i), ki);                                   \
+                continue;                                                                        \
+            }                                                                                    \
             __m512d e0 = _mm512_add_pd(_mm512_mul_pd(kf, S), A);                                 \
             __m512d e1 = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(kf, ONE), S), A);             \
             __mmask8 dn = _mm512_cmp_pd_mask(v, e0, _CMP_LT_OQ) & _mm512_cmp_pd_mask(kf, Z, _CMP_GT_OQ); \
@@ -851,27 +920,6 @@ static inline void vb_uniforms(uint64_t key, uint64_t base, ptrdiff_t n, double 
  * ------------------------------------------------------------------------------------- */
 
 #define VB_LANES 16
-
-/* A hint to bring the cache line of p in (for reading, or for writing): no effect on results. */
-static inline void vb_prefetch(const void *p) {
-#if defined(__GNUC__) || defined(__clang__)
-    __builtin_prefetch(p, 0, 3);
-#elif defined(VB_SSE2)
-    _mm_prefetch((const char *)p, _MM_HINT_T0);
-#else
-    (void)p;
-#endif
-}
-
-static inline void vb_prefetchw(void *p) {
-#if defined(__GNUC__) || defined(__clang__)
-    __builtin_prefetch(p, 1, 3);
-#elif defined(VB_SSE2)
-    _mm_prefetch((const char *)p, _MM_HINT_T0);
-#else
-    (void)p;
-#endif
-}
 
 static inline void vb_lanes_inner_1(const float *a, uint8_t *bits, const float *cur, float *srow,
                                     ptrdiff_t x0, ptrdiff_t step, ptrdiff_t count, float c1, float c2,
