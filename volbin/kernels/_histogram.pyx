@@ -155,11 +155,13 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
     cdef double* mx = &out_max[0]
     cdef int64_t* nf = &out_nonfinite[0]
     cdef double* buf
+    cdef const void* end
     check_groups(n0, n1, n2, n3, gstrides, min(out_min.shape[0], out_max.shape[0],
                  out_nonfinite.shape[0]), "gstrides")
     g0s, g1s, g2s, g3s = gstrides[0], gstrides[1], gstrides[2], gstrides[3]
     if n0 * n1 * n2 * n3 == 0:
         return
+    end = <const void*>(&x[n0 - 1, n1 - 1, n2 - 1, n3 - 1] + 1)
     with nogil:
         buf = <double*>malloc(n3 * sizeof(double))
         if buf == NULL:
@@ -170,6 +172,8 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
                 for i2 in range(n2):
                     gb = i0 * g0s + i1 * g1s + i2 * g2s
                     row = &x[i0, i1, i2, 0]
+                    if g3s == 0 and PF_ROWS:
+                        vb_prefetch_ahead(row, n3 * sizeof(real_t), PF_ROWS * n3 * sizeof(real_t), end)
                     if g3s == 0 and real_t is double:
                         vb_minmax(<const double*>row, n3, mn + gb, mx + gb, nf + gb)
                     elif g3s == 0:

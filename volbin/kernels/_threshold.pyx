@@ -19,6 +19,7 @@ cdef extern from "_above.h" nogil:
     int64_t vb_above_i16(const int16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
     int64_t vb_above_u16(const uint16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
     int64_t vb_above_u8(const uint8_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+    void vb_prefetch_ahead(const void* p, Py_ssize_t nbytes, Py_ssize_t ahead, const void* end)
     enum:
         VB_ABOVE_INCLUSIVE
         VB_ABOVE_UPPER
@@ -29,6 +30,14 @@ from volbin.kernels._blocks cimport check_groups, real_t
 
 #: Vector version of the row loop in use: 0 scalar, 1 SSE2, 2 AVX2 (3, AVX-512, runs AVX2 here).
 SIMD_LEVEL = vb_init()
+
+# Rows ahead that the row loops ask the cache for (0: none; `_set_prefetch_rows`).
+cdef Py_ssize_t PF_ROWS = 2
+
+
+def _set_prefetch_rows(Py_ssize_t rows):
+    global PF_ROWS
+    PF_ROWS = rows
 
 
 def _set_simd_level(int level):
@@ -78,6 +87,7 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
     cdef uint8_t f
     cdef double tv, uv = 0.0, fv
     cdef int64_t* c = &counts[0]
+    cdef const void* end
     cdef const double* tp = &thresholds[0]
     cdef const double* up = NULL
     if out.shape[0] != n0 or out.shape[1] != n1 or out.shape[2] != n2 or out.shape[3] != n3:
@@ -91,6 +101,7 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
     c0s, c1s, c2s, c3s = cstrides[0], cstrides[1], cstrides[2], cstrides[3]
     if n0 * n1 * n2 * n3 == 0:
         return
+    end = <const void*>(&x[n0 - 1, n1 - 1, n2 - 1, n3 - 1] + 1)
     with nogil:
         for i0 in range(n0):
             for i1 in range(n1):
@@ -100,9 +111,11 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
                     row = &x[i0, i1, i2, 0]
                     orow = &out[i0, i1, i2, 0]
                     if t3s == 0:
-                        # One threshold per row: the vector row loops; then one count per
-                        # row, or the row added to counts along it (a volume axis that is
-                        # the contiguous one).
+                        # One threshold per row: the vector row loops (asking the cache for
+                        # the row after next); then one count per row, or the row added to
+                        # counts along it (a volume axis that is the contiguous one).
+                        if PF_ROWS:
+                            vb_prefetch_ahead(row, n3 * sizeof(real_t), PF_ROWS * n3 * sizeof(real_t), end)
                         tv = tp[tb]
                         if up != NULL:
                             uv = up[tb]
