@@ -100,6 +100,11 @@ static inline void vb_prefetch_ahead(const void *p, ptrdiff_t bytes, ptrdiff_t a
     for (ptrdiff_t o = 0; o < bytes; o += 64) vb_prefetch(q + o);
 }
 
+/* Bytes ahead of its position that a long vector loop asks the cache for (a hint only). */
+#ifndef VB_AHEAD
+#define VB_AHEAD 2048
+#endif
+
 static inline void vb_prefetchw(void *p) {
 #if defined(__GNUC__) || defined(__clang__)
     __builtin_prefetch(p, 1, 3);
@@ -496,17 +501,89 @@ static inline void vb_eq_entries_1(double fv, const vb_bins_t *p, const vb_eq_t 
             if (vb_eq_unsettled_1((double)x[i], p, q)) pos[c++] = (int32_t)i;                    \
         return c;                                                                                \
     }
+/* When the knots are the fine bins' edges (same origin, scale and last interval: the fine
+ * path of equalized_histograms), a value's knot interval is its truncated fine position,
+ * and the rounding bound of vb_bins_slack shows which values vb_bin_1 cannot move: the
+ * positions of the others and of those in a straddling interval are stored.  That is a
+ * superset of the values vb_eq_unsettled_1 selects (a settled value among them gets the same
+ * bin as its fine bin's, so that its entries cancel), found with fewer operations. */
+#define VB_EQ_CANDIDATES_VEC(T)                                                                  \
+    VB_AVX2 static ptrdiff_t vb_eq_candidates_##T##_avx2(const vb_t_##T *x, ptrdiff_t n,        \
+                                                         const vb_bins_t *p, const vb_eq_t *q,   \
+                                                         int32_t *pos) {                         \
+        const __m256d A = _mm256_set1_pd(p->a), NM = _mm256_set1_pd(p->nm);                     \
+        const __m256d FL = _mm256_set1_pd(p->flast), Z = _mm256_setzero_pd();                   \
+        const double slack = vb_bins_slack(p);                                                   \
+        const __m256d D0 = _mm256_set1_pd(slack), D1 = _mm256_set1_pd(1.0 - slack);             \
+        const __m128i LOW = _mm_set1_epi32(31), BIT = _mm_set1_epi32(1);                         \
+        ptrdiff_t i = 0, c = 0;                                                                  \
+        for (; i + 4 <= n; i += 4) {                                                             \
+            vb_prefetch((const char *)(x + i) + VB_AHEAD);                                       \
+            __m256d v = VB_L4_##T(x + i);                                                        \
+            __m256d tu = _mm256_mul_pd(_mm256_sub_pd(v, A), NM);                                 \
+            __m128i kt = _mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(tu, Z), FL));           \
+            __m256d fr = _mm256_sub_pd(tu, _mm256_cvtepi32_pd(kt));                              \
+            __m256d ok = _mm256_and_pd(_mm256_cmp_pd(fr, D0, _CMP_GE_OQ), _mm256_cmp_pd(fr, D1, _CMP_LE_OQ)); \
+            __m128i w = _mm_i32gather_epi32((const int *)q->bits, _mm_srli_epi32(kt, 5), 4);     \
+            __m128i b = _mm_and_si128(_mm_srlv_epi32(w, _mm_and_si128(kt, LOW)), BIT);           \
+            int m = (_mm256_movemask_pd(ok) ^ 15) | _mm_movemask_ps(_mm_castsi128_ps(_mm_slli_epi32(b, 31))); \
+            __m128i at = _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)(uint32_t)vb_lanes[m]));      \
+            _mm_storeu_si128((__m128i *)(pos + c), _mm_add_epi32(at, _mm_set1_epi32((int)i)));  \
+            c += vb_nbits[m];                                                                    \
+        }                                                                                        \
+        for (; i < n; i++)                                                                       \
+            if (vb_eq_unsettled_1((double)x[i], p, q)) pos[c++] = (int32_t)i;                    \
+        return c;                                                                                \
+    }                                                                                            \
+    VB_AVX512 static ptrdiff_t vb_eq_candidates_##T##_avx512(const vb_t_##T *x, ptrdiff_t n,    \
+                                                             const vb_bins_t *p, const vb_eq_t *q, \
+                                                             int32_t *pos) {                     \
+        const __m512d A = _mm512_set1_pd(p->a), NM = _mm512_set1_pd(p->nm);                     \
+        const __m512d FL = _mm512_set1_pd(p->flast), Z = _mm512_setzero_pd();                   \
+        const double slack = vb_bins_slack(p);                                                   \
+        const __m512d D0 = _mm512_set1_pd(slack), D1 = _mm512_set1_pd(1.0 - slack);             \
+        const __m256i LOW = _mm256_set1_epi32(31), BIT = _mm256_set1_epi32(1);                   \
+        ptrdiff_t i = 0, c = 0;                                                                  \
+        for (; i + 8 <= n; i += 8) {                                                             \
+            vb_prefetch((const char *)(x + i) + VB_AHEAD);                                       \
+            __m512d v = VB_L8_##T(x + i);                                                        \
+            __m512d tu = _mm512_mul_pd(_mm512_sub_pd(v, A), NM);                                 \
+            __m256i kt = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(tu, Z), FL));           \
+            __m512d fr = _mm512_sub_pd(tu, _mm512_cvtepi32_pd(kt));                              \
+            __mmask8 ok = _mm512_cmp_pd_mask(fr, D0, _CMP_GE_OQ) & _mm512_cmp_pd_mask(fr, D1, _CMP_LE_OQ); \
+            __m256i w = _mm256_i32gather_epi32((const int *)q->bits, _mm256_srli_epi32(kt, 5), 4); \
+            __m256i b = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_and_si256(kt, LOW)), BIT);  \
+            unsigned m = (unsigned)(ok ^ 0xFF)                                                   \
+                         | (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(b, 31))); \
+            __m256i at = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)vb_lanes[m]));       \
+            _mm256_storeu_si256((__m256i *)(pos + c), _mm256_add_epi32(at, _mm256_set1_epi32((int)i))); \
+            c += vb_nbits[m];                                                                    \
+        }                                                                                        \
+        for (; i < n; i++)                                                                       \
+            if (vb_eq_unsettled_1((double)x[i], p, q)) pos[c++] = (int32_t)i;                    \
+        return c;                                                                                \
+    }
+
+/* The knots are the fine bins' edges (vb_eq_candidates_* apply). */
+static inline int vb_eq_same_grid(const vb_bins_t *p, const vb_eq_t *q) {
+    return q->e0 == p->a && q->scale == p->nm && q->last == p->flast;
+}
+
 #define VB_EQ_UNSETTLED_DISPATCH(T)                                                              \
-    if (vb_level >= 3) c = vb_eq_unsettled_##T##_avx512(x, n, p, q, add);                        \
+    if (vb_level >= 3 && vb_eq_same_grid(p, q)) c = vb_eq_candidates_##T##_avx512(x, n, p, q, add); \
+    else if (vb_level == 2 && vb_eq_same_grid(p, q)) c = vb_eq_candidates_##T##_avx2(x, n, p, q, add); \
+    else if (vb_level >= 3) c = vb_eq_unsettled_##T##_avx512(x, n, p, q, add);                   \
     else if (vb_level == 2) c = vb_eq_unsettled_##T##_avx2(x, n, p, q, add);                     \
     else
 #else
 #define VB_EQ_UNSETTLED_VEC(T)
+#define VB_EQ_CANDIDATES_VEC(T)
 #define VB_EQ_UNSETTLED_DISPATCH(T)
 #endif
 
 #define VB_EQ_UNSETTLED(T)                                                                       \
     VB_EQ_UNSETTLED_VEC(T)                                                                       \
+    VB_EQ_CANDIDATES_VEC(T)                                                                      \
     VB_EQ_ENTRIES(T)                                                                             \
     static inline ptrdiff_t vb_eq_unsettled_##T(const vb_t_##T *x, ptrdiff_t n, const vb_bins_t *p, \
                                                 const vb_eq_t *q, int32_t *add, int32_t *sub) {  \
