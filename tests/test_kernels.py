@@ -314,7 +314,30 @@ def test_as_c4d_views_fortran_blocks_without_copy():
     x = np.asfortranarray(np.arange(60.0).reshape(3, 4, 5))
     x4, g4 = K.as_c4d(x, np.array([0, 0, 1]))
     assert x4.flags.c_contiguous and np.shares_memory(x4, x)
-    assert x4.shape == (1, 5, 4, 3) and g4.tolist() == [0, 1, 0, 0]
+    # The transposed view (5, 4, 3), groups along its first axis; its last two axes merged
+    # into rows of 12.
+    assert x4.shape == (1, 1, 5, 12) and g4.tolist() == [0, 0, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("shape", "g", "want_shape", "want_g"),
+    [
+        ((181, 217, 181, 10), (0, 0, 0, 0), (1, 181, 217, 1810), (0, 0, 0, 0)),
+        ((181, 217, 181, 10), (0, 0, 0, 1), (181, 217, 181, 10), (0, 0, 0, 1)),
+        ((10, 18, 21, 18), (1, 0, 0, 0), (1, 10, 18, 378), (0, 1, 0, 0)),
+        ((3, 2, 2, 2), (0, 4, 2, 1), (1, 1, 3, 8), (0, 0, 0, 1)),
+        ((4, 5, 6), (0, 1, 0), (1, 4, 5, 6), (0, 0, 1, 0)),
+    ],
+)
+def test_as_c4d_merges_rows_keeping_every_voxels_group(shape, g, want_shape, want_g):
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    x4, g4 = K.as_c4d(x, np.array(g))
+    assert x4.shape == want_shape and g4.tolist() == list(want_g) and np.shares_memory(x4, x)
+    # The same voxels in the same order, each in the group its strides gave it.
+    groups = sum(np.indices(shape)[a] * g[a] for a in range(len(shape)))
+    merged = sum(np.indices(want_shape)[a] * want_g[a] for a in range(4))
+    np.testing.assert_array_equal(x4.ravel(), x.ravel())
+    np.testing.assert_array_equal(merged.ravel(), groups.ravel())
 
 
 # --- counter-based random numbers ---------------------------------------------------------

@@ -186,8 +186,34 @@ def as_c4d(block: np.ndarray, gstrides: np.ndarray) -> tuple[np.ndarray, np.ndar
             block, g = block.T, g[::-1]
         else:
             block = np.ascontiguousarray(block)
-    if block.ndim == 3:
-        # A leading axis of 1 keeps the long contiguous axis innermost, where the loops
+    block, (g,) = merge_rows(block, g)
+    if block.ndim < 4:
+        # Leading axes of 1 keep the long contiguous axis innermost, where the loops
         # vectorise.
-        block, g = block[None], np.concatenate([[0], g])
+        lead = 4 - block.ndim
+        block, g = block.reshape((1,) * lead + block.shape), np.concatenate([np.zeros(lead, np.int64), g])
     return block, np.ascontiguousarray(g, dtype=np.int64)
+
+
+#: Rows that `merge_rows` makes stay this short (the row loops hold a row's bin indices or
+#: doubles in buffers of its length).
+ROW_MERGE_MAX = 4096
+
+
+def merge_rows(block: np.ndarray, *strides: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Merge the innermost axis of C-contiguous `block` with the axes before it while that
+    keeps every voxel's group in each of the group `strides` (``g[a] == g[a + 1] *
+    shape[a + 1]``: the same traversal, the same groups) and the row at most
+    `ROW_MERGE_MAX` long: the row loops then run over rows of hundreds of values instead of
+    a short last axis (a C-order (X, Y, Z, T) stack)."""
+    shape = list(block.shape)
+    gs = [[int(v) for v in g] for g in strides]
+    while (
+        len(shape) > 1
+        and shape[-2] * shape[-1] <= ROW_MERGE_MAX
+        and all(g[-2] == g[-1] * shape[-1] for g in gs)
+    ):
+        shape[-2:] = [shape[-2] * shape[-1]]
+        for g in gs:
+            g[-2:] = [g[-1]]
+    return block.reshape(shape), [np.asarray(g, dtype=np.int64) for g in gs]
