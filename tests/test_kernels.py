@@ -518,6 +518,40 @@ def test_vector_histograms_match_np_histogram_on_every_row_length(simd_level, dt
         assert (mn[0], mx[0], nf[0]) == (fin.min(), fin.max(), v.size - fin.size)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int16", "uint8", "int64"])
+@pytest.mark.parametrize(
+    ("shape", "g"),
+    [((3, 5, 7, 10), (0, 0, 0, 1)), ((4, 2, 9, 6), (6, 0, 0, 1)), ((2, 3, 11, 5), (0, 5, 0, 1))],
+    ids=["xyzt", "slices", "mixed"],
+)
+def test_range_and_histogram_with_a_group_per_row_position(simd_level, dtype, shape, g):
+    # Groups along the rows, the same for every row of a plane (a C-order (X, Y, Z, T)
+    # stack per volume; z-slices with z innermost): the lanes are gathered into rows.
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.normal(size=shape) * 50).astype(dtype)
+    if x.dtype.kind == "f":
+        x.flat[::13] = np.nan
+        x.flat[5::17] = np.inf
+        x.flat[7::19] = -np.inf
+    g4 = np.array(g, np.int64)
+    groups = sum(np.indices(shape)[a] * g[a] for a in range(4)).ravel()
+    n = int(groups.max()) + 1
+    mn, mx, nf = np.full(n, np.inf), np.full(n, -np.inf), np.zeros(n, np.int64)
+    K.group_minmax(x, g4, mn, mx, nf)
+    vals = x.ravel().astype(np.float64)
+    lo, hi = np.empty(n), np.empty(n)
+    for k in range(n):
+        v = vals[groups == k]
+        fin = v[np.isfinite(v)]
+        assert (mn[k], mx[k], nf[k]) == (fin.min(), fin.max(), v.size - fin.size)
+        lo[k], hi[k] = fin.min(), fin.max()
+    for nbins in (7, 256, 20000):
+        counts = np.zeros((n, nbins), np.int64)
+        K.group_histogram(x, g4, lo, hi, nbins, counts)
+        for k in range(n):
+            np.testing.assert_array_equal(counts[k], ref_hist(vals[groups == k], lo[k], hi[k], nbins))
+
+
 def test_vector_histogram_bins_values_on_edges(simd_level):
     # Edges and their float neighbours, as in test_histogram_edges_random_ranges, in one row.
     rng = np.random.default_rng(11)

@@ -163,12 +163,24 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
         return
     end = <const void*>(&x[n0 - 1, n1 - 1, n2 - 1, n3 - 1] + 1)
     with nogil:
-        buf = <double*>malloc(n3 * sizeof(double))
+        buf = <double*>malloc((n3 if g3s == 0 or g2s != 0 else n2) * sizeof(double))
         if buf == NULL:
             with gil:
                 raise MemoryError()
         for i0 in range(n0):
             for i1 in range(n1):
+                if g3s != 0 and g2s == 0:
+                    # A group per position along the rows, the same for every row of the
+                    # plane: each position's values across the plane, gathered from the
+                    # cache into a row, take the vector loop (as in group_histogram).
+                    gb = i0 * g0s + i1 * g1s
+                    row = &x[i0, i1, 0, 0]
+                    for i3 in range(n3):
+                        for i2 in range(n2):
+                            buf[i2] = <double>row[i2 * n3 + i3]
+                        g = gb + i3 * g3s
+                        vb_minmax(buf, n2, mn + g, mx + g, nf + g)
+                    continue
                 for i2 in range(n2):
                     gb = i0 * g0s + i1 * g1s + i2 * g2s
                     row = &x[i0, i1, i2, 0]
@@ -224,6 +236,8 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
     cdef bint small = ng * (nbins + 1) >= 16384 and n0 * n1 * n2 * n3 < 4294967296
     cdef int32_t* idx
     cdef double* buf
+    cdef double* lanes = NULL
+    cdef int32_t* lidx = NULL
     cdef const void* end = NULL
     if nbins < 1:
         raise ValueError(f"`nbins` must be a positive int; got {nbins}.")
@@ -244,8 +258,14 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
             c2 = <uint32_t*>calloc(2 * ng * width, sizeof(uint32_t))
         idx = <int32_t*>malloc((n3 + 1) * sizeof(int32_t))
         buf = <double*>malloc((n3 + 1) * sizeof(double))
+        if g3s != 0 and g2s == 0 and n2 > 1:
+            lanes = <double*>malloc((n2 + 1) * sizeof(double))
+            lidx = <int32_t*>malloc((n2 + 1) * sizeof(int32_t))
         try:
             if par == NULL or c4 == NULL or idx == NULL or buf == NULL or (small and c2 == NULL):
+                with gil:
+                    raise MemoryError()
+            if g3s != 0 and g2s == 0 and n2 > 1 and (lanes == NULL or lidx == NULL):
                 with gil:
                     raise MemoryError()
             for g in range(ng):
@@ -263,6 +283,33 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
             if n0 * n1 * n2 * n3 != 0:
                 for i0 in range(n0):
                     for i1 in range(n1):
+                        if lanes != NULL:
+                            # A group per position along the rows, the same for every row
+                            # of the plane (a C-order (X, Y, Z, T) stack per volume, or
+                            # z-slices with z innermost): each position's values across
+                            # the plane, gathered from the cache into a row, take the
+                            # vector loop of a row of one group.
+                            gb = i0 * g0s + i1 * g1s
+                            row = &x[i0, i1, 0, 0]
+                            for i3 in range(n3):
+                                for i2 in range(n2):
+                                    lanes[i2] = <double>row[i2 * n3 + i3]
+                                vb_bins_f64(lanes, n2, par + gb + i3 * g3s, lidx)
+                                g = gb + i3 * g3s
+                                if small:
+                                    c2g = c2 + g * width
+                                    q = 0
+                                    while q + 2 <= n2:
+                                        c2g[lidx[q]] += 1
+                                        c2g[ng * width + lidx[q + 1]] += 1
+                                        q += 2
+                                    if q < n2:
+                                        c2g[lidx[q]] += 1
+                                else:
+                                    c4g = c4 + g * width
+                                    for q in range(n2):
+                                        c4g[(q & 3) * ng * width + lidx[q]] += 1
+                            continue
                         for i2 in range(n2):
                             gb = i0 * g0s + i1 * g1s + i2 * g2s
                             row = &x[i0, i1, i2, 0]
@@ -334,6 +381,8 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
             free(c2)
             free(idx)
             free(buf)
+            free(lanes)
+            free(lidx)
 
 
 def group_histogram_offsets(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
