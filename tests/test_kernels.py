@@ -691,6 +691,38 @@ def test_group_above_counts_along_the_rows_with_a_threshold_per_row(above_level,
     assert counts.tolist() == ref.sum(axis=(0, 1, 2)).tolist()
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int16", "uint8", "int64"])
+@pytest.mark.parametrize("flags", range(16))
+@pytest.mark.parametrize(
+    ("shape", "ts", "cs"),
+    [
+        ((2, 3, 7, 10), (0, 0, 0, 1), (0, 0, 0, 1)),  # a plane of rows, per volume
+        ((2, 3, 7, 10), (10, 0, 0, 1), (0, 0, 0, 0)),  # per (volume, position)
+        ((1, 2, 500, 9), (0, 0, 0, 1), (0, 0, 0, 1)),  # a plane too long to be one row
+        ((2, 2, 3, 5), (0, 0, 5, 1), (0, 1, 0, 0)),  # thresholds along two axes
+    ],
+    ids=["plane", "plane-bases", "rows", "per-row"],
+)
+def test_group_above_with_a_threshold_per_row_position(above_level, dtype, flags, shape, ts, cs):
+    rng = np.random.default_rng(200 + flags)
+    x = (rng.normal(size=shape) * 40).astype(dtype)
+    if x.dtype.kind == "f":
+        x.flat[::7] = np.nan
+        x.flat[1::11] = np.inf
+        x.flat[2::13] = -np.inf
+    tg = sum(np.indices(shape)[a] * ts[a] for a in range(4))
+    cg = sum(np.indices(shape)[a] * cs[a] for a in range(4))
+    t = rng.normal(size=int(tg.max()) + 1) * 30
+    u = t + 25.0
+    out = np.ones(shape, dtype=bool)
+    counts = np.zeros(int(cg.max()) + 1, dtype=np.int64)
+    K.group_above(x, np.array(ts), t, u, flags, out, np.array(cs), counts)
+    ref = above_ref(x, t[tg], u[tg], flags)
+    assert out.tobytes() == ref.tobytes()
+    want = np.bincount(cg.ravel(), weights=ref.ravel(), minlength=counts.size)
+    assert counts.tolist() == want.astype(int).tolist()
+
+
 def test_group_above_with_groups_along_the_rows_and_bad_strides():
     x = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
     t = np.array([0.5, 5.0, 9.5, 30.0])

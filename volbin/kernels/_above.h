@@ -23,13 +23,13 @@
 #define VB_ABOVE_INVERT 4
 #define VB_ABOVE_FINITE 8
 
-#define VB_ABOVE_LOOP(FL)                                                                        \
+#define VB_ABOVE_LOOP_AT(FL, TV, UV)                                                             \
     {                                                                                            \
         int64_t s = 0;                                                                           \
         for (ptrdiff_t i = 0; i < n; i++) {                                                      \
             double fv = (double)x[i];                                                            \
-            uint8_t f = ((FL) & VB_ABOVE_INCLUSIVE) ? (fv >= t) : (fv > t);                      \
-            if ((FL) & VB_ABOVE_UPPER) f &= (uint8_t)(fv <= u);                                  \
+            uint8_t f = ((FL) & VB_ABOVE_INCLUSIVE) ? (fv >= (TV)) : (fv > (TV));                \
+            if ((FL) & VB_ABOVE_UPPER) f &= (uint8_t)(fv <= (UV));                               \
             if ((FL) & VB_ABOVE_INVERT) f ^= 1;                                                  \
             if ((FL) & VB_ABOVE_FINITE) f &= (uint8_t)((fv - fv) == 0.0);                        \
             o[i] = f;                                                                            \
@@ -37,28 +37,41 @@
         }                                                                                        \
         return s;                                                                                \
     }
+#define VB_ABOVE_LOOP(FL) VB_ABOVE_LOOP_AT(FL, t, u)
+#define VB_ABOVE_LANES_LOOP(FL) VB_ABOVE_LOOP_AT(FL, t[i], u[i])
 
+#define VB_ABOVE_SWITCH(LOOP)                                                                    \
+    switch (flags & 15) {                                                                        \
+    case 0: LOOP(0)                                                                              \
+    case 1: LOOP(1)                                                                              \
+    case 2: LOOP(2)                                                                              \
+    case 3: LOOP(3)                                                                              \
+    case 4: LOOP(4)                                                                              \
+    case 5: LOOP(5)                                                                              \
+    case 6: LOOP(6)                                                                              \
+    case 7: LOOP(7)                                                                              \
+    case 8: LOOP(8)                                                                              \
+    case 9: LOOP(9)                                                                              \
+    case 10: LOOP(10)                                                                            \
+    case 11: LOOP(11)                                                                            \
+    case 12: LOOP(12)                                                                            \
+    case 13: LOOP(13)                                                                            \
+    case 14: LOOP(14)                                                                            \
+    default: LOOP(15)                                                                            \
+    }
+
+/* vb_above_T: one threshold t (and upper bound u) for the row; vb_above_lanes_T: t[i]
+ * (and u[i]) for value i (a threshold per position along the rows). */
 #define VB_ABOVE_FN(T, SUFFIX, ATTR)                                                             \
     ATTR static int64_t vb_above_##T##SUFFIX(const vb_t_##T *VB_RESTRICT x, ptrdiff_t n, double t, \
                                              double u, int flags, uint8_t *VB_RESTRICT o) {     \
-        switch (flags & 15) {                                                                    \
-        case 0: VB_ABOVE_LOOP(0)                                                                 \
-        case 1: VB_ABOVE_LOOP(1)                                                                 \
-        case 2: VB_ABOVE_LOOP(2)                                                                 \
-        case 3: VB_ABOVE_LOOP(3)                                                                 \
-        case 4: VB_ABOVE_LOOP(4)                                                                 \
-        case 5: VB_ABOVE_LOOP(5)                                                                 \
-        case 6: VB_ABOVE_LOOP(6)                                                                 \
-        case 7: VB_ABOVE_LOOP(7)                                                                 \
-        case 8: VB_ABOVE_LOOP(8)                                                                 \
-        case 9: VB_ABOVE_LOOP(9)                                                                 \
-        case 10: VB_ABOVE_LOOP(10)                                                               \
-        case 11: VB_ABOVE_LOOP(11)                                                               \
-        case 12: VB_ABOVE_LOOP(12)                                                               \
-        case 13: VB_ABOVE_LOOP(13)                                                               \
-        case 14: VB_ABOVE_LOOP(14)                                                               \
-        default: VB_ABOVE_LOOP(15)                                                               \
-        }                                                                                        \
+        VB_ABOVE_SWITCH(VB_ABOVE_LOOP)                                                           \
+    }                                                                                            \
+    ATTR static int64_t vb_above_lanes_##T##SUFFIX(const vb_t_##T *VB_RESTRICT x, ptrdiff_t n,  \
+                                                   const double *VB_RESTRICT t,                  \
+                                                   const double *VB_RESTRICT u, int flags,       \
+                                                   uint8_t *VB_RESTRICT o) {                     \
+        VB_ABOVE_SWITCH(VB_ABOVE_LANES_LOOP)                                                     \
     }
 
 #if defined(VB_DISPATCH)
@@ -70,6 +83,11 @@
                                        int flags, uint8_t *o) {                                  \
         if (vb_level >= 2) return vb_above_##T##_avx2(x, n, t, u, flags, o);                     \
         return vb_above_##T##_base(x, n, t, u, flags, o);                                        \
+    }                                                                                            \
+    static inline int64_t vb_above_lanes_##T(const vb_t_##T *x, ptrdiff_t n, const double *t,   \
+                                             const double *u, int flags, uint8_t *o) {           \
+        if (vb_level >= 2) return vb_above_lanes_##T##_avx2(x, n, t, u, flags, o);               \
+        return vb_above_lanes_##T##_base(x, n, t, u, flags, o);                                  \
     }
 #else
 #define VB_ABOVE(T)                                                                              \
@@ -77,6 +95,10 @@
     static inline int64_t vb_above_##T(const vb_t_##T *x, ptrdiff_t n, double t, double u,      \
                                        int flags, uint8_t *o) {                                  \
         return vb_above_##T##_base(x, n, t, u, flags, o);                                        \
+    }                                                                                            \
+    static inline int64_t vb_above_lanes_##T(const vb_t_##T *x, ptrdiff_t n, const double *t,   \
+                                             const double *u, int flags, uint8_t *o) {           \
+        return vb_above_lanes_##T##_base(x, n, t, u, flags, o);                                  \
     }
 #endif
 

@@ -9,6 +9,7 @@ numpy would first round to float32 is one a float32 value compares with identica
 """
 
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 
 cdef extern from "_above.h" nogil:
     int vb_init()
@@ -19,6 +20,12 @@ cdef extern from "_above.h" nogil:
     int64_t vb_above_i16(const int16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
     int64_t vb_above_u16(const uint16_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
     int64_t vb_above_u8(const uint8_t* x, Py_ssize_t n, double t, double u, int flags, uint8_t* o)
+    int64_t vb_above_lanes_f64(const double* x, Py_ssize_t n, const double* t, const double* u, int flags, uint8_t* o)
+    int64_t vb_above_lanes_f32(const float* x, Py_ssize_t n, const double* t, const double* u, int flags, uint8_t* o)
+    int64_t vb_above_lanes_i32(const int32_t* x, Py_ssize_t n, const double* t, const double* u, int flags, uint8_t* o)
+    int64_t vb_above_lanes_i16(const int16_t* x, Py_ssize_t n, const double* t, const double* u, int flags, uint8_t* o)
+    int64_t vb_above_lanes_u16(const uint16_t* x, Py_ssize_t n, const double* t, const double* u, int flags, uint8_t* o)
+    int64_t vb_above_lanes_u8(const uint8_t* x, Py_ssize_t n, const double* t, const double* u, int flags, uint8_t* o)
     void vb_prefetch_ahead(const void* p, Py_ssize_t nbytes, Py_ssize_t ahead, const void* end)
     enum:
         VB_ABOVE_INCLUSIVE
@@ -69,6 +76,25 @@ cdef inline uint8_t _fg(double fv, double tv, double uv, int flags) noexcept nog
     return f
 
 
+cdef inline int64_t _above_lanes(const real_t* row, Py_ssize_t n, const double* t, const double* u,
+                                 int flags, uint8_t* o) noexcept nogil:
+    """vb_above_lanes_* of the row's type (the types of the vector row loops only)."""
+    if real_t is double:
+        return vb_above_lanes_f64(row, n, t, u, flags, o)
+    elif real_t is float:
+        return vb_above_lanes_f32(row, n, t, u, flags, o)
+    elif real_t is int32_t:
+        return vb_above_lanes_i32(row, n, t, u, flags, o)
+    elif real_t is int16_t:
+        return vb_above_lanes_i16(row, n, t, u, flags, o)
+    elif real_t is uint16_t:
+        return vb_above_lanes_u16(row, n, t, u, flags, o)
+    elif real_t is uint8_t:
+        return vb_above_lanes_u8(row, n, t, u, flags, o)
+    else:
+        return 0  # not reached
+
+
 def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
                 const double[::1] thresholds, const double[::1] upper, int flags,
                 uint8_t[:, :, :, ::1] out, const int64_t[::1] cstrides, int64_t[::1] counts):
@@ -90,6 +116,10 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
     cdef const void* end
     cdef const double* tp = &thresholds[0]
     cdef const double* up = NULL
+    cdef double* trow = NULL
+    cdef double* urow = NULL
+    cdef Py_ssize_t tlast = -1
+    cdef bint plane
     if out.shape[0] != n0 or out.shape[1] != n1 or out.shape[2] != n2 or out.shape[3] != n3:
         raise ValueError("`out` must have the shape of `x`.")
     check_groups(n0, n1, n2, n3, tstrides, thresholds.shape[0], "tstrides")
@@ -102,9 +132,40 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
     if n0 * n1 * n2 * n3 == 0:
         return
     end = <const void*>(&x[n0 - 1, n1 - 1, n2 - 1, n3 - 1] + 1)
+    # A threshold per position along the rows, the same for every row of a plane (a C-order
+    # (X, Y, Z, T) stack per volume): the plane is one row, its thresholds laid out once.
+    plane = (t3s != 0 and t2s == 0 and c2s == 0 and n2 * n3 <= 4096
+             and (real_t is double or real_t is float or real_t is int32_t or real_t is int16_t
+                  or real_t is uint16_t or real_t is uint8_t))
+    if t3s != 0:
+        trow = <double*>malloc((n2 * n3 if plane else n3) * sizeof(double))
+        urow = <double*>malloc((n2 * n3 if plane else n3) * sizeof(double))
+        if trow == NULL or urow == NULL:
+            free(trow)
+            free(urow)
+            raise MemoryError()
     with nogil:
         for i0 in range(n0):
             for i1 in range(n1):
+                if plane:
+                    tb = i0 * t0s + i1 * t1s
+                    cb = i0 * c0s + i1 * c1s
+                    if tb != tlast:
+                        for i2 in range(n2):
+                            for i3 in range(n3):
+                                trow[i2 * n3 + i3] = tp[tb + i3 * t3s]
+                                urow[i2 * n3 + i3] = up[tb + i3 * t3s] if up != NULL else 0.0
+                        tlast = tb
+                    row = &x[i0, i1, 0, 0]
+                    orow = &out[i0, i1, 0, 0]
+                    s = _above_lanes(row, n2 * n3, trow, urow, flags, orow)
+                    if c3s == 0:
+                        c[cb] += s
+                    else:
+                        for i2 in range(n2):
+                            for i3 in range(n3):
+                                c[cb + i3 * c3s] += orow[i2 * n3 + i3]
+                    continue
                 for i2 in range(n2):
                     tb = i0 * t0s + i1 * t1s + i2 * t2s
                     cb = i0 * c0s + i1 * c1s + i2 * c2s
@@ -142,6 +203,24 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
                         else:
                             for i3 in range(n3):
                                 c[cb + i3 * c3s] += orow[i3]
+                    elif trow != NULL and (real_t is double or real_t is float or real_t is int32_t
+                                           or real_t is int16_t or real_t is uint16_t
+                                           or real_t is uint8_t):
+                        # A threshold per position along the rows: the row's thresholds (and
+                        # upper bounds) laid out once per base, then the vector row loop.
+                        if tb != tlast:
+                            for i3 in range(n3):
+                                trow[i3] = tp[tb + i3 * t3s]
+                                urow[i3] = up[tb + i3 * t3s] if up != NULL else 0.0
+                            tlast = tb
+                        if PF_ROWS:
+                            vb_prefetch_ahead(row, n3 * sizeof(real_t), PF_ROWS * n3 * sizeof(real_t), end)
+                        s = _above_lanes(row, n3, trow, urow, flags, orow)
+                        if c3s == 0:
+                            c[cb] += s
+                        else:
+                            for i3 in range(n3):
+                                c[cb + i3 * c3s] += orow[i3]
                     else:
                         for i3 in range(n3):
                             fv = <double>row[i3]
@@ -151,3 +230,5 @@ def group_above(const real_t[:, :, :, ::1] x, const int64_t[::1] tstrides,
                             f = _fg(fv, tv, uv, flags)
                             orow[i3] = f
                             c[cb + i3 * c3s] += f
+    free(trow)
+    free(urow)
