@@ -205,6 +205,30 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
         free(buf)
 
 
+cdef inline void _count_bins(uint32_t* c2, int64_t* c4, bint small, Py_ssize_t stride,
+                             const int32_t* idx, Py_ssize_t n) noexcept nogil:
+    """Count bins idx[:n] of one group in its interleaved sub-histograms: two uint32 ones at
+    c2 and c2 + stride if `small`, else four int64 ones at c4 + j * stride."""
+    cdef Py_ssize_t i = 0
+    if small:
+        while i + 2 <= n:
+            c2[idx[i]] += 1
+            c2[stride + idx[i + 1]] += 1
+            i += 2
+        if i < n:
+            c2[idx[i]] += 1
+        return
+    while i + 4 <= n:
+        c4[idx[i]] += 1
+        c4[stride + idx[i + 1]] += 1
+        c4[2 * stride + idx[i + 2]] += 1
+        c4[3 * stride + idx[i + 3]] += 1
+        i += 4
+    while i < n:
+        c4[(i & 3) * stride + idx[i]] += 1
+        i += 1
+
+
 def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                     const double[::1] lo, const double[::1] hi, Py_ssize_t nbins,
                     int64_t[:, ::1] counts):
@@ -227,9 +251,7 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
     cdef vb_bins_t* par
     cdef vb_bins_t* pg
     cdef int64_t* c4
-    cdef int64_t* c4g
     cdef uint32_t* c2 = NULL
-    cdef uint32_t* c2g
     # Many bins: two interleaved uint32 histograms (a quarter of the memory of four int64
     # ones, so that 65536 bins stay in a core's cache); each counts at most half of the
     # voxels, so uint32 cannot overflow below 2**32 voxels.
@@ -294,21 +316,10 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                             for i3 in range(n3):
                                 for i2 in range(n2):
                                     lanes[i2] = <double>row[i2 * n3 + i3]
-                                vb_bins_f64(lanes, n2, par + gb + i3 * g3s, lidx)
                                 g = gb + i3 * g3s
-                                if small:
-                                    c2g = c2 + g * width
-                                    q = 0
-                                    while q + 2 <= n2:
-                                        c2g[lidx[q]] += 1
-                                        c2g[ng * width + lidx[q + 1]] += 1
-                                        q += 2
-                                    if q < n2:
-                                        c2g[lidx[q]] += 1
-                                else:
-                                    c4g = c4 + g * width
-                                    for q in range(n2):
-                                        c4g[(q & 3) * ng * width + lidx[q]] += 1
+                                vb_bins_f64(lanes, n2, par + g, lidx)
+                                _count_bins(c2 + g * width if small else NULL, c4 + g * width, small,
+                                            ng * width, lidx, n2)
                             continue
                         for i2 in range(n2):
                             gb = i0 * g0s + i1 * g1s + i2 * g2s
@@ -335,27 +346,8 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                                     for i3 in range(n3):
                                         buf[i3] = <double>row[i3]
                                     vb_bins_f64(buf, n3, par + gb, idx)
-                                if small:
-                                    c2g = c2 + gb * width
-                                    i3 = 0
-                                    while i3 + 2 <= n3:
-                                        c2g[idx[i3]] += 1
-                                        c2g[ng * width + idx[i3 + 1]] += 1
-                                        i3 += 2
-                                    if i3 < n3:
-                                        c2g[idx[i3]] += 1
-                                    continue
-                                c4g = c4 + gb * width
-                                i3 = 0
-                                while i3 + 4 <= n3:
-                                    c4g[idx[i3]] += 1
-                                    c4g[ng * width + idx[i3 + 1]] += 1
-                                    c4g[2 * ng * width + idx[i3 + 2]] += 1
-                                    c4g[3 * ng * width + idx[i3 + 3]] += 1
-                                    i3 += 4
-                                while i3 < n3:
-                                    c4g[(i3 & 3) * ng * width + idx[i3]] += 1
-                                    i3 += 1
+                                _count_bins(c2 + gb * width if small else NULL, c4 + gb * width, small,
+                                            ng * width, idx, n3)
                             else:
                                 for i3 in range(n3):
                                     g = gb + i3 * g3s
