@@ -140,6 +140,15 @@ def group_stats(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, Py_ss
                             nf[3 * g + 2] += 1
 
 
+cdef inline void _gather_position(const real_t* plane, Py_ssize_t n2, Py_ssize_t n3, Py_ssize_t i3,
+                                  double* out) noexcept nogil:
+    """out[i2] = plane[i2, i3] as doubles: one position's values across a C-ordered
+    (n2, n3) plane (in the cache: a plane is a few rows)."""
+    cdef Py_ssize_t i2
+    for i2 in range(n2):
+        out[i2] = <double>plane[i2 * n3 + i3]
+
+
 def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, double[::1] out_min,
                  double[::1] out_max, int64_t[::1] out_nonfinite):
     """Per-group finite min and max of 4D `x`, and the count of non-finite voxels.
@@ -176,8 +185,7 @@ def group_minmax(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides, doub
                     gb = i0 * g0s + i1 * g1s
                     row = &x[i0, i1, 0, 0]
                     for i3 in range(n3):
-                        for i2 in range(n2):
-                            buf[i2] = <double>row[i2 * n3 + i3]
+                        _gather_position(row, n2, n3, i3, buf)
                         g = gb + i3 * g3s
                         vb_minmax(buf, n2, mn + g, mx + g, nf + g)
                     continue
@@ -314,8 +322,7 @@ def group_histogram(const real_t[:, :, :, ::1] x, const int64_t[::1] gstrides,
                             gb = i0 * g0s + i1 * g1s
                             row = &x[i0, i1, 0, 0]
                             for i3 in range(n3):
-                                for i2 in range(n2):
-                                    lanes[i2] = <double>row[i2 * n3 + i3]
+                                _gather_position(row, n2, n3, i3, lanes)
                                 g = gb + i3 * g3s
                                 vb_bins_f64(lanes, n2, par + g, lidx)
                                 _count_bins(c2 + g * width if small else NULL, c4 + g * width, small,
