@@ -94,10 +94,17 @@ static inline void vb_prefetch(const void *p) {
  * prefetcher to run ahead (a few hundred values) ask for a later row while they count the
  * current one. */
 static inline void vb_prefetch_ahead(const void *p, ptrdiff_t bytes, ptrdiff_t ahead, const void *end) {
-    const char *q = (const char *)p + ahead, *e = (const char *)end;
-    if (bytes > 8192 || q >= e) return;
+    const char *c = (const char *)p, *e = (const char *)end;
+    if (bytes > 8192 || ahead >= e - c) return;
+    const char *q = c + ahead;
     if (bytes > e - q) bytes = e - q;
     for (ptrdiff_t o = 0; o < bytes; o += 64) vb_prefetch(q + o);
+}
+
+/* The address `ahead` bytes after p, for a prefetch hint only: computed as an integer, since
+ * it may lie past the end of the buffer (a hint there is harmless, a pointer is not). */
+static inline const void *vb_ahead(const void *p, ptrdiff_t ahead) {
+    return (const void *)((uintptr_t)p + (uintptr_t)ahead);
 }
 
 /* Bytes ahead of its position that a long vector loop asks the cache for (a hint only). */
@@ -518,7 +525,7 @@ static inline void vb_eq_entries_1(double fv, const vb_bins_t *p, const vb_eq_t 
         const __m128i LOW = _mm_set1_epi32(31), BIT = _mm_set1_epi32(1);                         \
         ptrdiff_t i = 0, c = 0;                                                                  \
         for (; i + 4 <= n; i += 4) {                                                             \
-            vb_prefetch((const char *)(x + i) + VB_AHEAD);                                       \
+            vb_prefetch(vb_ahead(x + i, VB_AHEAD));                                             \
             __m256d v = VB_L4_##T(x + i);                                                        \
             __m256d tu = _mm256_mul_pd(_mm256_sub_pd(v, A), NM);                                 \
             __m128i kt = _mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(tu, Z), FL));           \
@@ -545,7 +552,7 @@ static inline void vb_eq_entries_1(double fv, const vb_bins_t *p, const vb_eq_t 
         const __m256i LOW = _mm256_set1_epi32(31), BIT = _mm256_set1_epi32(1);                   \
         ptrdiff_t i = 0, c = 0;                                                                  \
         for (; i + 8 <= n; i += 8) {                                                             \
-            vb_prefetch((const char *)(x + i) + VB_AHEAD);                                       \
+            vb_prefetch(vb_ahead(x + i, VB_AHEAD));                                             \
             __m512d v = VB_L8_##T(x + i);                                                        \
             __m512d tu = _mm512_mul_pd(_mm512_sub_pd(v, A), NM);                                 \
             __m256i kt = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(tu, Z), FL));           \
