@@ -94,11 +94,10 @@ static inline void vb_prefetch(const void *p) {
  * prefetcher to run ahead (a few hundred values) ask for a later row while they count the
  * current one. */
 static inline void vb_prefetch_ahead(const void *p, ptrdiff_t bytes, ptrdiff_t ahead, const void *end) {
-    const char *c = (const char *)p, *e = (const char *)end;
-    if (bytes > 8192 || ahead >= e - c) return;
-    const char *q = c + ahead;
-    if (bytes > e - q) bytes = e - q;
-    for (ptrdiff_t o = 0; o < bytes; o += 64) vb_prefetch(q + o);
+    uintptr_t q = (uintptr_t)p + (uintptr_t)ahead, e = (uintptr_t)end;
+    if (bytes > 8192 || q >= e) return;
+    if ((uintptr_t)bytes > e - q) bytes = (ptrdiff_t)(e - q);
+    for (ptrdiff_t o = 0; o < bytes; o += 64) vb_prefetch((const void *)(q + (uintptr_t)o));
 }
 
 /* The address `ahead` bytes after p, for a prefetch hint only: computed as an integer, since
