@@ -175,7 +175,8 @@ def native(block: np.ndarray) -> np.ndarray:
 
 
 def as_c4d(block: np.ndarray, gstrides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """View `block` (3D or 4D) as a C-contiguous 4D array, with `gstrides` to match.
+    """View `block` (3D or 4D) as a C-contiguous 4D array, with `gstrides` to match, its rows
+    merged where the groups allow (`merge_rows`).
 
     F-contiguous blocks are transposed (a free view) rather than copied.
     """
@@ -187,12 +188,7 @@ def as_c4d(block: np.ndarray, gstrides: np.ndarray) -> tuple[np.ndarray, np.ndar
         else:
             block = np.ascontiguousarray(block)
     block, (g,) = merge_rows(block, g)
-    if block.ndim < 4:
-        # Leading axes of 1 keep the long contiguous axis innermost, where the loops
-        # vectorise.
-        lead = 4 - block.ndim
-        block, g = block.reshape((1,) * lead + block.shape), np.concatenate([np.zeros(lead, np.int64), g])
-    return block, np.ascontiguousarray(g, dtype=np.int64)
+    return block, g
 
 
 #: Rows that `merge_rows` makes stay this short (the row loops hold a row's bin indices or
@@ -205,7 +201,8 @@ def merge_rows(block: np.ndarray, *strides: np.ndarray) -> tuple[np.ndarray, lis
     keeps every voxel's group in each of the group `strides` (``g[a] == g[a + 1] *
     shape[a + 1]``: the same traversal, the same groups) and the row at most
     `ROW_MERGE_MAX` long: the row loops then run over rows of hundreds of values instead of
-    a short last axis (a C-order (X, Y, Z, T) stack)."""
+    a short last axis (a C-order (X, Y, Z, T) stack).  The result is 4D: leading axes of 1
+    (group stride 0) keep the long contiguous axis innermost, where the loops vectorise."""
     shape = list(block.shape)
     gs = [[int(v) for v in g] for g in strides]
     while (
@@ -216,4 +213,5 @@ def merge_rows(block: np.ndarray, *strides: np.ndarray) -> tuple[np.ndarray, lis
         shape[-2:] = [shape[-2] * shape[-1]]
         for g in gs:
             g[-2:] = [g[-1]]
-    return block.reshape(shape), [np.asarray(g, dtype=np.int64) for g in gs]
+    lead = 4 - len(shape)
+    return block.reshape([1] * lead + shape), [np.asarray([0] * lead + g, dtype=np.int64) for g in gs]

@@ -247,12 +247,8 @@ def _fill_thresholds(
                 x, target, tstrides, cstrides = x.T, o.T, tstrides[::-1], cstrides[::-1]
             else:
                 x, target, copy_back = np.ascontiguousarray(x), np.empty(x.shape, dtype=bool), True
-        rows, (tstrides, cstrides) = K.merge_rows(x, tstrides, cstrides)
-        x, target = rows, target.reshape(rows.shape)
-        if x.ndim < 4:
-            lead = 4 - x.ndim
-            x, target = x.reshape((1,) * lead + x.shape), target.reshape((1,) * lead + x.shape)
-            tstrides, cstrides = np.r_[[0] * lead, tstrides], np.r_[[0] * lead, cstrides]
+        x, (tstrides, cstrides) = K.merge_rows(x, tstrides, cstrides)
+        target = target.reshape(x.shape)
         K.group_above(
             x, tstrides, t.ravel(), None if u is None else u.ravel(), flags, target, cstrides, counts
         )
