@@ -273,24 +273,3 @@ def test_histograms_gathered_by_batch_equal_one_compute(phantom4d, monkeypatch, 
         pos = np.where(c > 0, off / (np.maximum(c, 1) * float(H.K.OFFSET_SCALE)), 0.5)
     whole = np.arange(nbins) * step + lo_ + pos * step
     assert means.tobytes() == whole.tobytes()
-
-
-def test_blocks_now_keeps_its_pool_and_runs_nested_calls_in_turn():
-    import dask
-
-    from volbin.histogram import _pool, blocks_now
-    from volbin.volume import as_volume
-
-    x = np.arange(4 * 6 * 5, dtype=np.float64).reshape(4, 6, 5)
-    data = as_volume(x, chunk_bytes=240)[0].data  # a slab per block
-    with dask.config.set(num_workers=2):
-        # A block function that reduces another array the same way (from a pool thread):
-        # it runs in turn there instead of waiting on its own pool.
-        inner = as_volume(x, chunk_bytes=480)[0].data
-        got = blocks_now(
-            data, lambda b, loc: (float(b.sum()), blocks_now(inner, lambda c, _: float(c.sum())))
-        )
-        assert got is not None
-        assert [g[0] for g in got] == [float(x[i].sum()) for i in range(4)]
-        assert all(g[1] == [float(x[:2].sum()), float(x[2:].sum())] for g in got)
-        assert _pool(2) is _pool(2)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -191,35 +190,10 @@ def blocks_now(data: da.Array, fn: Callable[[np.ndarray, list[tuple[int, int]]],
         return fn(arr[tuple(slice(lo, hi) for lo, hi in loc)], loc)
 
     threads = min(len(locs), int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
-    if threads <= 1 or getattr(_IN_POOL, "active", False):
-        # One thread, or called from a block of an outer call: in turn (a pool thread that
-        # waited on its own pool could wait for ever).
+    if threads <= 1:
         return [one(loc) for loc in locs]
-    return list(_pool(threads).map(one, locs))
-
-
-#: Marks the threads of `_pool`.
-_IN_POOL = threading.local()
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _mark_pool_thread() -> None:
-    _IN_POOL.active = True
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A pool of `threads` threads kept for the passes of this process (starting threads
-    for each pass cost milliseconds; a forked child, whose copy has no threads, makes its
-    own)."""
-    key = (os.getpid(), threads)
-    with _POOLS_LOCK:
-        pool = _POOLS.get(key)
-        if pool is None:
-            pool = _POOLS[key] = ThreadPoolExecutor(
-                threads, thread_name_prefix="volbin-blocks", initializer=_mark_pool_thread
-            )
-        return pool
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, locs))
 
 
 def _aligned(mask: da.Array, data: da.Array) -> da.Array:
